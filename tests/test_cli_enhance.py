@@ -1,0 +1,87 @@
+"""`tuner enhance` and `tuner weights` end to end through the CLI (subprocesses)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import yaml
+from conftest import PORTRAITS, SRVGG_OVERRIDES, TINY_RRDB, tiny_state_dict
+from PIL import Image as PILImage
+
+GOOD = ["A03_usnavy_grace_hopper_128px.jpg", "A06_lincoln_1860s_160px.png"]
+
+
+def _inputs(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    for n in GOOD:
+        shutil.copy(PORTRAITS / n, d / n)
+    (d / "empty.png").write_bytes(b"")
+    (d / "notes.jpg").write_text("not an image")
+    PILImage.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "tiny.png")
+    return d
+
+
+def test_enhance_folder_skips_bad_inputs(tmp_path, tiny_weights, run_cli):
+    d = _inputs(tmp_path)
+    r = run_cli("enhance", f"input={d}", f"output={tmp_path / 'out'}", f"weights_dir={tiny_weights}",
+                *SRVGG_OVERRIDES, "params.tile=64", "params.denoise=0.4", "params.blend=0.2")
+    assert r.returncode == 3, r.stderr + r.stdout
+    log = r.stdout + r.stderr
+    for bad in ("empty.png", "notes.jpg", "tiny.png"):
+        assert bad in log
+    outs = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert outs == sorted(GOOD)
+    with PILImage.open(tmp_path / "out" / GOOD[0]) as im:
+        assert im.size == (512, 512)
+
+
+def test_enhance_preset_round_trip_is_byte_exact(tmp_path, tiny_weights, run_cli):
+    d = _inputs(tmp_path)
+    args = [f"weights_dir={tiny_weights}", *SRVGG_OVERRIDES]
+    r = run_cli("enhance", f"input={d / GOOD[1]}", f"output={tmp_path / 'a'}", *args, "params.denoise=0.6",
+                "params.blend=0.3", "blend_variant=frequency", "output_format=png")
+    assert r.returncode == 0, r.stderr
+    preset = {"model": "realesr-general-x4v3", "face": "none",
+              "params": {"tile": 0, "denoise": 0.6, "face_weight": 0.0, "blend": 0.3},
+              "pipeline": {"blend_variant": "frequency"}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(preset))
+    # a different cache: the preset path recomputes everything
+    r = run_cli("enhance", f"input={d / GOOD[1]}", f"output={tmp_path / 'b'}", *args, f"preset={tmp_path / 'p.yaml'}",
+                "output_format=png", env={"TUNER_CACHE_DIR": str(tmp_path / "cache2")})
+    assert r.returncode == 0, r.stderr
+    name = GOOD[1].rsplit(".", 1)[0] + ".png"
+    assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_bare_pth_architecture_detected(tmp_path, run_cli):
+    import torch
+
+    torch.save(tiny_state_dict(TINY_RRDB, 3, "params_ema"), tmp_path / "mine.pth")
+    r = run_cli("enhance", f"input={PORTRAITS / GOOD[0]}", f"output={tmp_path / 'o'}", "model=custom",
+                f"model.path={tmp_path / 'mine.pth'}")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o" / GOOD[0]).exists()
+
+
+def test_clear_errors(tmp_path, tiny_weights, run_cli):
+    r = run_cli("enhance", f"input={tmp_path / 'nope'}", f"output={tmp_path}", f"weights_dir={tiny_weights}")
+    assert r.returncode == 1 and "does not exist" in r.stderr
+    r = run_cli("enhance", f"input={PORTRAITS / GOOD[0]}", f"output={tmp_path}", f"weights_dir={tiny_weights}",
+                "params.blend=2")
+    assert r.returncode == 1 and "params.blend" in r.stderr
+    # the wdn partner is absent offline: a clear message naming file and URL
+    r = run_cli("enhance", f"input={PORTRAITS / GOOD[0]}", f"output={tmp_path}", f"weights_dir={tmp_path}",
+                "params.denoise=0.5", "allow_download=false")
+    assert r.returncode == 1 and "realesr-general-x4v3.pth" in r.stderr and "https://github.com" in r.stderr
+
+
+def test_weights_and_cfg_job(tiny_weights, run_cli):
+    r = run_cli("weights", f"weights_dir={tiny_weights}")
+    assert r.returncode == 0
+    assert "realesr-general-x4v3" in r.stdout and "missing" in r.stdout and str(tiny_weights) in r.stdout
+    r = run_cli("enhance", "input=x", "output=y", "--cfg", "job")
+    assert r.returncode == 0 and "params:" in r.stdout and "face_weight" in r.stdout
+    r = run_cli("--help")
+    assert "enhance" in r.stdout and "tune" in r.stdout

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import PORTRAITS, TINY_GFPGAN, tiny_state_dict
+
+from tuner.errors import PipelineError
+from tuner.faces import FaceDetector, FaceRestorer, paste_faces, paste_masks, restore_faces, skin_mask
+from tuner.images import decode, fit_max_side, resize
+
+
+@pytest.fixture(scope="module")
+def face_image():
+    return fit_max_side(decode(PORTRAITS / "A02_usnavy_grace_hopper.jpg"), 160).rgb
+
+
+@pytest.fixture(scope="module")
+def restorer():
+    return FaceRestorer.from_state_dict(TINY_GFPGAN, tiny_state_dict(TINY_GFPGAN, 4)["params"])
+
+
+def test_detector_finds_face_with_ordered_landmarks(face_image):
+    faces = FaceDetector()(face_image)
+    assert len(faces) == 1
+    le, re, nose, ml, mr = faces[0].landmarks
+    assert le[0] < re[0] and ml[0] < mr[0]  # image-left first, as facexlib's template
+    assert max(le[1], re[1]) < nose[1] < min(ml[1], mr[1])
+
+
+def test_detector_on_group_photo():
+    img = decode(PORTRAITS / "A10_solvay_conference_1927_group.png").rgb
+    assert len(FaceDetector()(img)) >= 25
+
+
+def test_face_weight_endpoints_and_linearity(face_image, restorer):
+    faces = FaceDetector()(face_image)
+    restored = restore_faces(face_image, faces, restorer)
+    up = resize(face_image, (face_image.shape[0] * 4, face_image.shape[1] * 4))
+    assert paste_faces(up, restored, scale=4, weight=0.0) is up  # identical to face=none
+    full = paste_faces(up, restored, scale=4, weight=1.0)
+    half = paste_faces(up, restored, scale=4, weight=0.5)
+    mask = paste_masks(up.shape[:2], restored, 4)
+    assert (mask > 0.99).sum() > 1000
+    assert not np.allclose(full, up)
+    # weight 0.5 is exactly halfway inside the mask (single face)
+    np.testing.assert_allclose(half, 0.5 * (full + up), atol=2e-6)
+    # outside the paste mask nothing changes
+    outside = mask == 0
+    np.testing.assert_array_equal(full[outside], up[outside])
+
+
+def test_restoration_is_deterministic(face_image, restorer):
+    faces = FaceDetector()(face_image)
+    a = restore_faces(face_image, faces, restorer)[0].crop
+    b = restore_faces(face_image, faces, restorer)[0].crop
+    assert a.tobytes() == b.tobytes()
+
+
+def test_restoration_failure_raises(face_image):
+    class Broken(torch.nn.Module):
+        def forward(self, x, **kw):
+            raise RuntimeError("CUDA error: device-side assert")
+
+    faces = FaceDetector()(face_image)
+    with pytest.raises(PipelineError, match="face restoration failed"):
+        restore_faces(face_image, faces, FaceRestorer(Broken(), face_size=64))
+
+
+def test_face_upsample_gives_larger_crop(face_image, restorer):
+    faces = FaceDetector()(face_image)
+    r = restore_faces(face_image, faces, restorer, crop_upsampler=lambda c: resize(c, (c.shape[0] * 4, c.shape[1] * 4)))
+    assert r[0].crop.shape[0] == 256
+    up = resize(face_image, (face_image.shape[0] * 4, face_image.shape[1] * 4))
+    plain = restore_faces(face_image, faces, restorer)
+    # both paste into the same place
+    m1, m2 = paste_masks(up.shape[:2], r, 4), paste_masks(up.shape[:2], plain, 4)
+    assert ((m1 > 0.5) == (m2 > 0.5)).mean() > 0.99
+
+
+def test_skin_mask_covers_cheeks_not_eyes(face_image):
+    faces = FaceDetector()(face_image)
+    m = skin_mask(face_image, faces)
+    f = faces[0]
+    le = f.landmarks[0].round().astype(int)
+    assert not m[le[1], le[0]]
+    x0, y0, x1, y1 = (int(v) for v in f.box)
+    assert 0.25 < m[y0:y1, x0:x1].mean() < 0.8  # most of the face box is skin
+    assert m[: max(y0 - 3, 0)].sum() == 0 and m[:, : max(x0 - 3, 0)].sum() == 0  # nothing far outside the face

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from tuner.errors import ImageError
+from tuner.images import Limits, decode, encode, fit_max_side, from_array, to_array
+
+RNG = np.random.default_rng(0)
+
+
+def _rgb8(h=40, w=30):
+    return RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif", ".bmp", ".webp"])
+def test_lossless_8bit_roundtrip(tmp_path, ext):
+    a = _rgb8()
+    p = tmp_path / f"a{ext}"
+    PILImage.fromarray(a).save(p, **({"lossless": True} if ext == ".webp" else {}))
+    img = decode(p)
+    assert img.rgb.dtype == np.float32 and img.rgb.shape == (40, 30, 3) and img.bit_depth == 8
+    np.testing.assert_array_equal(to_array(img), a)
+    out = encode(img, tmp_path / f"b{ext}")
+    np.testing.assert_array_equal(to_array(decode(out)), a)
+
+
+def test_jpeg_decodes_close(tmp_path):
+    a = np.full((32, 32, 3), 120, np.uint8)
+    PILImage.fromarray(a).save(tmp_path / "a.jpg", quality=95)
+    assert np.abs(to_array(decode(tmp_path / "a.jpg")).astype(int) - 120).max() <= 2
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_16bit_colour_and_alpha_kept(tmp_path, ext):
+    a = RNG.integers(0, 65536, (20, 24, 4), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / f"a{ext}"), a[:, :, [2, 1, 0, 3]])
+    img = decode(tmp_path / f"a{ext}")
+    assert img.bit_depth == 16 and img.alpha is not None
+    np.testing.assert_array_equal(to_array(img), a)
+    back = cv2.imread(str(encode(img, tmp_path / f"b{ext}")), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back[:, :, [2, 1, 0, 3]], a)
+
+
+def test_16bit_grey(tmp_path):
+    a = (np.arange(16 * 20, dtype=np.uint16).reshape(16, 20) * 200)
+    cv2.imwrite(str(tmp_path / "g.png"), a)
+    img = decode(tmp_path / "g.png")
+    assert img.grey and img.bit_depth == 16
+    np.testing.assert_array_equal(to_array(img), a)
+
+
+def test_grey_rgba_palette_cmyk(tmp_path):
+    g = RNG.integers(0, 256, (20, 20), dtype=np.uint8)
+    PILImage.fromarray(g, "L").save(tmp_path / "g.png")
+    img = decode(tmp_path / "g.png")
+    assert img.grey and img.rgb.shape == (20, 20, 3)
+    np.testing.assert_array_equal(to_array(img), g)
+
+    rgba = RNG.integers(0, 256, (20, 20, 4), dtype=np.uint8)
+    PILImage.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    img = decode(tmp_path / "a.png")
+    np.testing.assert_array_equal(to_array(img), rgba)
+
+    pal = PILImage.fromarray(_rgb8(20, 20)).convert("P")
+    pal.info["transparency"] = 0
+    pal.save(tmp_path / "p.png", transparency=0)
+    img = decode(tmp_path / "p.png")
+    assert img.alpha is not None and (img.alpha == 0).any()
+
+    PILImage.fromarray(np.full((20, 20, 3), (200, 50, 50), np.uint8)).convert("CMYK").save(tmp_path / "c.jpg")
+    img = decode(tmp_path / "c.jpg")
+    assert not img.grey and abs(float(img.rgb[..., 0].mean()) - 200 / 255) < 0.05
+
+
+def test_exif_orientation_applied(tmp_path):
+    a = np.zeros((20, 40, 3), np.uint8)
+    a[:, :20] = 255  # left half white
+    im = PILImage.fromarray(a)
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    im.save(tmp_path / "o.jpg", exif=exif, quality=100)
+    img = decode(tmp_path / "o.jpg")
+    assert img.size == (40, 20)
+    assert img.rgb[:20].mean() > 0.9 and img.rgb[20:].mean() < 0.1  # white is now on top
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda p: p.write_bytes(b""), "empty"),
+        (lambda p: p.write_text("definitely not an image"), "not a readable image"),
+        (lambda p: p.write_bytes(_png_bytes(_rgb8(64, 64))[:300]), "truncated|cannot decode"),
+    ],
+    ids=["zero-byte", "not-image", "truncated"],
+)
+def test_bad_files_named_errors(tmp_path, make, match):
+    p = tmp_path / "bad.png"
+    make(p)
+    with pytest.raises(ImageError, match=match) as e:
+        decode(p)
+    assert "bad.png" in str(e.value)
+
+
+def _png_bytes(a):
+    ok, buf = cv2.imencode(".png", a)
+    return buf.tobytes()
+
+
+def test_size_limits_and_bomb(tmp_path):
+    p = tmp_path / "big.png"
+    PILImage.fromarray(_rgb8(300, 300)).save(p)
+    with pytest.raises(ImageError, match="decompression-bomb"):
+        decode(p, limits=Limits(max_pixels=300 * 299))
+    with pytest.raises(ImageError, match="larger than the maximum side"):
+        decode(p, limits=Limits(max_side=299))
+    small = tmp_path / "small.png"
+    PILImage.fromarray(_rgb8(8, 8)).save(small)
+    with pytest.raises(ImageError, match="smaller than the minimum"):
+        decode(small)
+
+
+def test_encode_refuses_to_drop_alpha(tmp_path):
+    img = from_array(RNG.integers(0, 256, (10, 10, 4), dtype=np.uint8))
+    with pytest.raises(ImageError, match="alpha"):
+        encode(img, tmp_path / "x.jpg")
+
+
+def test_fit_max_side_only_downscales():
+    img = from_array(_rgb8(200, 100))
+    assert fit_max_side(img, 50).size == (50, 25)
+    assert fit_max_side(img, 500).size == (200, 100)

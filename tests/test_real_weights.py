@@ -1,0 +1,30 @@
+"""Real Real-ESRGAN weights from ../shared/weights on a bundled portrait (skipped when absent)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import PORTRAITS, SHARED_WEIGHTS, needs_shared_weights
+
+from tuner.blend import reference_upscale
+from tuner.images import decode, fit_max_side
+from tuner.pipeline import Params, Pipeline, PipelineSpec
+from tuner.weights import WeightStore, catalogue
+
+
+@pytest.mark.weights
+@pytest.mark.parametrize("name", [
+    pytest.param("realesr-general-x4v3", marks=needs_shared_weights("realesr-general-x4v3.pth")),
+    pytest.param("RealESRGAN_x4plus", marks=[needs_shared_weights("RealESRGAN_x4plus.pth"), pytest.mark.slow]),
+])
+def test_real_model_output_is_sane(name, tmp_path):
+    image = fit_max_side(decode(PORTRAITS / "A02_usnavy_grace_hopper.jpg"), 96)
+    spec = PipelineSpec(model=catalogue("model")[name])
+    out = Pipeline(spec, store=WeightStore(weights_dir=SHARED_WEIGHTS, allow_download=False)).run(image, Params()).image.rgb
+    h, w = image.size
+    assert out.shape == (4 * h, 4 * w, 3)
+    assert np.isfinite(out).all()
+    ref = reference_upscale(image.rgb, (4 * h, 4 * w))
+    noise = np.random.default_rng(0).random(out.shape, dtype=np.float32)
+    d_ref, d_noise = np.abs(out - ref).mean(), np.abs(out - noise).mean()
+    assert d_ref < 0.25 * d_noise, (d_ref, d_noise)

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_RRDB, TINY_SRVGG, tiny_state_dict
+
+from tuner.errors import WeightsError
+from tuner.weights import ModelSpec, WeightStore, catalogue, detect_arch, load_state_dict
+
+
+def _spec(**kw):
+    base = {"name": "m", "arch": {"type": "RRDBNet"}, "url": "http://127.0.0.1:9/m.pth"}
+    base.update(kw)
+    return ModelSpec.from_mapping(base)
+
+
+def test_catalogue_covers_required_models():
+    names = set(catalogue("model")) | set(catalogue("face"))
+    for n in ["RealESRGAN_x4plus", "RealESRNet_x4plus", "RealESRGAN_x2plus", "RealESRGAN_x4plus_anime_6B",
+              "realesr-general-x4v3", "realesr-general-wdn-x4v3", "realesr-animevideov3", "gfpgan_v1.3",
+              "gfpgan_v1.4", "restoreformer"]:
+        assert n in names
+    for spec in catalogue("model").values():
+        assert spec.url and spec.url.startswith("https://github.com/")
+
+
+def test_resolution_order(tmp_path, monkeypatch):
+    explicit, wdir, envdir, cache = (tmp_path / n for n in ("explicit", "wdir", "env", "cache"))
+    for d in (explicit, wdir, envdir, cache):
+        d.mkdir()
+        (d / "m.pth").write_bytes(d.name.encode())
+    monkeypatch.setenv("TUNER_WEIGHTS_DIR", str(envdir))
+    s = _spec()
+    assert WeightStore(weights_dir=wdir, cache_dir=cache).resolve(_spec(path=str(explicit / "m.pth"))) == explicit / "m.pth"
+    assert WeightStore(weights_dir=wdir, cache_dir=cache).resolve(s) == wdir / "m.pth"
+    assert WeightStore(cache_dir=cache).resolve(s) == envdir / "m.pth"  # $TUNER_WEIGHTS_DIR
+    monkeypatch.delenv("TUNER_WEIGHTS_DIR")
+    assert WeightStore(cache_dir=cache).resolve(s) == cache / "m.pth"
+
+
+def test_missing_offline_names_file_url_and_place(tmp_path):
+    store = WeightStore(weights_dir=tmp_path, cache_dir=tmp_path / "c")
+    with pytest.raises(WeightsError) as e:
+        store.resolve(_spec())  # download from a closed local port fails at once
+    msg = str(e.value)
+    assert "m.pth" in msg and "http://127.0.0.1:9/m.pth" in msg and str(tmp_path) in msg
+    with pytest.raises(WeightsError, match="downloads are disabled"):
+        WeightStore(weights_dir=tmp_path, cache_dir=tmp_path / "c", allow_download=False).resolve(_spec())
+    assert not list((tmp_path / "c").glob("*")) if (tmp_path / "c").exists() else True  # no partial file left
+
+
+def test_sha256_mismatch_refused(tmp_path):
+    (tmp_path / "m.pth").write_bytes(b"abc")
+    good = hashlib.sha256(b"abc").hexdigest()
+    store = WeightStore(weights_dir=tmp_path, cache_dir=tmp_path / "c")
+    assert store.resolve(_spec(sha256=good)) == tmp_path / "m.pth"
+    with pytest.raises(WeightsError, match="Refusing"):
+        store.resolve(_spec(sha256="0" * 64))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (Path.touch, (Path(_Evil.target),))
+
+
+def test_pickle_that_runs_code_is_never_executed(tmp_path):
+    _Evil.target = str(tmp_path / "pwned")
+    p = tmp_path / "evil.pth"
+    with open(p, "wb") as f:
+        pickle.dump({"params": _Evil()}, f)
+    # a plain pickle.load would create the file: prove the payload is live
+    with pytest.raises(WeightsError, match="refused"):
+        load_state_dict(p)
+    assert not (tmp_path / "pwned").exists()
+    with open(p, "rb") as f:  # control: the payload is live under a plain pickle.load
+        pickle.load(f)  # noqa: S301
+    assert (tmp_path / "pwned").exists()
+    (tmp_path / "pwned").unlink()
+    torch.save({"params": _Evil()}, tmp_path / "evil2.pth")
+    with pytest.raises(WeightsError, match="refused"):
+        load_state_dict(tmp_path / "evil2.pth")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_load_picks_key_and_strips_module_prefix(tmp_path):
+    t = torch.zeros(2)
+    torch.save({"params": {"module.a": t}, "params_ema": {"b": t}}, tmp_path / "x.pth")
+    assert list(load_state_dict(tmp_path / "x.pth")) == ["b"]
+    assert list(load_state_dict(tmp_path / "x.pth", "params")) == ["a"]
+    with pytest.raises(WeightsError, match="key 'nope'"):
+        load_state_dict(tmp_path / "x.pth", "nope")
+
+
+@pytest.mark.parametrize("arch", [TINY_RRDB, {**TINY_RRDB, "scale": 2, "num_block": 3}, TINY_SRVGG,
+                                  {**TINY_SRVGG, "act_type": "relu", "num_conv": 5}])
+def test_detect_arch(arch):
+    sd = tiny_state_dict(arch, 0)["params"]
+    got = detect_arch(sd)
+    for k, v in arch.items():
+        assert got[k] == v, k
+
+
+def test_detect_arch_rejects_unknown():
+    with pytest.raises(WeightsError, match="neither"):
+        detect_arch({"foo.weight": torch.zeros(1)})

@@ -1,0 +1,86 @@
+"""Content-addressed on-disk cache of stage outputs (arrays only, never pickles).
+
+A key is the sha256 of a canonical JSON of everything that determines the output:
+input content hash, model content hash(es), stage parameters and PIPELINE_VERSION.
+Writes are atomic (temporary file + ``os.replace``), so a crash never leaves a half
+entry; a size limit evicts least-recently-used entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .images import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+
+def make_key(**parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def array_hash(a: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(str((a.dtype, a.shape)).encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+class StageCache:
+    """``get``/``put`` of named arrays under a key; ``max_bytes`` bounds the folder size."""
+
+    def __init__(self, root: str | Path, *, max_bytes: int = 20 * 2**30) -> None:
+        self.root = Path(root).expanduser()
+        self.max_bytes = int(max_bytes)
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, stage: str, key: str) -> Path:
+        return self.root / stage / key[:2] / f"{key}.npz"
+
+    def get(self, stage: str, key: str) -> dict[str, np.ndarray] | None:
+        p = self._path(stage, key)
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                out = {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            self.misses += 1
+            return None
+        except (OSError, ValueError) as e:  # a corrupt entry is a miss, and is removed
+            log.warning("stage cache: dropping unreadable entry %s (%s)", p, e)
+            p.unlink(missing_ok=True)
+            self.misses += 1
+            return None
+        os.utime(p)  # LRU clock
+        self.hits += 1
+        return out
+
+    def put(self, stage: str, key: str, arrays: Mapping[str, np.ndarray]) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write_bytes(self._path(stage, key), buf.getvalue())
+        self._evict()
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*.npz")) if self.root.exists() else 0
+
+    def _evict(self) -> None:
+        files = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.root.rglob("*.npz")]
+        total = sum(s for _, s, _ in files)
+        if total <= self.max_bytes:
+            return
+        for _, s, p in sorted(files):
+            p.unlink(missing_ok=True)
+            total -= s
+            if total <= self.max_bytes:
+                break

@@ -1,0 +1,105 @@
+"""``tuner <command> [hydra overrides]`` -- the only place that reads composed configs.
+
+Each command has one primary config, ``conf/<command>.yaml``; arguments are Hydra
+overrides, and Hydra's own flags work (``--cfg job``, ``--help``, ``-m``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import TunerError
+from .weights import CONF_DIR
+
+log = logging.getLogger("tuner")
+
+USAGE = """usage: tuner <command> [key=value ...] [--cfg job] [--help]
+
+commands:
+  enhance    apply a pipeline or a preset to an image or a folder
+  weights    list known model files: where each is, verified or missing
+  metrics    list metrics: direction, range, needs, cost, availability here
+  evaluate   score pipeline outputs (or existing outputs) against their inputs
+  tune       run (or resume) an Optuna study over the pipeline's knobs
+  export     write the best (or a chosen) trial of a study as a preset
+
+Arguments are Hydra overrides, e.g.
+  tuner enhance input=photo.jpg output=out/ model=RealESRGAN_x4plus params.tile=256 weights_dir=../shared/weights
+  tuner enhance input=portraits/ output=out/ preset=best_preset.yaml
+  tuner tune --cfg job          # print the composed config
+"""
+
+
+def _commands() -> dict[str, Callable[[Any], int]]:
+    from . import commands
+
+    return {
+        "enhance": commands.enhance,
+        "weights": commands.weights,
+        "metrics": commands.metrics,
+        "evaluate": commands.evaluate,
+        "tune": commands.tune,
+        "export": commands.export,
+    }
+
+
+def expand_preset(args: list[str]) -> list[str]:
+    """``preset=FILE`` becomes the preset's overrides, placed last so the preset wins."""
+    from . import preset as presets
+
+    out, extra = [], []
+    for a in args:
+        if a.startswith("preset=") and a != "preset=null":
+            path = a.split("=", 1)[1]
+            extra = presets.overrides(presets.load(path))
+        out.append(a)
+    return out + extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    import hydra
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    cmd, rest = args[0], args[1:]
+    table = _commands()
+    if cmd not in table:
+        close = difflib.get_close_matches(cmd, table, n=1)
+        print(f"tuner: unknown command {cmd!r}" + (f"; did you mean {close[0]!r}?" if close else "") + "\n\n" + USAGE,
+              file=sys.stderr)
+        return 2
+    try:
+        rest = expand_preset(rest) if cmd == "enhance" else rest
+    except TunerError as e:
+        print(f"tuner {cmd}: error: {e}", file=sys.stderr)
+        return 1
+    status = {"rc": 0}
+
+    def app(cfg: Any) -> None:
+        try:
+            status["rc"] = table[cmd](cfg)
+        except TunerError as e:
+            log.error("%s", e)
+            print(f"tuner {cmd}: error: {e}", file=sys.stderr)
+            status["rc"] = 1
+
+    old_argv = sys.argv
+    sys.argv = [f"tuner {cmd}", *rest]
+    try:
+        hydra.main(config_path=str(Path(CONF_DIR)), config_name=cmd, version_base="1.3")(app)()
+    except SystemExit as e:  # Hydra exits on bad overrides / --help
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    finally:
+        sys.argv = old_argv
+    return int(status["rc"])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""The commands behind ``tuner <command>``: each takes the composed config and returns an exit code.
+
+Exit codes: 0 = all done; 1 = error (nothing or little done); 3 = done, but some inputs
+were bad and skipped (each one reported).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .config import limits, pipeline_config, to_dict
+from .errors import ConfigError, ImageError, PipelineError, PresetError
+from .images import decode, encode, fit_max_side, list_images
+
+log = logging.getLogger("tuner")
+
+EXIT_PARTIAL = 3
+
+
+def input_files(path: str | Path) -> list[Path]:
+    p = Path(str(path)).expanduser()
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = list_images(p)
+        if not files:
+            raise ConfigError(f"input folder {p} holds no images ({', '.join(('png', 'jpg', 'webp', 'tif', 'bmp'))})")
+        return files
+    raise ConfigError(f"input={p} does not exist")
+
+
+def enhance(cfg: Any) -> int:
+    from .pipeline import Pipeline
+    from .preset import load as load_preset
+
+    pc = pipeline_config(cfg)
+    files = input_files(cfg.input)
+    out_dir = Path(str(cfg.output)).expanduser()
+    fmt = str(cfg.get("output_format", "same"))
+    if fmt not in ("same", "png", "jpg", "webp", "tif", "bmp"):
+        raise ConfigError(f"output_format must be same, png, jpg, webp, tif or bmp, got {fmt!r}")
+    on_error = str(cfg.get("on_error", "skip"))
+    if on_error not in ("skip", "fail"):
+        raise ConfigError(f"on_error must be skip or fail, got {on_error!r}")
+    lim = limits(cfg)
+    max_side = cfg.get("max_side")
+    pipe = Pipeline(pc.spec, store=pc.store, cache=pc.cache)
+    if cfg.get("preset"):
+        preset = load_preset(cfg.preset)
+        check_identity(preset, pipe)
+        if max_side is None and preset.get("max_side"):
+            log.warning("preset was tuned at max_side=%s (a proxy size); enhancing at full size", preset["max_side"])
+    failures: list[tuple[Path, str]] = []
+    for f in tqdm(files, desc="enhance", unit="img", disable=len(files) < 2):
+        try:
+            image = fit_max_side(decode(f, limits=lim), None if max_side is None else int(max_side))
+            result = pipe.run(image, pc.params)
+            suffix = f.suffix if fmt == "same" else f".{fmt}"
+            dest = encode(result.image, out_dir / f"{f.stem}{suffix}")
+            log.info("%s -> %s (%dx%d, %.2fs)", f.name, dest, result.image.size[1], result.image.size[0],
+                     result.timings["total"])
+        except (ImageError, PipelineError) as e:
+            if on_error == "fail":
+                raise
+            log.error("skipped: %s", e)
+            failures.append((f, str(e)))
+    done = len(files) - len(failures)
+    log.info("enhanced %d of %d image(s) into %s", done, len(files), out_dir)
+    for f, why in failures:
+        log.error("FAILED %s: %s", f, why)
+    if failures and done == 0:
+        return 1
+    return EXIT_PARTIAL if failures else 0
+
+
+def check_identity(preset: dict[str, Any], pipe: Any) -> None:
+    """The weights resolved now must be the ones the preset was tuned with."""
+    want = [(m["name"], m["sha256"]) for m in preset.get("model_identity") or []]
+    if not want:
+        return
+    have = [(n, s) for n, s, _ in pipe.model_identity(preset["params"].get("denoise"))]
+    if want != have:
+        raise PresetError(
+            f"preset was tuned with {want} but these weights resolved: {have}. Outputs would differ; "
+            "point weights_dir= at the files the preset names"
+        )
+
+
+def weights(cfg: Any) -> int:
+    from .weights import WeightStore, catalogue, content_hash
+
+    store = WeightStore(weights_dir=cfg.get("weights_dir"), allow_download=False)
+    rows = []
+    for group in ("model", "face", "detector"):
+        for name, spec in catalogue(group).items():
+            loc = store.locate(spec)
+            if loc.path is None:
+                state, where = "missing", f"fetch {spec.url}"
+            else:
+                where = str(loc.path)
+                if loc.verified is True:
+                    state = "verified"
+                elif loc.verified is False:
+                    state = "SHA256 MISMATCH"
+                else:
+                    state = "present"
+                    if cfg.get("verify", True):
+                        state += f" (sha256 {content_hash(loc.path)[:12]}…, not pinned)"
+            rows.append((group, name, state, where))
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    print(f"{'group':<{w[0]}}  {'name':<{w[1]}}  {'status':<{w[2]}}  location")
+    for r in rows:
+        print(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}")
+    return 0
+
+
+def metrics(cfg: Any) -> int:
+    from .metrics import table
+
+    rows = table(cfg_metrics=to_dict(cfg.get("pyiqa_extra")) or [])
+    cols = ["name", "direction", "range", "needs", "cost", "available"]
+    w = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print("  ".join(f"{c:<{w[c]}}" for c in cols))
+    for r in rows:
+        print("  ".join(f"{str(r[c]):<{w[c]}}" for c in cols))
+    return 0
+
+
+def evaluate(cfg: Any) -> int:
+    from .evaluate import run_evaluate
+
+    return run_evaluate(cfg)
+
+
+def tune(cfg: Any) -> int:
+    from .study import run_tune
+
+    return run_tune(cfg)
+
+
+def export(cfg: Any) -> int:
+    from .study import run_export
+
+    return run_export(cfg)

@@ -1,0 +1,154 @@
+"""Config read once at the edge: composed Hydra nodes -> typed, validated values.
+
+Nothing below this module reads a DictConfig.  Every check here runs before any model
+loads, and every failure is a :class:`ConfigError` that names the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .cache import StageCache
+from .errors import ConfigError
+from .images import Limits
+from .pipeline import Params, PipelineSpec
+from .weights import ModelSpec, WeightStore, catalogue, detect_arch, load_state_dict
+
+OUTPUT_FORMATS = ("same", "png", "jpg", "webp", "tif", "bmp")
+
+
+def to_dict(node: Any) -> Any:
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def check_keys(node: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(node) - allowed
+    if unknown:
+        import difflib
+
+        hints = {k: difflib.get_close_matches(k, allowed, n=1) for k in unknown}
+        hint = "; ".join(f"'{k}'" + (f" (did you mean '{v[0]}'?)" if v else "") for k, v in hints.items())
+        raise ConfigError(f"unknown key(s) in {where}: {hint}. Allowed: {sorted(allowed)}")
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return name
+
+
+def weight_store(cfg: Any) -> WeightStore:
+    wd = cfg.get("weights_dir")
+    if wd and not Path(str(wd)).expanduser().is_dir():
+        raise ConfigError(f"weights_dir={wd} is not a folder")
+    return WeightStore(weights_dir=wd, allow_download=bool(cfg.get("allow_download", True)))
+
+
+def stage_cache(cfg: Any) -> StageCache | None:
+    c = to_dict(cfg.get("cache")) or {}
+    check_keys(c, {"enabled", "dir", "max_gb"}, "cache")
+    if not c.get("enabled", True):
+        return None
+    max_gb = float(c.get("max_gb", 20))
+    if max_gb <= 0:
+        raise ConfigError(f"cache.max_gb must be > 0, got {max_gb}")
+    return StageCache(Path(str(c["dir"])).expanduser(), max_bytes=int(max_gb * 2**30))
+
+
+def limits(cfg: Any) -> Limits:
+    m = to_dict(cfg.get("limits")) or {}
+    check_keys(m, {"min_side", "max_side", "max_pixels"}, "limits")
+    try:
+        return Limits(**{k: int(v) for k, v in m.items()})
+    except Exception as e:  # Limits raises ImageError with the reason
+        raise ConfigError(f"limits: {e}") from e
+
+
+def model_spec(node: Mapping[str, Any], store: WeightStore) -> ModelSpec:
+    """The SR model's spec; ``arch.type: auto`` (a bare .pth) is detected from the state dict."""
+    m = dict(node)
+    if m.get("path") == "???" or (m.get("arch") or {}).get("type") == "auto":
+        if not m.get("path") or m.get("path") == "???":
+            raise ConfigError("model=custom needs model.path=/path/to/weights.pth")
+        p = Path(str(m["path"])).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"model.path={p} does not exist")
+        arch = detect_arch(load_state_dict(p, m.get("key")))
+        m["arch"] = arch
+        m["scale"] = arch["scale"]
+        if m.get("name") in (None, "custom"):
+            m["name"] = p.stem
+    spec = ModelSpec.from_mapping(m)
+    if spec.arch.get("type") not in ("RRDBNet", "SRVGGNetCompact"):
+        raise ConfigError(f"model '{spec.name}': arch.type must be RRDBNet or SRVGGNetCompact")
+    return spec
+
+
+def face_spec(node: Mapping[str, Any] | None) -> ModelSpec | None:
+    if not node or node.get("name") in (None, "none"):
+        return None
+    spec = ModelSpec.from_mapping(node)
+    if spec.arch.get("type") not in ("GFPGANv1Clean", "RestoreFormer"):
+        raise ConfigError(f"face '{spec.name}': arch.type must be GFPGANv1Clean or RestoreFormer")
+    return spec
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    spec: PipelineSpec
+    params: Params
+    store: WeightStore
+    cache: StageCache | None
+
+
+def pipeline_config(cfg: Any) -> PipelineConfig:
+    """Validate the model/face/params/upscale/blend nodes of a composed config."""
+    store = weight_store(cfg)
+    model = model_spec(to_dict(cfg.model), store)
+    face_node = to_dict(cfg.get("face")) or {}
+    face = face_spec(face_node)
+    up = to_dict(cfg.get("upscale")) or {}
+    check_keys(up, {"tile_pad", "pre_pad", "overlap", "outscale", "half"}, "upscale")
+    variant = str(cfg.get("blend_variant", "global"))
+    if variant not in ("global", "skin", "frequency"):
+        raise ConfigError(f"blend_variant must be global, skin or frequency, got {variant!r}")
+    partner = None
+    if model.denoise_partner:
+        partner = catalogue("model").get(model.denoise_partner)
+    params = Params.from_mapping(to_dict(cfg.params))
+    from .pipeline import dni_plan
+
+    dni_plan(model, partner, params.denoise)  # validates denoise against the model
+    spec = PipelineSpec(
+        model=model,
+        face=face,
+        partner=partner,
+        tile_pad=int(up.get("tile_pad", 10)),
+        pre_pad=int(up.get("pre_pad", 10)),
+        overlap=int(up.get("overlap", 0)),
+        outscale=None if up.get("outscale") is None else float(up["outscale"]),
+        half=bool(up.get("half", False)),
+        blend_variant=variant,
+        face_upsample=bool(face_node.get("upsample", False)),
+        detector=str(face_node.get("detector", "retinaface")),
+        detection_threshold=float(face_node.get("detection_threshold", 0.9)),
+        device=resolve_device(str(cfg.get("device", "auto"))),
+    )
+    if spec.tile_pad < 0 or spec.pre_pad < 0 or spec.overlap < 0:
+        raise ConfigError("upscale.tile_pad, pre_pad and overlap must be >= 0")
+    if params.tile and spec.overlap * 2 >= params.tile:
+        raise ConfigError(f"upscale.overlap={spec.overlap} must be less than half of params.tile={params.tile}")
+    return PipelineConfig(spec=spec, params=params, store=store, cache=stage_cache(cfg))

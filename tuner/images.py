@@ -1,0 +1,291 @@
+"""Decode, validate and encode images.
+
+**The one in-memory convention of tuner** (everything above this module relies on it):
+
+- ``Image.rgb``: RGB, float32, shape (H, W, 3), values in [0, 1];
+- ``Image.alpha``: None, or float32 (H, W) in [0, 1] (1 = opaque);
+- ``Image.bit_depth``: 8 or 16, the depth the source had and the output keeps;
+- ``Image.grey``: the source was single-channel; it is written back as grey.
+
+Conversion to BGR, uint8/uint16, CHW tensors and so on happens only at the edges
+(this module's ``decode``/``encode`` and the model adapters).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Input limits; a violation is an :class:`ImageError` naming the file."""
+
+    min_side: int = 16
+    max_side: int = 16384
+    max_pixels: int = 178_956_970  # Pillow's own decompression-bomb threshold
+
+    def __post_init__(self) -> None:
+        if self.min_side < 1 or self.max_side < self.min_side or self.max_pixels < 1:
+            raise ImageError(f"invalid image limits {self}: need 1 <= min_side <= max_side, max_pixels >= 1")
+
+
+@dataclass(frozen=True)
+class Image:
+    rgb: np.ndarray
+    alpha: np.ndarray | None = None
+    bit_depth: int = 8
+    grey: bool = False
+    path: Path | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return int(self.rgb.shape[0]), int(self.rgb.shape[1])
+
+    def with_rgb(self, rgb: np.ndarray, alpha: np.ndarray | None = None) -> Image:
+        return replace(self, rgb=rgb, alpha=alpha)
+
+
+def from_array(arr: np.ndarray, *, path: Path | None = None) -> Image:
+    """Build an :class:`Image` from an RGB/RGBA/grey uint8, uint16 or float [0,1] array."""
+    if arr.dtype == np.uint8:
+        depth, f = 8, arr.astype(np.float32) / 255.0
+    elif arr.dtype == np.uint16:
+        depth, f = 16, arr.astype(np.float32) / 65535.0
+    elif arr.dtype in (np.float32, np.float64):
+        depth, f = 8, np.clip(arr.astype(np.float32), 0.0, 1.0)
+    else:
+        raise ImageError(f"{path or 'array'}: unsupported dtype {arr.dtype}")
+    grey = False
+    alpha = None
+    if f.ndim == 2:
+        grey, f = True, np.repeat(f[:, :, None], 3, axis=2)
+    elif f.ndim == 3 and f.shape[2] == 1:
+        grey, f = True, np.repeat(f, 3, axis=2)
+    elif f.ndim == 3 and f.shape[2] == 4:
+        alpha, f = np.ascontiguousarray(f[:, :, 3]), f[:, :, :3]
+    elif f.ndim == 3 and f.shape[2] == 2:  # grey + alpha
+        alpha, f, grey = np.ascontiguousarray(f[:, :, 1]), np.repeat(f[:, :, :1], 3, axis=2), True
+    elif not (f.ndim == 3 and f.shape[2] == 3):
+        raise ImageError(f"{path or 'array'}: unsupported shape {arr.shape}")
+    return Image(rgb=np.ascontiguousarray(f, dtype=np.float32), alpha=alpha, bit_depth=depth, grey=grey, path=path)
+
+
+def decode(path: str | Path, *, limits: Limits = Limits()) -> Image:
+    """Read ``path`` into the internal convention, or raise :class:`ImageError` naming it.
+
+    Handles PNG, JPEG, WebP, TIFF and BMP; 8 and 16 bit; grey, RGBA, CMYK and palette
+    images; and EXIF orientation.  Rejects zero-byte, truncated and non-image files,
+    decompression bombs (``limits.max_pixels``) and images outside the side limits.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ImageError(f"{p}: no such file")
+    if p.stat().st_size == 0:
+        raise ImageError(f"{p}: file is empty (0 bytes)")
+    data = p.read_bytes()
+    try:
+        with PILImage.open(p) as probe:
+            w, h = probe.size
+            fmt = probe.format
+            mode = probe.mode
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{p}: not a readable image ({e.__class__.__name__})") from e
+    except PILImage.DecompressionBombError as e:
+        raise ImageError(f"{p}: rejected as a decompression bomb ({e})") from e
+    _check_size(p, w, h, limits)
+    arr: np.ndarray | None = None
+    if fmt in ("PNG", "TIFF"):
+        # Pillow flattens 16-bit colour to 8 bit; OpenCV keeps it.
+        raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if raw is not None and raw.dtype == np.uint16:
+            arr = _bgr_to_rgb(raw)
+            arr = _apply_orientation(arr, _exif_orientation(p))
+    if arr is None:
+        arr = _decode_pillow(p, mode, limits)
+    image = from_array(arr, path=p)
+    _check_size(p, image.size[1], image.size[0], limits)
+    return image
+
+
+def _check_size(p: Path, w: int, h: int, limits: Limits) -> None:
+    if w * h > limits.max_pixels:
+        raise ImageError(
+            f"{p}: {w}x{h} = {w * h} pixels exceeds the limit of {limits.max_pixels} "
+            "(decompression-bomb guard; raise limits.max_pixels if this image is genuine)"
+        )
+    if min(w, h) < limits.min_side:
+        raise ImageError(f"{p}: {w}x{h} is smaller than the minimum side of {limits.min_side} px")
+    if max(w, h) > limits.max_side:
+        raise ImageError(f"{p}: {w}x{h} is larger than the maximum side of {limits.max_side} px")
+
+
+def _decode_pillow(p: Path, mode: str, limits: Limits) -> np.ndarray:
+    old = PILImage.MAX_IMAGE_PIXELS
+    PILImage.MAX_IMAGE_PIXELS = limits.max_pixels
+    try:
+        with PILImage.open(p) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode == "P" or im.mode == "PA":
+                im = im.convert("RGBA" if ("transparency" in im.info or im.mode == "PA") else "RGB")
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                a = np.asarray(im).astype(np.int64)
+                if a.max() > 255:
+                    return np.clip(a, 0, 65535).astype(np.uint16)
+                return a.astype(np.uint8)
+            if im.mode in ("1", "L"):
+                return np.asarray(im.convert("L"))
+            if im.mode == "LA":
+                return np.asarray(im)
+            if im.mode == "RGBA":
+                return np.asarray(im)
+            if im.mode == "F":
+                raise ImageError(f"{p}: floating-point images are not supported; convert to 8 or 16 bit")
+            return np.asarray(im.convert("RGB"))  # RGB, CMYK, YCbCr, LAB, ...
+    except ImageError:
+        raise
+    except PILImage.DecompressionBombError as e:
+        raise ImageError(f"{p}: rejected as a decompression bomb ({e})") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{p}: cannot decode ({mode}): {e} (truncated or corrupt file?)") from e
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = old
+
+
+def _exif_orientation(p: Path) -> int:
+    try:
+        with PILImage.open(p) as im:
+            return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - no EXIF is the normal case
+        return 1
+
+
+def _apply_orientation(a: np.ndarray, o: int) -> np.ndarray:
+    ops = {
+        2: lambda x: x[:, ::-1],
+        3: lambda x: x[::-1, ::-1],
+        4: lambda x: x[::-1],
+        5: lambda x: np.swapaxes(x, 0, 1),
+        6: lambda x: np.swapaxes(x, 0, 1)[:, ::-1],
+        7: lambda x: np.swapaxes(x, 0, 1)[::-1, ::-1],
+        8: lambda x: np.swapaxes(x, 0, 1)[::-1],
+    }
+    return np.ascontiguousarray(ops[o](a)) if o in ops else a
+
+
+def _bgr_to_rgb(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 3 and a.shape[2] == 3:
+        return a[:, :, ::-1].copy()
+    if a.ndim == 3 and a.shape[2] == 4:
+        return a[:, :, [2, 1, 0, 3]].copy()
+    return a
+
+
+def quantize(x: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Float [0,1] to uint8/uint16 exactly as RealESRGANer does: ``round(x * max)``."""
+    if bit_depth == 16:
+        return (np.clip(x, 0.0, 1.0) * 65535.0).round().astype(np.uint16)
+    return (np.clip(x, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def to_array(image: Image) -> np.ndarray:
+    """The image as the integer array it will be written as (RGB[A] or grey[+A])."""
+    rgb = image.rgb
+    if image.grey:
+        # ITU-R 601 luma, as cv2.COLOR_RGB2GRAY uses.
+        chans = [rgb[:, :, 0] * 0.299 + rgb[:, :, 1] * 0.587 + rgb[:, :, 2] * 0.114]
+    else:
+        chans = [rgb[:, :, i] for i in range(3)]
+    if image.alpha is not None:
+        chans.append(image.alpha)
+    out = quantize(np.stack(chans, axis=2), image.bit_depth)
+    return out[:, :, 0] if out.shape[2] == 1 else out
+
+
+def encode(image: Image, path: str | Path) -> Path:
+    """Write ``image`` to ``path`` atomically, keeping bit depth and alpha where the format allows.
+
+    PNG and TIFF keep 16 bit and alpha; WebP keeps alpha (8 bit); JPEG and BMP are 8 bit.
+    Asking for a format that would silently drop alpha or bit depth raises instead.
+    """
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext not in SUPPORTED_SUFFIXES:
+        raise ImageError(f"{p}: cannot write '{ext}'; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+    if image.alpha is not None and ext in (".jpg", ".jpeg", ".bmp"):
+        raise ImageError(f"{p}: {ext} cannot hold the alpha channel of this image; write .png, .webp or .tif")
+    depth = image.bit_depth if ext in (".png", ".tif", ".tiff") else 8
+    arr = to_array(replace(image, bit_depth=depth))
+    if arr.ndim == 3:
+        arr = _bgr_to_rgb(arr)  # RGB(A) -> BGR(A) for OpenCV; same swap both ways
+    params: list[int] = []
+    if ext in (".jpg", ".jpeg"):
+        params = [cv2.IMWRITE_JPEG_QUALITY, 95]
+    elif ext == ".webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, 101]  # >100 selects lossless
+    ok, buf = cv2.imencode(ext, arr, params)
+    if not ok:
+        raise ImageError(f"{p}: OpenCV could not encode this image as {ext}")
+    atomic_write_bytes(p, buf.tobytes())
+    return p
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and ``os.replace``: never a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resize(rgb: np.ndarray, size: tuple[int, int], *, interpolation: int = cv2.INTER_LANCZOS4) -> np.ndarray:
+    """Resize an (H, W[, C]) float image to ``size`` = (height, width), clipped to [0, 1]."""
+    h, w = size
+    out = cv2.resize(rgb, (w, h), interpolation=interpolation)
+    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def fit_max_side(image: Image, max_side: int | None) -> Image:
+    """Downscale (INTER_AREA) so the long side is at most ``max_side``; never upscales."""
+    if not max_side:
+        return image
+    h, w = image.size
+    if max(h, w) <= max_side:
+        return image
+    s = max_side / max(h, w)
+    size = (max(1, round(h * s)), max(1, round(w * s)))
+    alpha = None if image.alpha is None else resize(image.alpha, size, interpolation=cv2.INTER_AREA)
+    return replace(image, rgb=resize(image.rgb, size, interpolation=cv2.INTER_AREA), alpha=alpha)
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """Rec.601 luma Y in [0, 1] of an RGB float image (what every texture metric reads)."""
+    return (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).astype(np.float32)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Files in ``folder`` (not recursive) with a supported suffix, sorted by name."""
+    return sorted(q for q in folder.iterdir() if q.is_file() and q.suffix.lower() in SUPPORTED_SUFFIXES)

@@ -1,0 +1,261 @@
+"""The enhancement pipeline: upscale -> faces -> blend, with a content-addressed stage cache.
+
+Stage outputs cached on disk (see :mod:`tuner.cache`):
+- ``sr``: the Real-ESRGAN output; key = input hash, model content hash(es) with their DNI
+  weights, tile/tile_pad/pre_pad/overlap/outscale, device kind, PIPELINE_VERSION;
+- ``detect``: faces found on the *input* (never changes between trials);
+- ``restore``: restored face crops and their alignment matrices; key = input hash,
+  face-model content hash, detector, ``face.upsample`` (and the SR key when upsampling).
+
+The paste (``face_weight``) and the blend are recomputed every call: they are cheap.  So
+a trial that changes only face_weight or blend never reruns a network.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from . import PIPELINE_VERSION
+from .blend import blend, reference_upscale
+from .cache import StageCache, array_hash, make_key
+from .errors import ConfigError
+from .faces import (
+    Face,
+    FaceDetector,
+    FaceRestorer,
+    RestoredFace,
+    faces_from_array,
+    faces_to_array,
+    paste_faces,
+    paste_masks,
+    restore_faces,
+    skin_mask,
+)
+from .images import Image, resize
+from .upscale import UpscaleOptions, Upscaler, interpolate
+from .weights import ModelSpec, WeightStore, content_hash, load_state_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Params:
+    """The four tuned knobs.
+
+    - ``tile``: Real-ESRGAN tile size in input px (0 = whole image); memory/speed/seams only;
+    - ``denoise``: DNI weight in [0, 1] with the model's partner (None = the model as is);
+    - ``face_weight``: [0, 1] alpha of restored faces over the upscaled faces;
+    - ``blend``: [0, 1] share of a Lanczos upscale mixed into the result.
+    """
+
+    tile: int = 0
+    denoise: float | None = None
+    face_weight: float = 0.0
+    blend: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tile, int) or self.tile < 0:
+            raise ConfigError(f"params.tile must be an integer >= 0, got {self.tile!r}")
+        if self.denoise is not None and not 0.0 <= float(self.denoise) <= 1.0:
+            raise ConfigError(f"params.denoise must be in [0, 1] or null, got {self.denoise}")
+        for k in ("face_weight", "blend"):
+            v = getattr(self, k)
+            if not 0.0 <= float(v) <= 1.0:
+                raise ConfigError(f"params.{k} must be in [0, 1], got {v}")
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any]) -> Params:
+        unknown = set(m) - {"tile", "denoise", "face_weight", "blend"}
+        if unknown:
+            raise ConfigError(f"unknown params {sorted(unknown)}; the knobs are tile, denoise, face_weight, blend")
+        den = m.get("denoise")
+        return cls(tile=int(m.get("tile", 0) or 0), denoise=None if den is None else float(den),
+                   face_weight=float(m.get("face_weight", 0.0) or 0.0), blend=float(m.get("blend", 0.0) or 0.0))
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """Everything structural about a pipeline (what stays fixed within a study)."""
+
+    model: ModelSpec
+    face: ModelSpec | None = None
+    partner: ModelSpec | None = None  # DNI partner of ``model``
+    tile_pad: int = 10
+    pre_pad: int = 10
+    overlap: int = 0
+    outscale: float | None = None
+    half: bool = False
+    blend_variant: str = "global"
+    face_upsample: bool = False
+    detector: str = "retinaface"
+    detection_threshold: float = 0.9
+    device: str = "cpu"
+
+
+@dataclass
+class Result:
+    """One enhanced image plus what the metrics need to judge it."""
+
+    image: Image  # the final output
+    sr: np.ndarray  # upscale stage output (before faces and blend)
+    reference: np.ndarray  # R: Lanczos upscale of the input to the output size
+    faces: list[Face]  # in *input* pixels
+    face_mask: np.ndarray | None  # union of paste masks (output px) when faces were pasted
+    scale: float
+    tile: int
+    timings: dict[str, float] = field(default_factory=dict)
+    cached: dict[str, bool] = field(default_factory=dict)
+
+
+def dni_plan(model: ModelSpec, partner: ModelSpec | None, denoise: float | None) -> list[tuple[ModelSpec, float]]:
+    """Which checkpoints to mix, with weights, for ``params.denoise``."""
+    if denoise is None:
+        return [(model, 1.0)]
+    if not model.denoise_partner:
+        raise ConfigError(
+            f"model '{model.name}' has no interpolation partner, so params.denoise must be null (got {denoise})"
+        )
+    w_base = float(denoise) if model.denoise_weight_on == "base" else 1.0 - float(denoise)
+    if w_base == 1.0:
+        return [(model, 1.0)]
+    if partner is None:
+        raise ConfigError(f"model '{model.name}': partner '{model.denoise_partner}' is not in the catalogue")
+    if w_base == 0.0:
+        return [(partner, 1.0)]
+    return [(model, w_base), (partner, 1.0 - w_base)]
+
+
+class Pipeline:
+    """Runs the three stages for a fixed :class:`PipelineSpec` and per-call :class:`Params`."""
+
+    def __init__(self, spec: PipelineSpec, *, store: WeightStore, cache: StageCache | None = None) -> None:
+        self.spec = spec
+        self.store = store
+        self.cache = cache
+        self._upscalers: dict[tuple[tuple[str, float], ...], Upscaler] = {}
+        self._restorer: FaceRestorer | None = None
+        self._detector: FaceDetector | None = None
+        self._detect_memo: dict[str, list[Face]] = {}
+
+    # ------------------------------------------------------------ model loading
+    def model_identity(self, denoise: float | None) -> list[tuple[str, str, float]]:
+        """(name, sha256, weight) of each checkpoint the upscale stage mixes."""
+        return [(s.name, content_hash(self.store.resolve(s)), w) for s, w in dni_plan(self.spec.model, self.spec.partner,
+                                                                                      denoise)]
+
+    def upscaler(self, denoise: float | None) -> Upscaler:
+        ident = self.model_identity(denoise)
+        key = tuple((sha, w) for _, sha, w in ident)
+        if key not in self._upscalers:
+            plan = dni_plan(self.spec.model, self.spec.partner, denoise)
+            sds = [load_state_dict(self.store.resolve(s), s.key) for s, _ in plan]
+            sd = sds[0] if len(sds) == 1 else interpolate(sds, [w for _, w in plan])
+            if len(self._upscalers) >= 2:
+                self._upscalers.pop(next(iter(self._upscalers)))
+            self._upscalers[key] = Upscaler.from_state_dict(self.spec.model.arch, sd, device=self.spec.device,
+                                                            half=self.spec.half)
+        return self._upscalers[key]
+
+    def restorer(self) -> FaceRestorer:
+        if self._restorer is None:
+            face = self.spec.face
+            assert face is not None  # guarded by callers
+            sd = load_state_dict(self.store.resolve(face), face.key)
+            self._restorer = FaceRestorer.from_state_dict(face.arch, sd, device=self.spec.device)
+        return self._restorer
+
+    def detector(self) -> FaceDetector:
+        if self._detector is None:
+            self._detector = FaceDetector(self.spec.detector, threshold=self.spec.detection_threshold)
+        return self._detector
+
+    # ------------------------------------------------------------ stages
+    def detect(self, image: Image, ihash: str | None = None) -> list[Face]:
+        """Faces on the input (cached in memory and on disk)."""
+        ihash = ihash or array_hash(image.rgb)
+        key = make_key(stage="detect", input=ihash, detector=self.spec.detector,
+                       threshold=self.spec.detection_threshold, version=PIPELINE_VERSION)
+        if key in self._detect_memo:
+            return self._detect_memo[key]
+        hit = self.cache.get("detect", key) if self.cache else None
+        if hit is not None:
+            faces = faces_from_array(hit["faces"])
+        else:
+            faces = self.detector()(image.rgb)
+            if self.cache:
+                self.cache.put("detect", key, {"faces": faces_to_array(faces)})
+        self._detect_memo[key] = faces
+        return faces
+
+    def _sr(self, image: Image, ihash: str, params: Params) -> tuple[np.ndarray, str, bool]:
+        s = self.spec
+        opts = UpscaleOptions(tile=params.tile, tile_pad=s.tile_pad, pre_pad=s.pre_pad, overlap=s.overlap,
+                              outscale=s.outscale, half=s.half)
+        models = [(sha, w) for _, sha, w in self.model_identity(params.denoise)]
+        key = make_key(stage="sr", input=ihash, models=models, opts=asdict(opts), arch=dict(s.model.arch),
+                       device=s.device.split(":")[0], version=PIPELINE_VERSION)
+        hit = self.cache.get("sr", key) if self.cache else None
+        if hit is not None:
+            return hit["rgb"], key, True
+        out = self.upscaler(params.denoise)(image.rgb, opts)
+        if self.cache:
+            self.cache.put("sr", key, {"rgb": out})
+        return out, key, False
+
+    def _restore(self, image: Image, ihash: str, faces: list[Face], params: Params, sr_key: str) -> tuple[list[RestoredFace], bool]:
+        face = self.spec.face
+        assert face is not None
+        key = make_key(stage="restore", input=ihash, face=content_hash(self.store.resolve(face)), arch=dict(face.arch),
+                       detector=self.spec.detector, threshold=self.spec.detection_threshold,
+                       upsample=self.spec.face_upsample, sr=sr_key if self.spec.face_upsample else None,
+                       version=PIPELINE_VERSION)
+        hit = self.cache.get("restore", key) if self.cache else None
+        if hit is not None:
+            return [RestoredFace(c, m) for c, m in zip(hit["crops"], hit["matrices"], strict=True)], True
+        ups = None
+        if self.spec.face_upsample:
+            up = self.upscaler(params.denoise)
+            ups = lambda crop: up(crop, UpscaleOptions(tile=0, tile_pad=0, pre_pad=self.spec.pre_pad))  # noqa: E731
+        restored = restore_faces(image.rgb, faces, self.restorer(), crop_upsampler=ups)
+        if self.cache:
+            crops = np.stack([r.crop for r in restored]) if restored else np.zeros((0, 1, 1, 3), np.float32)
+            mats = np.stack([r.matrix for r in restored]) if restored else np.zeros((0, 2, 3))
+            self.cache.put("restore", key, {"crops": crops, "matrices": mats})
+        return restored, False
+
+    def run(self, image: Image, params: Params) -> Result:
+        """Enhance one image with ``params``; deterministic for a given input and settings."""
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        cached: dict[str, bool] = {}
+        ihash = array_hash(image.rgb)
+        sr, sr_key, cached["sr"] = self._sr(image, ihash, params)
+        timings["upscale"] = time.perf_counter() - t0
+        h, w = sr.shape[:2]
+        scale = w / image.size[1]
+        need_faces = (self.spec.face is not None and params.face_weight > 0) or self.spec.blend_variant == "skin"
+        faces = self.detect(image, ihash) if need_faces else []
+        out = sr
+        face_mask = None
+        t1 = time.perf_counter()
+        if self.spec.face is not None and params.face_weight > 0 and faces:
+            restored, cached["restore"] = self._restore(image, ihash, faces, params, sr_key)
+            out = paste_faces(sr, restored, scale=scale, weight=params.face_weight)
+            face_mask = paste_masks((h, w), restored, scale)
+        timings["faces"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        ref = reference_upscale(image.rgb, (h, w))
+        skin = skin_mask(ref, [f.scaled(scale) for f in faces]) if self.spec.blend_variant == "skin" else None
+        out = blend(out, ref, amount=params.blend, variant=self.spec.blend_variant, skin=skin, scale=scale)
+        alpha = None if image.alpha is None else resize(image.alpha, (h, w), interpolation=cv2.INTER_LINEAR)
+        timings["blend"] = time.perf_counter() - t2
+        timings["total"] = time.perf_counter() - t0
+        return Result(image=image.with_rgb(out, alpha), sr=sr, reference=ref, faces=faces, face_mask=face_mask,
+                      scale=scale, tile=params.tile, timings=timings, cached=cached)

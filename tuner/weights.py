@@ -1,0 +1,281 @@
+"""Model files: catalogue, resolution order, sha256, download, safe loading, architecture detection.
+
+A file is resolved, in order, from:
+1. an explicit path (``model.path=``);
+2. ``weights_dir=`` (or ``$TUNER_WEIGHTS_DIR``);
+3. the user cache (``$TUNER_CACHE_DIR`` or ``~/.cache/tuner``)/weights;
+4. a download of the official URL into the user cache, with a progress bar.
+
+A configured sha256 that does not match is refused.  Files are always loaded with
+``torch.load(weights_only=True)``, so a pickle that would run code is never executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, WeightsError
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def user_cache_dir() -> Path:
+    return Path(os.environ.get("TUNER_CACHE_DIR") or Path.home() / ".cache" / "tuner")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model file as described by ``conf/model/*.yaml`` or ``conf/face/*.yaml``.
+
+    ``arch`` holds the architecture type and its hyper-parameters; ``key`` the state-dict
+    key (``params_ema``/``params``; None = prefer params_ema, then params, then the root).
+    ``denoise`` names the interpolation partner for ``params.denoise`` and which side the
+    value weights (``weight_on``: ``base`` as the upstream CLI does for general-x4v3,
+    ``partner`` when the partner is the smooth model, e.g. RealESRNet for x4plus).
+    """
+
+    name: str
+    arch: Mapping[str, Any]
+    url: str | None = None
+    filename: str | None = None
+    sha256: str | None = None
+    key: str | None = None
+    scale: int = 1
+    path: str | None = None
+    denoise_partner: str | None = None
+    denoise_weight_on: str = "base"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def file_name(self) -> str:
+        if self.filename:
+            return self.filename
+        if self.url:
+            return self.url.rsplit("/", 1)[-1]
+        if self.path:
+            return Path(self.path).name
+        return f"{self.name}.pth"
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any]) -> ModelSpec:
+        known = {"name", "arch", "url", "filename", "sha256", "key", "scale", "path", "denoise", "kind", "license"}
+        unknown = set(m) - known - {"upsample", "detector", "detection_threshold", "min_eye_distance"}
+        if unknown:
+            raise ConfigError(f"model '{m.get('name')}': unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+        if not m.get("name"):
+            raise ConfigError("a model config needs a 'name'")
+        den = m.get("denoise") or {}
+        weight_on = den.get("weight_on", "base")
+        if weight_on not in ("base", "partner"):
+            raise ConfigError(f"model '{m['name']}': denoise.weight_on must be 'base' or 'partner', got {weight_on!r}")
+        return cls(
+            name=str(m["name"]),
+            arch=dict(m.get("arch") or {}),
+            url=m.get("url"),
+            filename=m.get("filename"),
+            sha256=(m.get("sha256") or None),
+            key=m.get("key"),
+            scale=int(m.get("scale") or (m.get("arch") or {}).get("scale", 1) or 1),
+            path=m.get("path"),
+            denoise_partner=den.get("partner"),
+            denoise_weight_on=weight_on,
+        )
+
+
+def catalogue(group: str = "model") -> dict[str, ModelSpec]:
+    """Every model described in ``conf/<group>/*.yaml`` (group = model or face), by name."""
+    out: dict[str, ModelSpec] = {}
+    for f in sorted((CONF_DIR / group).glob("*.yaml")):
+        m = yaml.safe_load(f.read_text()) or {}
+        if m.get("name") in (None, "none") or m.get("path") == "???":
+            continue  # face=none, and model=custom (a path given on the command line)
+        spec = ModelSpec.from_mapping(m)
+        out[spec.name] = spec
+    return out
+
+
+def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file, memoised per (path, size, mtime) within the process."""
+    st = path.stat()
+    k = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if k not in _SHA_MEMO:
+        _SHA_MEMO[k] = sha256_file(path)
+    return _SHA_MEMO[k]
+
+
+@dataclass(frozen=True)
+class Located:
+    path: Path | None
+    source: str  # explicit | weights_dir | cache | missing
+    verified: bool | None  # True = sha256 matches, False = mismatch, None = no sha256 configured
+
+
+class WeightStore:
+    """Finds, verifies and (where allowed) downloads model files."""
+
+    def __init__(self, *, weights_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+                 allow_download: bool = True) -> None:
+        wd = weights_dir if weights_dir not in (None, "") else os.environ.get("TUNER_WEIGHTS_DIR")
+        self.weights_dir = Path(wd).expanduser() if wd else None
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else user_cache_dir() / "weights"
+        self.allow_download = allow_download
+
+    def candidates(self, spec: ModelSpec) -> list[tuple[str, Path]]:
+        out: list[tuple[str, Path]] = []
+        if spec.path:
+            out.append(("explicit", Path(spec.path).expanduser()))
+        if self.weights_dir is not None:
+            out += [("weights_dir", self.weights_dir / spec.file_name),
+                    ("weights_dir", self.weights_dir / "face" / spec.file_name)]
+        out.append(("cache", self.cache_dir / spec.file_name))
+        return out
+
+    def locate(self, spec: ModelSpec) -> Located:
+        """Where the file is now (no download); verifies sha256 when configured."""
+        for source, p in self.candidates(spec):
+            if p.is_file():
+                verified = None if not spec.sha256 else content_hash(p) == spec.sha256.lower()
+                return Located(p, source, verified)
+            if source == "explicit":
+                raise WeightsError(f"model '{spec.name}': model.path={p} does not exist")
+        return Located(None, "missing", None)
+
+    def resolve(self, spec: ModelSpec) -> Path:
+        """Path of a verified file for ``spec``, downloading it if needed and allowed."""
+        loc = self.locate(spec)
+        if loc.path is not None:
+            if loc.verified is False:
+                raise WeightsError(
+                    f"model '{spec.name}': {loc.path} has sha256 {content_hash(loc.path)}, expected {spec.sha256}. "
+                    "Refusing to load it: delete the file (it will be downloaded again) or fix the sha256 in its config."
+                )
+            return loc.path
+        return self._download(spec)
+
+    def _download(self, spec: ModelSpec) -> Path:
+        where = f"put it in weights_dir=... ({self.weights_dir or 'unset'}) or {self.cache_dir}"
+        if not spec.url:
+            raise WeightsError(f"model '{spec.name}': file {spec.file_name} not found and no URL is configured; {where}")
+        if not self.allow_download:
+            raise WeightsError(
+                f"model '{spec.name}': {spec.file_name} not found and downloads are disabled; "
+                f"fetch {spec.url} and {where}"
+            )
+        dest = self.cache_dir / spec.file_name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        log.info("downloading %s -> %s", spec.url, dest)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=30) as resp:  # noqa: S310
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                from tqdm import tqdm
+
+                with tqdm(total=total, unit="B", unit_scale=True, desc=spec.file_name) as bar:
+                    while chunk := resp.read(1 << 20):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+            if spec.sha256 and sha256_file(Path(tmp)) != spec.sha256.lower():
+                raise WeightsError(f"model '{spec.name}': downloaded {spec.url} but its sha256 does not match {spec.sha256}")
+            shutil.move(tmp, dest)
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            raise WeightsError(
+                f"model '{spec.name}': cannot download {spec.file_name} from {spec.url} ({e}). "
+                f"On a machine without internet access, fetch that URL elsewhere and {where}."
+            ) from e
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return dest
+
+
+def load_state_dict(path: Path, key: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``) and return its parameter dict.
+
+    ``key`` picks ``params_ema``/``params``; None prefers params_ema, then params, then
+    the root mapping.  A ``module.`` prefix (DataParallel) is stripped.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightsError(
+            f"{path}: refused to load: the file is not a plain tensor checkpoint "
+            f"(torch.load weights_only=True rejected it: {str(e).splitlines()[0]})"
+        ) from e
+    except (RuntimeError, OSError, EOFError) as e:
+        raise WeightsError(f"{path}: cannot read checkpoint ({e}); the file may be truncated") from e
+    if not isinstance(ckpt, Mapping):
+        raise WeightsError(f"{path}: checkpoint is a {type(ckpt).__name__}, expected a state dict")
+    if key is not None:
+        if key not in ckpt:
+            raise WeightsError(f"{path}: key '{key}' not in checkpoint (keys: {sorted(ckpt)[:8]})")
+        sd = ckpt[key]
+    else:
+        sd = ckpt.get("params_ema", ckpt.get("params", ckpt))
+    if not isinstance(sd, Mapping) or not sd:
+        raise WeightsError(f"{path}: no parameters found")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def detect_arch(sd: Mapping[str, Any]) -> dict[str, Any]:
+    """Architecture of a bare Real-ESRGAN state dict: RRDBNet or SRVGGNetCompact, with sizes and scale."""
+    if "conv_first.weight" in sd and any(k.startswith("body.") and ".rdb1." in k for k in sd):
+        num_feat = int(sd["conv_first.weight"].shape[0])
+        in_ch = int(sd["conv_first.weight"].shape[1])
+        num_block = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("body.") and ".rdb1." in k)
+        num_grow_ch = int(sd["body.0.rdb1.conv1.weight"].shape[0])
+        out_ch = int(sd["conv_last.weight"].shape[0])
+        # RRDBNet pixel-unshuffles its input for scale 2 (x4 channels) and 1 (x16).
+        scale = {3: 4, 12: 2, 48: 1}.get(in_ch)
+        if scale is None:
+            raise WeightsError(f"RRDBNet with {in_ch} input channels: cannot infer its scale")
+        return {"type": "RRDBNet", "num_in_ch": in_ch // (16 // scale**2 if scale < 4 else 1), "num_out_ch": out_ch,
+                "num_feat": num_feat, "num_block": num_block, "num_grow_ch": num_grow_ch, "scale": scale}
+    if "body.0.weight" in sd:
+        idx = sorted({int(k.split(".")[1]) for k in sd if k.startswith("body.")})
+        last = sd[f"body.{idx[-1]}.weight"]
+        first = sd["body.0.weight"]
+        num_feat = int(first.shape[0])
+        in_ch = int(first.shape[1])
+        convs = [i for i in idx if sd[f"body.{i}.weight"].ndim == 4]
+        prelu = any(sd[f"body.{i}.weight"].ndim == 1 for i in idx)
+        out_ch_total = int(last.shape[0])
+        num_conv = len(convs) - 2
+        # the last conv emits num_out_ch * upscale^2 channels; RGB out assumed
+        up2 = out_ch_total // 3
+        upscale = int(round(up2**0.5))
+        if upscale * upscale * 3 != out_ch_total:
+            raise WeightsError(f"SRVGGNetCompact with {out_ch_total} output channels: cannot infer its scale")
+        return {"type": "SRVGGNetCompact", "num_in_ch": in_ch, "num_out_ch": 3, "num_feat": num_feat,
+                "num_conv": num_conv, "upscale": upscale, "act_type": "prelu" if prelu else "relu", "scale": upscale}
+    raise WeightsError(
+        "cannot detect the architecture of this state dict: it is neither RRDBNet nor SRVGGNetCompact; "
+        "describe it in conf/model/<name>.yaml instead"
+    )
