@@ -35,6 +35,9 @@ Arguments are Hydra overrides, e.g.
 """
 
 
+CONFIG_NAMES = {"metrics": "metrics_table"}  # conf/metrics/ is the metric-set group
+
+
 def _commands() -> dict[str, Callable[[Any], int]]:
     from . import commands
 
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        rest = expand_preset(rest) if cmd == "enhance" else rest
+        rest = expand_preset(rest) if cmd in ("enhance", "evaluate") else rest
     except TunerError as e:
         print(f"tuner {cmd}: error: {e}", file=sys.stderr)
         return 1
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     old_argv = sys.argv
     sys.argv = [f"tuner {cmd}", *rest]
     try:
-        hydra.main(config_path=str(Path(CONF_DIR)), config_name=cmd, version_base="1.3")(app)()
+        hydra.main(config_path=str(Path(CONF_DIR)), config_name=CONFIG_NAMES.get(cmd, cmd), version_base="1.3")(app)()
     except SystemExit as e:  # Hydra exits on bad overrides / --help
         return int(e.code or 0) if not isinstance(e.code, str) else 1
     finally:

@@ -1,0 +1,119 @@
+"""What every metric reads: the output, and an analysis of its input shared across trials.
+
+``InputAnalysis`` holds everything that depends only on the input and the output size
+(the classic upscale R, luminances, skin masks, faces, reference band energies, input
+face embeddings).  A study computes it once per portrait and reuses it for every trial,
+so a warm trial pays only for what depends on the output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..blend import reference_upscale
+from ..faces import Face, skin_mask
+from ..images import luminance
+
+
+def bbox(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return None
+    h, w = mask.shape
+    return (slice(max(ys.min() - margin, 0), min(ys.max() + margin + 1, h)),
+            slice(max(xs.min() - margin, 0), min(xs.max() + margin + 1, w)))
+
+
+def downscale(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Antialiased bicubic downscale (as MATLAB imresize / PIL) to ``size`` = (H, W)."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+    out = F.interpolate(t, size=size, mode="bicubic", antialias=True, align_corners=False)
+    return np.clip(out[0].numpy().transpose(1, 2, 0), 0, 1).astype(np.float32)
+
+
+@dataclass
+class InputAnalysis:
+    """Per-input state for scoring outputs of size ``out_hw``.  Lazily computed, then reused."""
+
+    input: np.ndarray  # RGB float (h, w, 3)
+    faces: list[Face]  # in input pixels
+    out_hw: tuple[int, int]
+    memo: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scale(self) -> float:
+        return self.out_hw[1] / self.input.shape[1]
+
+    @cached_property
+    def reference(self) -> np.ndarray:
+        """R: Lanczos upscale of the input to the output size."""
+        return reference_upscale(self.input, self.out_hw)
+
+    @cached_property
+    def y_ref(self) -> np.ndarray:
+        return luminance(self.reference)
+
+    @cached_property
+    def faces_out(self) -> list[Face]:
+        return [f.scaled(self.scale) for f in self.faces]
+
+    @cached_property
+    def skin_out(self) -> np.ndarray:
+        """Skin mask at output size, computed on R so it is the same region for every trial."""
+        return skin_mask(self.reference, self.faces_out)
+
+    @cached_property
+    def skin_in(self) -> np.ndarray:
+        return skin_mask(self.input, self.faces)
+
+    @cached_property
+    def skin_box(self) -> tuple[slice, slice] | None:
+        """Crop (output px) around the skin with a margin for filters: texture metrics run on it only."""
+        return bbox(self.skin_out, margin=int(4 * self.scale) + 4)
+
+
+@dataclass
+class Context:
+    """One output to score, with its input's analysis.  Shared intermediate results are cached."""
+
+    output: np.ndarray  # RGB float, output size
+    ref: InputAnalysis
+    tile: int = 0  # tile size used (input px), 0 = untiled
+    face_mask: np.ndarray | None = None  # soft paste mask (output px), when faces were pasted
+    iqa_max_side: int = 1024
+    notes: dict[str, str] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.output.shape[:2] != tuple(self.ref.out_hw):
+            raise ValueError(f"output {self.output.shape[:2]} does not match analysis size {self.ref.out_hw}")
+
+    @cached_property
+    def y_out(self) -> np.ndarray:
+        return luminance(self.output)
+
+    @cached_property
+    def down(self) -> np.ndarray:
+        """The output downscaled to the input size (antialiased bicubic)."""
+        return downscale(self.output, self.ref.input.shape[:2])
+
+    @cached_property
+    def iqa_image(self) -> np.ndarray:
+        """What NR-IQA metrics score: the output, INTER_AREA-resized so its long side <= iqa_max_side.
+
+        Scoring at one fixed analysis size keeps NR scores comparable across trials and
+        bounds their cost; the skin-texture metrics look at full resolution instead.
+        """
+        h, w = self.output.shape[:2]
+        if max(h, w) <= self.iqa_max_side:
+            return self.output
+        s = self.iqa_max_side / max(h, w)
+        return np.clip(cv2.resize(self.output, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA), 0, 1)

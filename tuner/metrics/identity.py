@@ -1,0 +1,73 @@
+"""Identity: dlib face-recognition embeddings (128-d) of each face, output versus input.
+
+Models from the PyPI package ``face-recognition-models`` (the 5-point landmark model and
+the ResNet recognition model; dlib's 68-point model, whose training data carries
+non-commercial terms, is not used), run through ``dlib-bin``.  Distances: same person
+~0.1-0.2 apart, different people ~0.85; the usual threshold is 0.6.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MetricError
+from ..faces import Face
+from .context import Context
+
+CHIP_FACE_PX = 160  # faces are cropped and resized so the box is about this wide before dlib sees them
+
+
+@functools.lru_cache(maxsize=1)
+def _models() -> tuple[Any, Any]:
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise MetricError("identity needs the package face-recognition-models (pip install face-recognition-models)")
+    root = Path(list(spec.submodule_search_locations)[0]) / "models"
+    import dlib
+
+    return (dlib.shape_predictor(str(root / "shape_predictor_5_face_landmarks.dat")),
+            dlib.face_recognition_model_v1(str(root / "dlib_face_recognition_resnet_model_v1.dat")))
+
+
+def embedding(rgb: np.ndarray, face: Face) -> np.ndarray:
+    """128-d dlib descriptor of ``face`` (box in ``rgb`` pixels)."""
+    import cv2
+    import dlib
+
+    sp, rec = _models()
+    x0, y0, x1, y1 = face.box
+    bw = max(x1 - x0, 1.0)
+    k = CHIP_FACE_PX / bw
+    m = 0.5 * bw  # margin around the box
+    h, w = rgb.shape[:2]
+    cx0, cy0 = int(max(x0 - m, 0)), int(max(y0 - m, 0))
+    cx1, cy1 = int(min(x1 + m, w)), int(min(y1 + m, h))
+    crop = rgb[cy0:cy1, cx0:cx1]
+    interp = cv2.INTER_AREA if k < 1 else cv2.INTER_CUBIC
+    crop = cv2.resize(crop, (max(round(crop.shape[1] * k), 1), max(round(crop.shape[0] * k), 1)), interpolation=interp)
+    u8 = np.ascontiguousarray((np.clip(crop, 0, 1) * 255).round().astype(np.uint8))
+    rect = dlib.rectangle(round((x0 - cx0) * k), round((y0 - cy0) * k), round((x1 - cx0) * k), round((y1 - cy0) * k))
+    shape = sp(u8, rect)
+    return np.asarray(rec.compute_face_descriptor(u8, shape), dtype=np.float64)
+
+
+def identity(ctx: Context) -> float:
+    """Worst (largest) per-face identity distance, output versus input (lower better; > 0.6 = a
+    different person).  Per-face distances go to ``ctx.extras['identity_per_face']``."""
+    faces = ctx.ref.faces
+    if not faces:
+        ctx.notes["identity"] = "no face"
+        return math.nan
+    memo = ctx.ref.memo
+    if "emb_in" not in memo:
+        memo["emb_in"] = [embedding(ctx.ref.input, f) for f in faces]
+    dists = [float(np.linalg.norm(embedding(ctx.output, fo) - e)) for fo, e in zip(ctx.ref.faces_out, memo["emb_in"],
+                                                                                   strict=True)]
+    ctx.extras["identity_per_face"] = dists
+    return max(dists)

@@ -1,0 +1,166 @@
+"""Skin-texture metrics: crunch (over-sharpening) and wax (over-smoothing).
+
+All are computed on luminance Y inside the skin mask (face ellipse minus eyes, brows and
+mouth, intersected with a skin-colour model; see :func:`tuner.faces.skin_mask`), at full
+output resolution but only on the crop around the skin, and always relative to
+R = a Lanczos upscale of the input to the output size.  With upscale factor s, the input's
+Nyquist frequency is f_c = 1/(2s) cycles per output pixel: everything above f_c in the
+output is synthesized by the model.
+
+Band energies use Gaussian filters G_sigma.  G with sigma = 0.375*s has half power at f_c
+(exp(-2 pi^2 sigma^2 f^2) = 1/2); with 0.75*s, half power at f_c/2.
+
+Images without a detected face (or without skin pixels) get NaN and a note "no face".
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from .context import Context
+
+LBP_POINTS, LBP_RADIUS = 8, 1
+
+
+def _skin_crops(ctx: Context, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    box = ctx.ref.skin_box
+    if box is None or not ctx.ref.skin_out.any():
+        ctx.notes[name] = "no face"
+        return None
+    return ctx.y_out[box], ctx.ref.y_ref[box], ctx.ref.skin_out[box]
+
+
+def _hf(y: np.ndarray, s: float) -> np.ndarray:
+    return y - cv2.GaussianBlur(y, (0, 0), 0.375 * s)
+
+
+def _mid(y: np.ndarray, s: float) -> np.ndarray:
+    return cv2.GaussianBlur(y, (0, 0), 0.375 * s) - cv2.GaussianBlur(y, (0, 0), 0.75 * s)
+
+
+def _ref_energy(ctx: Context, key: str, band) -> float:  # type: ignore[no-untyped-def]
+    memo = ctx.ref.memo
+    if key not in memo:
+        box = ctx.ref.skin_box
+        assert box is not None
+        memo[key] = float(np.mean(band(ctx.ref.y_ref[box], ctx.ref.scale)[ctx.ref.skin_out[box]] ** 2))
+    return memo[key]
+
+
+def crunch(ctx: Context) -> float:
+    """Crunch index, dB (lower = less over-sharpened; 0 = no more synthesized detail than R).
+
+    10*log10(E_hf(O) / E_hf(R)), where E_hf(X) = mean over skin of (X - G_{0.375 s} X)^2:
+    the skin's energy above the input Nyquist band, output versus Lanczos.  A faithful SR
+    adds some (natural skin has texture there); over-sharpening (unsharp masking, GAN
+    crunch) adds much more.  Typical: Lanczos 0 dB, natural HR skin ~ +5..+12 dB.
+    """
+    c = _skin_crops(ctx, "crunch")
+    if c is None:
+        return math.nan
+    yo, _, m = c
+    e_o = float(np.mean(_hf(yo, ctx.ref.scale)[m] ** 2))
+    e_r = _ref_energy(ctx, "e_hf_ref", _hf)
+    return 10.0 * math.log10((e_o + 1e-10) / (e_r + 1e-10))
+
+
+def crunch_grad(ctx: Context) -> float:
+    """Skin gradient overshoot, dB (lower better): 99th percentile of |grad Y| in skin, O versus R.
+
+    Over-sharpened skin has a heavy tail of steep local gradients ("grit").
+    """
+    c = _skin_crops(ctx, "crunch_grad")
+    if c is None:
+        return math.nan
+    yo, yr, m = c
+
+    def p99(y: np.ndarray) -> float:
+        gx = cv2.Sobel(y, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(y, cv2.CV_32F, 0, 1, ksize=3)
+        return float(np.percentile(np.hypot(gx, gy)[m], 99))
+
+    memo = ctx.ref.memo
+    if "p99_ref" not in memo:
+        memo["p99_ref"] = p99(yr)
+    return 20.0 * math.log10((p99(yo) + 1e-8) / (memo["p99_ref"] + 1e-8))
+
+
+def wax(ctx: Context) -> float:
+    """Wax index, dB (lower = less waxy; > 0 = pore-scale texture weaker than even a Lanczos upscale).
+
+    10*log10(E_mid(R) / E_mid(O)), E_mid(X) = mean over skin of (G_{0.375 s} X - G_{0.75 s} X)^2:
+    the pore-scale band f_c/2..f_c (1/16..1/8 cycles/px at x4), which the input still
+    carries.  Smoothing (face restorers, heavy denoise, bilateral filters) removes it.
+    """
+    c = _skin_crops(ctx, "wax")
+    if c is None:
+        return math.nan
+    yo, _, m = c
+    e_o = float(np.mean(_mid(yo, ctx.ref.scale)[m] ** 2))
+    e_r = _ref_energy(ctx, "e_mid_ref", _mid)
+    return 10.0 * math.log10((e_r + 1e-10) / (e_o + 1e-10))
+
+
+def _lbp_entropy(y: np.ndarray, m: np.ndarray, s: float) -> float:
+    from skimage.feature import local_binary_pattern
+
+    # LBP at the pore scale: sample the image after an s/2 box downscale so radius 1 ~ pore size
+    k = max(int(round(s / 2)), 1)
+    if k > 1:
+        h, w = y.shape[0] // k * k, y.shape[1] // k * k
+        y = y[:h, :w].reshape(h // k, k, w // k, k).mean(axis=(1, 3))
+        m = m[:h, :w].reshape(h // k, k, w // k, k).mean(axis=(1, 3)) > 0.5
+    codes = local_binary_pattern((y * 255).round().astype(np.uint8), LBP_POINTS, LBP_RADIUS, method="uniform")
+    hist = np.bincount(codes[m].astype(int), minlength=LBP_POINTS + 2).astype(np.float64)
+    p = hist / max(hist.sum(), 1.0)
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+def wax_lbp(ctx: Context) -> float:
+    """LBP-entropy drop, bits (lower better): H(LBP of R) - H(LBP of O) over skin.
+
+    Uniform rotation-invariant LBP (P=8, R=1) at pore scale; entropy at most log2(10) = 3.32
+    bits.  Plastic skin is locally flat, so its LBP histogram collapses onto few codes.
+    """
+    c = _skin_crops(ctx, "wax_lbp")
+    if c is None:
+        return math.nan
+    yo, yr, m = c
+    memo = ctx.ref.memo
+    if "lbp_ref" not in memo:
+        memo["lbp_ref"] = _lbp_entropy(yr, m, ctx.ref.scale)
+    return memo["lbp_ref"] - _lbp_entropy(yo, m, ctx.ref.scale)
+
+
+def _slope(y: np.ndarray, m: np.ndarray) -> float:
+    ys, xs = np.nonzero(m)
+    cy, cx = int(np.median(ys)), int(np.median(xs))
+    n = 2 ** int(math.log2(max(min(y.shape[0], y.shape[1], 256), 16)))
+    y0, x0 = max(min(cy - n // 2, y.shape[0] - n), 0), max(min(cx - n // 2, y.shape[1] - n), 0)
+    patch = y[y0 : y0 + n, x0 : x0 + n].astype(np.float64)
+    patch = (patch - patch.mean()) * np.outer(np.hanning(patch.shape[0]), np.hanning(patch.shape[1]))
+    p = np.abs(np.fft.fftshift(np.fft.fft2(patch))) ** 2
+    fy, fx = np.indices(p.shape)
+    r = np.hypot(fy - p.shape[0] // 2, fx - p.shape[1] // 2).astype(int)
+    radial = np.bincount(r.ravel(), p.ravel()) / np.maximum(np.bincount(r.ravel()), 1)
+    f = np.arange(radial.size) / patch.shape[0]
+    sel = (f >= 2 / patch.shape[0]) & (f <= 0.5) & (radial > 0)
+    return float(np.polyfit(np.log10(f[sel]), np.log10(radial[sel]), 1)[0])
+
+
+def spectral_slope(ctx: Context) -> float:
+    """Slope of the radially averaged log power spectrum of skin (log10 P vs log10 f, 2/N..0.5 cycles/px).
+
+    Informational (no direction): natural images are near -2; flatter (less negative)
+    than R means added high-frequency texture, steeper means smoothing.  Computed on a
+    Hann-windowed square patch (<= 256 px) centred on the skin.
+    """
+    c = _skin_crops(ctx, "spectral_slope")
+    if c is None:
+        return math.nan
+    yo, _, m = c
+    return _slope(yo, m)
