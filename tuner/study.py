@@ -1,0 +1,703 @@
+"""`tuner tune` / `tuner export`: an Optuna study over the pipeline's knobs, driven directly.
+
+- search space from ``conf/search/*.yaml`` (categorical / float / int, conditionals);
+- one worker loop (ask/tell) that any number of processes or machines can run against
+  one storage: SQLite (default, in the run directory), any RDB URL, or a Journal file;
+- on local storages a file lock makes "count finished + running, then ask" atomic, so
+  the study stops at exactly ``study.n_trials`` finished trials;
+- heartbeats (RDB storages) fail the trials of killed workers, and
+  RetryFailedTrialCallback re-queues them;
+- per-image pruning with WilcoxonPruner (images in a per-trial shuffled order, reported
+  under their fixed dataset index);
+- the stage cache + per-input analyses + a metric memo make warm trials cheap;
+- every trial is logged to MLflow (nested under the study's parent run);
+- the best feasible trial is exported as a preset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import PIPELINE_VERSION, __version__
+from . import metrics as M
+from . import objective as O
+from . import preset as presets
+from .cache import StageCache, array_hash, make_key
+from .config import check_keys, pipeline_config, to_dict
+from .dataset import Dataset, Item
+from .errors import ConfigError, TunerError, WeightsError
+from .evaluate import dataset_from_cfg, metric_settings
+from .images import encode, from_array
+from .pipeline import Params, Pipeline, PipelineSpec, Result
+from .tracking import Tracker
+from .weights import WeightStore, catalogue, content_hash
+
+log = logging.getLogger("tuner")
+
+FACE_KNOBS = ("face_weight", "face_upsample")
+KNOB_NAMES = ("tile", "denoise", "face_weight", "blend", "blend_variant", "face_upsample", "model")
+
+
+# ---------------------------------------------------------------- search space
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    type: str  # categorical | float | int
+    choices: tuple[Any, ...] = ()
+    low: float = 0.0
+    high: float = 1.0
+    step: float | None = None
+    log: bool = False
+
+    def suggest(self, trial: Any) -> Any:
+        if self.type == "categorical":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.type == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+
+def search_space(node: Mapping[str, Any]) -> dict[str, Knob]:
+    """Validate ``conf/search/*.yaml``'s ``params`` mapping."""
+    check_keys(node, {"params", "description"}, "search")
+    out = {}
+    for name, k in (node.get("params") or {}).items():
+        if name not in KNOB_NAMES:
+            raise ConfigError(f"search.params.{name}: unknown knob; searchable: {KNOB_NAMES}")
+        if k is None:
+            continue  # removed by an experiment config
+        check_keys(k, {"type", "choices", "low", "high", "step", "log"}, f"search.params.{name}")
+        t = k.get("type")
+        if t == "categorical":
+            if not k.get("choices"):
+                raise ConfigError(f"search.params.{name}: categorical needs choices")
+            out[name] = Knob(name, t, tuple(k["choices"]))
+        elif t in ("float", "int"):
+            lo, hi = float(k.get("low", 0)), float(k.get("high", 1))
+            if lo > hi:
+                raise ConfigError(f"search.params.{name}: low {lo} > high {hi}")
+            if name in ("denoise", "face_weight", "blend") and not (0 <= lo and hi <= 1):
+                raise ConfigError(f"search.params.{name}: range must lie in [0, 1], got [{lo}, {hi}]")
+            out[name] = Knob(name, t, (), lo, hi, k.get("step"), bool(k.get("log", False)))
+        else:
+            raise ConfigError(f"search.params.{name}: type must be categorical, float or int, got {t!r}")
+    if "tile" in out and out["tile"].type == "categorical" and any(int(c) < 0 for c in out["tile"].choices):
+        raise ConfigError("search.params.tile: choices must be >= 0")
+    return out
+
+
+# ---------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class StudySettings:
+    name: str
+    n_trials: int
+    storage: str
+    sampler: str
+    seed: int
+    n_startup_trials: int
+    pruner: bool
+    p_threshold: float
+    n_startup_steps: int
+    heartbeat_interval: int
+    grace_period: int
+    max_retry: int
+    strict: bool
+    allow_infeasible: bool
+
+
+def study_settings(cfg: Any, run_dir: Path) -> StudySettings:
+    s = to_dict(cfg.study) or {}
+    check_keys(s, {"name", "n_trials", "storage", "sampler", "seed", "n_startup_trials", "pruner", "heartbeat",
+                   "max_retry", "strict", "allow_infeasible"}, "study")
+    pr = s.get("pruner") or {}
+    check_keys(pr, {"enabled", "p_threshold", "n_startup_steps"}, "study.pruner")
+    hb = s.get("heartbeat") or {}
+    check_keys(hb, {"interval", "grace_period"}, "study.heartbeat")
+    sampler = str(s.get("sampler", "tpe"))
+    if sampler not in ("tpe", "gp", "nsga2", "random", "grid"):
+        raise ConfigError(f"study.sampler must be tpe, gp, nsga2, random or grid, got {sampler!r}")
+    n = int(s.get("n_trials", 0))
+    if n < 1:
+        raise ConfigError(f"study.n_trials must be >= 1, got {n}")
+    name = str(s.get("name") or "")
+    if not name or "/" in name:
+        raise ConfigError(f"study.name must be a non-empty name without '/', got {name!r}")
+    storage = s.get("storage") or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    return StudySettings(name=name, n_trials=n, storage=str(storage), sampler=sampler, seed=int(s.get("seed", 0)),
+                         n_startup_trials=int(s.get("n_startup_trials", 8)), pruner=bool(pr.get("enabled", True)),
+                         p_threshold=float(pr.get("p_threshold", 0.1)), n_startup_steps=int(pr.get("n_startup_steps", 5)),
+                         heartbeat_interval=int(hb.get("interval", 30)), grace_period=int(hb.get("grace_period", 90)),
+                         max_retry=int(s.get("max_retry", 2)), strict=bool(s.get("strict", False)),
+                         allow_infeasible=bool(s.get("allow_infeasible", False)))
+
+
+def make_storage(st: StudySettings) -> Any:
+    import optuna
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    url = st.storage
+    if url.startswith("journal://"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = url[len("journal://"):]
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(path))
+    if "://" not in url:
+        raise ConfigError(f"study.storage must be a URL (sqlite:///file.db, postgresql://..., journal:///path), got {url!r}")
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs = {"connect_args": {"timeout": 60}}
+        Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=st.heartbeat_interval,
+                          grace_period=st.grace_period,
+                          failed_trial_callback=RetryFailedTrialCallback(max_retry=st.max_retry))
+    except (optuna.exceptions.StorageInternalError, ImportError, ValueError) as e:
+        raise ConfigError(f"cannot open study.storage={url}: {e}") from e
+
+
+def _constraints_func(trial: Any) -> list[float]:
+    return list(trial.user_attrs.get("constraints", []))
+
+
+def make_sampler(st: StudySettings, space: Mapping[str, Knob], multi: bool) -> Any:
+    import optuna.samplers as S
+
+    if st.sampler == "tpe":
+        return S.TPESampler(seed=st.seed, n_startup_trials=st.n_startup_trials, constraints_func=_constraints_func,
+                            multivariate=True, group=True)
+    if st.sampler == "gp":
+        return S.GPSampler(seed=st.seed, n_startup_trials=st.n_startup_trials, constraints_func=_constraints_func)
+    if st.sampler == "nsga2":
+        return S.NSGAIISampler(seed=st.seed, constraints_func=_constraints_func)
+    if st.sampler == "random":
+        return S.RandomSampler(seed=st.seed)
+    grid = {}
+    for k in space.values():
+        if k.type != "categorical":
+            if k.step is None:
+                raise ConfigError(f"sampler=grid needs a step for search.params.{k.name}")
+            grid[k.name] = list(np.arange(k.low, k.high + 1e-9, k.step).round(6))
+        else:
+            grid[k.name] = list(k.choices)
+    return S.GridSampler(grid, seed=st.seed)
+
+
+# ---------------------------------------------------------------- the trial runner
+class TrialRunner:
+    """Evaluates one trial's settings over the dataset: pipeline -> metrics -> objective."""
+
+    def __init__(self, *, base: PipelineSpec, base_params: Params, space: Mapping[str, Knob], objective: O.Objective,
+                 dataset: Dataset, metric_names: list[str], iqa_max_side: int, store: WeightStore,
+                 cache: StageCache | None, run_dir: Path) -> None:
+        self.base = base
+        self.base_params = base_params
+        self.space = dict(space)
+        self.objective = objective
+        self.dataset = dataset
+        self.metric_names = metric_names
+        self.iqa_max_side = iqa_max_side
+        self.store = store
+        self.cache = cache
+        self.run_dir = run_dir
+        self._pipelines: dict[str, Pipeline] = {}
+        self._analyses: dict[tuple[str, tuple[int, int]], M.InputAnalysis] = {}
+        self._metric_memo: dict[str, dict[str, float]] = {}
+        self.models = catalogue("model")
+
+    def pipeline(self, spec: PipelineSpec) -> Pipeline:
+        key = json.dumps(asdict(spec), sort_keys=True, default=str)
+        if key not in self._pipelines:
+            self._pipelines[key] = Pipeline(spec, store=self.store, cache=self.cache)
+        return self._pipelines[key]
+
+    def suggest(self, trial: Any) -> tuple[PipelineSpec, Params]:
+        """Draw this trial's settings; conditional knobs are drawn only where they act."""
+        spec, p = self.base, self.base_params
+        sp = self.space
+        if "model" in sp:
+            name = sp["model"].suggest(trial)
+            if name not in self.models:
+                raise ConfigError(f"search.params.model: unknown model {name!r}")
+            m = self.models[name]
+            spec = replace(spec, model=m, partner=self.models.get(m.denoise_partner or ""))
+        tile = int(sp["tile"].suggest(trial)) if "tile" in sp else p.tile
+        denoise = p.denoise
+        if "denoise" in sp and spec.model.denoise_partner and spec.partner is not None:
+            denoise = float(sp["denoise"].suggest(trial))
+        elif spec.model.denoise_partner is None:
+            denoise = None
+        face_weight = p.face_weight
+        if spec.face is not None and "face_weight" in sp:
+            face_weight = float(sp["face_weight"].suggest(trial))
+            if face_weight > 0 and "face_upsample" in sp:
+                spec = replace(spec, face_upsample=bool(sp["face_upsample"].suggest(trial)))
+        blend = float(sp["blend"].suggest(trial)) if "blend" in sp else p.blend
+        if blend > 0 and "blend_variant" in sp:
+            spec = replace(spec, blend_variant=str(sp["blend_variant"].suggest(trial)))
+        if spec.overlap and tile and spec.overlap * 2 >= tile:
+            spec = replace(spec, overlap=max(tile // 2 - 1, 0))
+        return spec, Params(tile=tile, denoise=denoise, face_weight=face_weight, blend=blend)
+
+    def analysis(self, item: Item, res: Result, pipe: Pipeline) -> M.InputAnalysis:
+        key = (item.content_hash, res.image.rgb.shape[:2])
+        if key not in self._analyses:
+            faces = res.faces if res.faces else pipe.detect(item.image)
+            a = M.InputAnalysis(item.image.rgb, faces, res.image.rgb.shape[:2])
+            a.__dict__["reference"] = res.reference
+            self._analyses[key] = a
+        if not res.faces:
+            res.faces = self._analyses[key].faces  # for the contact sheet
+        return self._analyses[key]
+
+    def score(self, res: Result, analysis: M.InputAnalysis) -> tuple[dict[str, float], dict[str, Any]]:
+        """Metric values of one output; never recomputed for an output already scored."""
+        names = self.metric_names
+        mask_h = "none" if res.face_mask is None else array_hash(res.face_mask)
+        key = make_key(out=array_hash(res.image.rgb), names=names, tile=res.tile, mask=mask_h,
+                       iqa=self.iqa_max_side, input=analysis.input.shape, version=PIPELINE_VERSION)
+        if key in self._metric_memo:
+            return self._metric_memo[key], {"memo": True}
+        if self.cache is not None:
+            hit = self.cache.get("metrics", key)
+            if hit is not None:
+                vals = dict(zip(names, hit["values"].tolist(), strict=True))
+                self._metric_memo[key] = vals
+                return vals, {"memo": True}
+        ctx = M.Context(res.image.rgb, analysis, tile=res.tile, face_mask=res.face_mask, iqa_max_side=self.iqa_max_side)
+        vals = M.score(ctx, names)
+        extra: dict[str, Any] = {"notes": "; ".join(f"{k}: {v}" for k, v in ctx.notes.items())}
+        if "identity_per_face" in ctx.extras:
+            extra["identity_per_face"] = json.dumps([round(x, 4) for x in ctx.extras["identity_per_face"]])
+        self._metric_memo[key] = vals
+        if self.cache is not None:
+            self.cache.put("metrics", key, {"values": np.array([vals[n] for n in names], dtype=np.float64)})
+        return vals, extra
+
+    def evaluate(self, spec: PipelineSpec, params: Params, *, order: list[int] | None = None,
+                 report: Any = None) -> tuple[list[dict[str, Any]], list[Result]]:
+        """Run and score every image (in ``order``); ``report(value, index)`` may raise TrialPruned."""
+        pipe = self.pipeline(spec)
+        rows, results = [], []
+        for idx in order if order is not None else range(len(self.dataset.items)):
+            item = self.dataset.items[idx]
+            res = pipe.run(item.image, params)
+            vals, extra = self.score(res, self.analysis(item, res, pipe))
+            row = {"image": item.name, "index": idx, **vals, **extra, "objective": self.objective.per_image(vals)}
+            rows.append(row)
+            results.append(res)
+            if report is not None:
+                report(row["objective"], idx)
+        return rows, results
+
+
+# ---------------------------------------------------------------- run
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def resolve_knobs(base: PipelineSpec, space: dict[str, Knob], store: WeightStore, strict: bool) -> tuple[
+        PipelineSpec, dict[str, Knob], list[str]]:
+    """Drop knobs whose weights cannot be had here (loudly), or fail with ``study.strict=true``."""
+    dropped: list[str] = []
+
+    def unavailable(knob: str, why: str) -> None:
+        msg = f"knob '{knob}' cannot be tuned here: {why}"
+        if strict:
+            raise ConfigError(msg + " (study.strict=true)")
+        log.warning("!!! %s -- dropped from the search space; recorded in the preset", msg)
+        dropped.append(f"{knob}: {why}")
+
+    if "denoise" in space:
+        if not base.model.denoise_partner or base.partner is None:
+            unavailable("denoise", f"model '{base.model.name}' has no interpolation partner")
+            space.pop("denoise")
+        else:
+            try:
+                store.resolve(base.partner)
+            except WeightsError as e:
+                unavailable("denoise", str(e))
+                space.pop("denoise")
+    face_knobs = [k for k in FACE_KNOBS if k in space]
+    if base.face is not None:
+        try:
+            store.resolve(base.face)
+        except WeightsError as e:
+            for k in face_knobs:
+                unavailable(k, str(e))
+                space.pop(k)
+            if not strict:
+                base = replace(base, face=None)
+    elif face_knobs:
+        for k in face_knobs:
+            unavailable(k, "face=none")
+            space.pop(k)
+    if "tile" in space and space["tile"].type == "categorical":
+        pass  # tile values larger than the analysis size act as 0; see conf/search/default.yaml
+    return base, space, dropped
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"tuner": __version__, "pipeline_version": PIPELINE_VERSION}
+    for pkg in ("torch", "optuna", "realesrgan", "gfpgan", "basicsr", "pyiqa", "mlflow", "opencv-python", "numpy"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[pkg] = md.version(pkg)
+    return out
+
+
+def run_tune(cfg: Any) -> int:
+    import optuna
+    from hydra.core.hydra_config import HydraConfig
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # WilcoxonPruner, heartbeat
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    # ---- validate everything before any model loads
+    st = study_settings(cfg, run_dir)
+    pc = pipeline_config(cfg)
+    space = search_space(to_dict(cfg.search) or {})
+    objective = O.from_mapping(to_dict(cfg.objective) or {})
+    names, iqa_side = metric_settings(cfg)
+    names = list(dict.fromkeys([*names, *objective.metrics]))
+    tracking = to_dict(cfg.tracking) or {}
+    check_keys(tracking, {"enabled", "uri", "experiment", "contact_sheet_faces"}, "tracking")
+    if objective.mode == "multi" and st.sampler in ("tpe", "gp") and st.pruner:
+        log.info("multi-objective study: pruning is off (WilcoxonPruner is single-objective)")
+    dataset = dataset_from_cfg(cfg)
+    base, space, dropped = resolve_knobs(pc.spec, space, pc.store, st.strict)
+    log.info("study %s: %d image(s) at max_side=%s, searching %s", st.name, len(dataset.items), dataset.max_side,
+             sorted(space))
+    runner = TrialRunner(base=base, base_params=pc.params, space=space, objective=objective, dataset=dataset,
+                         metric_names=names, iqa_max_side=iqa_side, store=pc.store, cache=pc.cache, run_dir=run_dir)
+    storage = make_storage(st)
+    multi = objective.mode == "multi"
+    pruner = (optuna.pruners.WilcoxonPruner(p_threshold=st.p_threshold, n_startup_steps=st.n_startup_steps)
+              if st.pruner and not multi else optuna.pruners.NopPruner())
+    local = st.storage.startswith(("sqlite", "journal"))
+    lock_path = run_dir / ".study.lock" if local else None
+    tracker = Tracker(enabled=bool(tracking.get("enabled", True)),
+                      uri=str(os.environ.get("MLFLOW_TRACKING_URI") or tracking.get("uri")
+                              or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"),
+                      experiment=str(tracking.get("experiment") or "tuner"))
+    with file_lock(lock_path) if lock_path else contextlib.nullcontext():
+        study = optuna.create_study(study_name=st.name, storage=storage, load_if_exists=True,
+                                    directions=objective.directions, sampler=make_sampler(st, space, multi),
+                                    pruner=pruner)
+        fresh = not study.user_attrs.get("tuner")
+        if fresh:
+            study.set_user_attr("tuner", {
+                "model": base.model.name, "face": base.face.name if base.face else "none",
+                "pipeline": {"tile_pad": base.tile_pad, "pre_pad": base.pre_pad, "overlap": base.overlap,
+                             "outscale": base.outscale, "blend_variant": base.blend_variant,
+                             "face_upsample": base.face_upsample, "detector": base.detector,
+                             "detection_threshold": base.detection_threshold},
+                "max_side": dataset.max_side, "dataset": str(dataset.root), "dataset_hash": dataset.content_hash,
+                "n_images": len(dataset.items), "dropped_knobs": dropped, "space": sorted(space),
+                "objective": to_dict(cfg.objective), "metrics": names, "versions": versions()})
+            # trial 0 = the baseline (the configured params, out of the box by default)
+            base_trial = {k: v for k, v in {"tile": pc.params.tile, "denoise": pc.params.denoise,
+                                             "face_weight": pc.params.face_weight, "blend": pc.params.blend}.items()
+                          if k in space and v is not None}
+            study.enqueue_trial(base_trial, user_attrs={"baseline": True}, skip_if_exists=True)
+        else:
+            prev = study.user_attrs["tuner"]
+            if prev.get("dataset_hash") != dataset.content_hash or prev.get("model") != base.model.name:
+                raise ConfigError(
+                    f"study '{st.name}' exists with another dataset or model ({prev.get('model')}, "
+                    f"dataset {str(prev.get('dataset_hash'))[:12]}); resume it with the same settings or pick a new study.name"
+                )
+        parent = tracker.start_study(study.user_attrs.get("mlflow_parent_run_id"), name=st.name,
+                                     params={"model": base.model.name, "face": base.face.name if base.face else "none",
+                                             "n_images": len(dataset.items), "max_side": dataset.max_side,
+                                             "space": ",".join(sorted(space)), "dropped_knobs": "; ".join(dropped)},
+                                     tags={"dataset_hash": dataset.content_hash, **{f"version.{k}": v for k, v in
+                                                                                    versions().items()}})
+        if parent and not study.user_attrs.get("mlflow_parent_run_id"):
+            study.set_user_attr("mlflow_parent_run_id", parent)
+    worker_loop(study, runner, st, objective, tracker, parent, lock_path, run_dir,
+                int(tracking.get("contact_sheet_faces", 6)))
+    return finish(study, st, objective, runner, tracker, parent, run_dir)
+
+
+def _counts(study: Any) -> tuple[int, int]:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    done = sum(t.state != TrialState.RUNNING for t in trials)
+    return done, len(trials) - done
+
+
+def worker_loop(study: Any, runner: TrialRunner, st: StudySettings, objective: O.Objective, tracker: Tracker,
+                parent: str | None, lock_path: Path | None, run_dir: Path, sheet_faces: int) -> None:
+    import optuna
+    from optuna.storages._heartbeat import fail_stale_trials, get_heartbeat_thread  # optuna's own helpers
+    from tqdm import tqdm
+
+    # ask/tell with optuna's heartbeat helpers (Study.optimize cannot take our lock around ask)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    bar = tqdm(total=st.n_trials, desc=f"study {st.name}", unit="trial")
+    while True:
+        with file_lock(lock_path) if lock_path else contextlib.nullcontext():
+            fail_stale_trials(study)
+            done, running = _counts(study)
+            bar.n = done
+            bar.refresh()
+            if done >= st.n_trials:
+                break
+            trial = None if done + running >= st.n_trials else study.ask()
+        if trial is None:  # the last trials run elsewhere (or in a killed worker, until its heartbeat lapses)
+            if not isinstance(study._storage, optuna.storages.RDBStorage):
+                log.warning("stopping: %d trial(s) still RUNNING without heartbeats", running)
+                break
+            time.sleep(max(1, min(st.heartbeat_interval, 5)))
+            continue
+        with get_heartbeat_thread(trial._trial_id, study._storage):
+            run_trial(study, trial, runner, objective, tracker, parent, run_dir, sheet_faces)
+    bar.close()
+
+
+def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objective, tracker: Tracker,
+              parent: str | None, run_dir: Path, sheet_faces: int) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    t0 = time.perf_counter()
+    tdir = run_dir / "trials" / f"{trial.number:04d}"
+    state, values, reason = TrialState.FAIL, None, ""
+    rows: list[dict[str, Any]] = []
+    try:
+        spec, params = runner.suggest(trial)
+        order = list(range(len(runner.dataset.items)))
+        random.Random(trial.number).shuffle(order)
+        multi = objective.mode == "multi"
+
+        reported = [0]
+
+        def report(v: float, idx: int) -> None:
+            if multi or math.isnan(v):
+                return
+            trial.report(v, step=idx)
+            reported[0] += 1
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"WilcoxonPruner: worse than the best trial after {reported[0]} image(s)")
+
+        rows, results = runner.evaluate(spec, params, order=order, report=report)
+        means = O.means(rows, runner.metric_names)
+        baseline = study.user_attrs.get("baseline_means")
+        cons = objective.constraint_values(means, baseline)
+        values = objective.values(rows)
+        if any(math.isnan(v) for v in values):
+            raise TunerError("objective is NaN on every image (no metric applied); check objective.terms")
+        trial.set_user_attr("metrics", {k: (None if math.isnan(v) else round(v, 6)) for k, v in means.items()})
+        trial.set_user_attr("constraints", cons)
+        trial.set_user_attr("feasible", all(c <= 0 for c in cons))
+        trial.set_user_attr("spec", {"model": spec.model.name, "blend_variant": spec.blend_variant,
+                                     "face_upsample": spec.face_upsample, "overlap": spec.overlap})
+        trial.set_user_attr("params_full", {"tile": params.tile, "denoise": params.denoise,
+                                            "face_weight": params.face_weight, "blend": params.blend})
+        trial.set_user_attr("model_identity", runner.pipeline(spec).model_identity(params.denoise))
+        trial.set_user_attr("face_sha256", content_hash(runner.store.resolve(spec.face)) if spec.face else None)
+        if trial.user_attrs.get("baseline") or trial.number == 0:
+            study.set_user_attr("baseline_means", {k: v for k, v in means.items() if not math.isnan(v)})
+        state = TrialState.COMPLETE
+        _trial_artifacts(tdir, rows, results, runner, sheet_faces)
+    except optuna.TrialPruned as e:
+        state, reason = TrialState.PRUNED, str(e)
+    except TunerError as e:
+        reason = f"{e.__class__.__name__}: {e}"
+        log.error("trial %d failed: %s", trial.number, reason)
+    finally:
+        if reason:
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("reason", reason)
+        elapsed = time.perf_counter() - t0
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("seconds", round(elapsed, 3))
+        if state == TrialState.COMPLETE:
+            study.tell(trial, values)
+        else:
+            study.tell(trial, state=state)
+    if rows:
+        tdir.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(tdir / "metrics.csv", index=False)
+    arts = [p for p in (tdir / "metrics.csv", tdir / "faces.png") if p.exists()]
+    means = trial.user_attrs.get("metrics", {}) if state == TrialState.COMPLETE else {}
+    tracker.log_trial(parent, number=trial.number, params=trial.params,
+                      metrics={**{k: v for k, v in means.items() if v is not None},
+                               **({"objective": values[0]} if values and len(values) == 1 else {}),
+                               "seconds": elapsed},
+                      tags={"state": state.name, "reason": reason[:500],
+                            "model_sha256": ",".join(s for _, s, _ in trial.user_attrs.get("model_identity", [])),
+                            "feasible": str(trial.user_attrs.get("feasible", ""))},
+                      artifacts=arts, status=state.name)
+    log.info("trial %d %s in %.1fs %s %s", trial.number, state.name, elapsed, trial.params,
+             "" if values is None else f"values={[round(v, 4) for v in values]}")
+
+
+def _trial_artifacts(tdir: Path, rows: list[dict[str, Any]], results: list[Result], runner: TrialRunner,
+                     n_faces: int) -> None:
+    """A contact sheet of 100% face crops (output pixels, no resampling)."""
+    crops = []
+    for res in results:
+        if len(crops) >= n_faces or not res.faces:
+            continue
+        f = res.faces[0].scaled(res.scale)
+        cx, cy = int((f.box[0] + f.box[2]) / 2), int((f.box[1] + f.box[3]) / 2)
+        h, w = res.image.rgb.shape[:2]
+        s = 128
+        x0, y0 = min(max(cx - s // 2, 0), max(w - s, 0)), min(max(cy - s // 2, 0), max(h - s, 0))
+        c = np.zeros((s, s, 3), np.float32)
+        part = res.image.rgb[y0 : y0 + s, x0 : x0 + s]
+        c[: part.shape[0], : part.shape[1]] = part
+        crops.append(c)
+    if crops:
+        tdir.mkdir(parents=True, exist_ok=True)
+        encode(from_array(np.concatenate(crops, axis=1)), tdir / "faces.png")
+
+
+# ---------------------------------------------------------------- best trial, export
+def recheck(study: Any, objective: O.Objective) -> list[tuple[Any, list[float]]]:
+    """Completed trials with constraints recomputed against the final baseline."""
+    from optuna.trial import TrialState
+
+    baseline = study.user_attrs.get("baseline_means")
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        means = {k: (math.nan if v is None else v) for k, v in (t.user_attrs.get("metrics") or {}).items()}
+        out.append((t, objective.constraint_values(means, baseline)))
+    return out
+
+
+def best_trial(study: Any, objective: O.Objective, *, allow_infeasible: bool, number: int | None = None) -> tuple[Any, list[float]]:
+    trials = recheck(study, objective)
+    if number is not None:
+        for t, c in trials:
+            if t.number == number:
+                if any(v > 0 for v in c) and not allow_infeasible:
+                    raise ConfigError(f"trial {number} violates constraints {c}; pass allow_infeasible=true to export it")
+                return t, c
+        raise ConfigError(f"trial {number} is not a completed trial of study '{study.study_name}'")
+    feasible = [(t, c) for t, c in trials if all(v <= 0 for v in c)]
+    pool = feasible if feasible else (trials if allow_infeasible else [])
+    if not pool:
+        raise ConfigError(
+            f"study '{study.study_name}' has no completed trial that satisfies the constraints "
+            f"({len(trials)} completed); run more trials, relax conf/objective, or pass allow_infeasible=true"
+        )
+    if objective.mode == "composite":
+        return min(pool, key=lambda tc: tc[0].values[0])
+    # multi-objective: rank the feasible Pareto front by the sum of min-max normalised objectives
+    vals = np.array([[v if d == "minimize" else -v for v, d in zip(t.values, objective.directions, strict=True)]
+                     for t, _ in pool])
+    norm = (vals - vals.min(0)) / np.maximum(vals.max(0) - vals.min(0), 1e-12)
+    return pool[int(np.argmin(norm.sum(1)))]
+
+
+def build_preset(study: Any, trial: Any, cons: list[float], objective: O.Objective) -> dict[str, Any]:
+    info = study.user_attrs["tuner"]
+    models = catalogue("model")
+    faces = catalogue("face")
+    spec_attrs = trial.user_attrs.get("spec", {})
+    model = models[spec_attrs.get("model", info["model"])]
+    face = faces.get(info["face"]) if info["face"] != "none" else None
+    pipe = dict(info["pipeline"])
+    pipe.update({k: spec_attrs[k] for k in ("blend_variant", "face_upsample", "overlap") if k in spec_attrs})
+    spec = PipelineSpec(model=model, face=face, tile_pad=pipe["tile_pad"], pre_pad=pipe["pre_pad"],
+                        overlap=pipe["overlap"], outscale=pipe["outscale"], blend_variant=pipe["blend_variant"],
+                        face_upsample=pipe["face_upsample"], detector=pipe["detector"],
+                        detection_threshold=pipe["detection_threshold"])
+    params = Params.from_mapping(trial.user_attrs["params_full"])
+    ident = [tuple(x) for x in trial.user_attrs.get("model_identity", [])]
+    constraints = {c.describe(): {"value": (trial.user_attrs.get("metrics") or {}).get(c.metric),
+                                  "holds": v <= 0} for c, v in zip(objective.constraints, cons, strict=True)}
+    return presets.build(
+        spec, params, model_identity=ident,  # type: ignore[arg-type]
+        face_sha256=trial.user_attrs.get("face_sha256"), metrics=trial.user_attrs.get("metrics") or {}, constraints=constraints,
+        max_side=info.get("max_side"),
+        provenance={"study": study.study_name, "trial": trial.number, "values": list(trial.values),
+                    "dataset": info.get("dataset"), "dataset_hash": info.get("dataset_hash"),
+                    "n_images": info.get("n_images"), "tuned_at_max_side": info.get("max_side"),
+                    "dropped_knobs": info.get("dropped_knobs", []), "versions": info.get("versions", {}),
+                    "all_constraints_hold": all(v <= 0 for v in cons)},
+    )
+
+
+def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialRunner, tracker: Tracker,
+           parent: str | None, run_dir: Path) -> int:
+    from optuna.trial import TrialState
+
+    states = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in
+              (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    lines = [f"study: {st.name}", f"storage: {st.storage}", f"trials: {states}",
+             f"dataset: {runner.dataset.root} ({len(runner.dataset.items)} images, max_side={runner.dataset.max_side})",
+             f"searched: {sorted(runner.space)}"]
+    for d in study.user_attrs["tuner"].get("dropped_knobs", []):
+        lines.append(f"DROPPED knob -- {d}")
+    rc = 0
+    try:
+        trial, cons = best_trial(study, objective, allow_infeasible=st.allow_infeasible)
+        preset = build_preset(study, trial, cons, objective)
+        path = presets.save(preset, run_dir / "best_preset.yaml")
+        lines += [f"best trial: {trial.number} values={[round(v, 4) for v in trial.values]}",
+                  f"params: {preset['params']}", f"constraints hold: {all(v <= 0 for v in cons)}",
+                  "metrics: " + ", ".join(f"{k}={v:.3f}" for k, v in preset["metrics"].items() if v is not None),
+                  f"preset: {path}"]
+        tracker.log_parent(parent, metrics={"best_value": trial.values[0]}, artifacts=[path],
+                           tags={"best_trial": str(trial.number)})
+    except ConfigError as e:
+        lines.append(f"no preset exported: {e}")
+        rc = 1
+    (run_dir / "summary.txt").write_text("\n".join(lines) + "\n")
+    for line in lines:
+        log.info("%s", line)
+    if tracker.failures:
+        log.warning("MLflow logging failed %d time(s); the study itself is complete", tracker.failures)
+    return rc
+
+
+def run_export(cfg: Any) -> int:
+    import optuna
+
+    st_node = to_dict(cfg.study) or {}
+    run_dir = Path(str(cfg.get("runs_dir", "runs"))) / str(st_node.get("name"))
+    st = study_settings(cfg, run_dir)
+    if st.storage.startswith("sqlite") and not Path(st.storage.split("///", 1)[-1]).exists():
+        raise ConfigError(f"no study storage at {st.storage}; run `tuner tune study.name={st.name}` first")
+    try:
+        study = optuna.load_study(study_name=st.name, storage=make_storage(st))
+    except KeyError as e:
+        raise ConfigError(f"study '{st.name}' not found in {st.storage}") from e
+    objective = O.from_mapping(study.user_attrs["tuner"]["objective"])
+    number = cfg.get("trial")
+    trial, cons = best_trial(study, objective, allow_infeasible=bool(cfg.get("allow_infeasible", False)),
+                             number=None if number is None else int(number))
+    out = Path(str(cfg.out))
+    presets.save(build_preset(study, trial, cons, objective), out)
+    log.info("exported trial %d of study %s to %s (constraints hold: %s)", trial.number, st.name, out,
+             all(v <= 0 for v in cons))
+    return 0

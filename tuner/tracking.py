@@ -1,0 +1,99 @@
+"""MLflow tracking: one parent run per study, one nested run per trial.
+
+Every MLflow call goes through :meth:`Tracker._safe`: a logging failure is reported
+(logged as a warning, counted in ``Tracker.failures``) and never reaches the study.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Tracker:
+    def __init__(self, *, enabled: bool, uri: str, experiment: str) -> None:
+        self.enabled = enabled
+        self.uri = uri
+        self.experiment = experiment
+        self.failures = 0
+        self._mlflow: Any = None
+        self._client: Any = None
+        self._exp_id: str | None = None
+
+    def _safe(self, what: str, fn: Callable[[], Any]) -> Any:
+        if not self.enabled:
+            return None
+        try:
+            return fn()
+        except Exception as e:  # reported, counted, never propagated into the study
+            self.failures += 1
+            log.warning("MLflow: %s failed (%s: %s); the study goes on", what, e.__class__.__name__, e)
+            return None
+
+    def _setup(self) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        if self.uri.startswith("file:") or "://" not in self.uri:
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self._mlflow = mlflow
+        self._client = MlflowClient(tracking_uri=self.uri)
+        exp = self._client.get_experiment_by_name(self.experiment)
+        self._exp_id = exp.experiment_id if exp else self._client.create_experiment(self.experiment)
+
+    def start_study(self, existing_run_id: str | None, *, name: str, params: Mapping[str, Any],
+                    tags: Mapping[str, str]) -> str | None:
+        """The parent run's id (reused on resume)."""
+
+        def go() -> str:
+            if self._client is None:
+                self._setup()
+            if existing_run_id:
+                return existing_run_id
+            run = self._client.create_run(self._exp_id, run_name=name, tags={**tags, "tuner.kind": "study"})
+            for k, v in params.items():
+                self._client.log_param(run.info.run_id, k, str(v)[:6000])
+            return str(run.info.run_id)
+
+        return self._safe("start study run", go)
+
+    def log_trial(self, parent: str | None, *, number: int, params: Mapping[str, Any], metrics: Mapping[str, float],
+                  tags: Mapping[str, str], artifacts: list[Path], status: str) -> None:
+        def go() -> None:
+            if self._client is None:
+                self._setup()
+            run = self._client.create_run(
+                self._exp_id, run_name=f"trial-{number}",
+                tags={**tags, "mlflow.parentRunId": parent or "", "tuner.kind": "trial", "tuner.trial": str(number)})
+            rid = run.info.run_id
+            for k, v in params.items():
+                self._client.log_param(rid, k, str(v))
+            for k, v in metrics.items():
+                if v == v:  # MLflow rejects NaN in some stores
+                    self._client.log_metric(rid, k, float(v))
+            for a in artifacts:
+                self._client.log_artifact(rid, str(a))
+            self._client.set_terminated(rid, status="FINISHED" if status == "COMPLETE" else "FAILED")
+
+        self._safe(f"log trial {number}", go)
+
+    def log_parent(self, parent: str | None, *, metrics: Mapping[str, float] | None = None,
+                   artifacts: list[Path] | None = None, tags: Mapping[str, str] | None = None) -> None:
+        def go() -> None:
+            if self._client is None:
+                self._setup()
+            for k, v in (metrics or {}).items():
+                if v == v:
+                    self._client.log_metric(parent, k, float(v))
+            for k, v in (tags or {}).items():
+                self._client.set_tag(parent, k, v)
+            for a in artifacts or []:
+                self._client.log_artifact(parent, str(a))
+
+        if parent:
+            self._safe("log study results", go)
