@@ -148,7 +148,7 @@ def study_settings(cfg: Any, run_dir: Path) -> StudySettings:
 
 def make_storage(st: StudySettings) -> Any:
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     url = st.storage
     if url.startswith("journal://"):
@@ -166,25 +166,20 @@ def make_storage(st: StudySettings) -> Any:
     try:
         return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=st.heartbeat_interval,
                           grace_period=st.grace_period,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=st.max_retry))
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=st.max_retry))
     except (optuna.exceptions.StorageInternalError, ImportError, ValueError) as e:
         raise ConfigError(f"cannot open study.storage={url}: {e}") from e
-
-
-def _constraints_func(trial: Any) -> list[float]:
-    return list(trial.user_attrs.get("constraints", []))
 
 
 def make_sampler(st: StudySettings, space: Mapping[str, Knob], multi: bool) -> Any:
     import optuna.samplers as S
 
     if st.sampler == "tpe":
-        return S.TPESampler(seed=st.seed, n_startup_trials=st.n_startup_trials, constraints_func=_constraints_func,
-                            multivariate=True, group=True)
+        return S.TPESampler(seed=st.seed, n_startup_trials=st.n_startup_trials, multivariate=True, group=True)
     if st.sampler == "gp":
-        return S.GPSampler(seed=st.seed, n_startup_trials=st.n_startup_trials, constraints_func=_constraints_func)
+        return S.GPSampler(seed=st.seed, n_startup_trials=st.n_startup_trials)
     if st.sampler == "nsga2":
-        return S.NSGAIISampler(seed=st.seed, constraints_func=_constraints_func)
+        return S.NSGAIISampler(seed=st.seed)
     if st.sampler == "random":
         return S.RandomSampler(seed=st.seed)
     grid = {}
@@ -253,6 +248,15 @@ class TrialRunner:
         if spec.overlap and tile and spec.overlap * 2 >= tile:
             spec = replace(spec, overlap=max(tile // 2 - 1, 0))
         return spec, Params(tile=tile, denoise=denoise, face_weight=face_weight, blend=blend)
+
+    def spec_for(self, trial: Any) -> PipelineSpec:
+        """The pipeline spec a finished trial used (structural knobs from its user attrs)."""
+        a = trial.user_attrs.get("spec", {})
+        spec = self.base
+        if a.get("model") and a["model"] != spec.model.name:
+            m = self.models[a["model"]]
+            spec = replace(spec, model=m, partner=self.models.get(m.denoise_partner or ""))
+        return replace(spec, **{k: a[k] for k in ("blend_variant", "face_upsample", "overlap") if k in a})
 
     def analysis(self, item: Item, res: Result, pipe: Pipeline) -> M.InputAnalysis:
         key = (item.content_hash, res.image.rgb.shape[:2])
@@ -515,6 +519,8 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
             raise TunerError("objective is NaN on every image (no metric applied); check objective.terms")
         trial.set_user_attr("metrics", {k: (None if math.isnan(v) else round(v, 6)) for k, v in means.items()})
         trial.set_user_attr("constraints", cons)
+        for c, v in zip(objective.constraints, cons, strict=True):
+            trial.set_constraint(c.describe(), v)  # constraint-aware samplers (TPE, GP, NSGA-II) read these
         trial.set_user_attr("feasible", all(c <= 0 for c in cons))
         trial.set_user_attr("spec", {"model": spec.model.name, "blend_variant": spec.blend_variant,
                                      "face_upsample": spec.face_upsample, "overlap": spec.overlap})
@@ -663,10 +669,14 @@ def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialR
         trial, cons = best_trial(study, objective, allow_infeasible=st.allow_infeasible)
         preset = build_preset(study, trial, cons, objective)
         path = presets.save(preset, run_dir / "best_preset.yaml")
+        # the tuned outputs themselves (stage-cache hits): what `tuner enhance preset=...` must reproduce
+        _, results = runner.evaluate(runner.spec_for(trial), Params.from_mapping(trial.user_attrs["params_full"]))
+        for item, res in zip(runner.dataset.items, results, strict=True):
+            encode(res.image, run_dir / "best_outputs" / f"{item.name}.png")
         lines += [f"best trial: {trial.number} values={[round(v, 4) for v in trial.values]}",
                   f"params: {preset['params']}", f"constraints hold: {all(v <= 0 for v in cons)}",
                   "metrics: " + ", ".join(f"{k}={v:.3f}" for k, v in preset["metrics"].items() if v is not None),
-                  f"preset: {path}"]
+                  f"preset: {path}", f"tuned outputs: {run_dir / 'best_outputs'}"]
         tracker.log_parent(parent, metrics={"best_value": trial.values[0]}, artifacts=[path],
                            tags={"best_trial": str(trial.number)})
     except ConfigError as e:
