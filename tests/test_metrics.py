@@ -58,8 +58,10 @@ def test_unsharp_ladder_raises_crunch(portrait, metric):
 def test_natural_skin_is_inside_default_bands(portrait):
     """The pristine portrait sits inside the default crunch/wax bands (conf/objective/default.yaml)."""
     p, ref = portrait
-    s = score(Context(p, ref), ["crunch", "wax"])
-    assert 2.0 < s["crunch"] < 11.0 and s["wax"] < 0.5, s
+    s = score(Context(p, ref), ["crunch", "wax", "edge_halo"])
+    assert 2.0 < s["crunch"] < 11.0 and s["wax"] < 0.5 and s["edge_halo"] < 0.03, s
+    u = score(Context(usm(p, 1.0), ref), ["crunch", "edge_halo"])  # unsharp amount 1 is outside both bands
+    assert u["crunch"] > 11.0 and u["edge_halo"] > 0.03, u
 
 
 @pytest.mark.parametrize("metric", ["wax", "wax_lbp"])

@@ -144,9 +144,12 @@ def pipeline_config(cfg: Any) -> PipelineConfig:
         blend_variant=variant,
         face_upsample=bool(face_node.get("upsample", False)),
         detector=str(face_node.get("detector", "retinaface")),
+        detector_model=catalogue("detector").get(str(face_node.get("detector", "retinaface"))),
         detection_threshold=float(face_node.get("detection_threshold", 0.9)),
         device=resolve_device(str(cfg.get("device", "auto"))),
     )
+    if spec.detector not in ("retinaface", "retinaface_resnet50"):
+        raise ConfigError(f"face.detector must be retinaface or retinaface_resnet50, got {spec.detector!r}")
     if spec.tile_pad < 0 or spec.pre_pad < 0 or spec.overlap < 0:
         raise ConfigError("upscale.tile_pad, pre_pad and overlap must be >= 0")
     if params.tile and spec.overlap * 2 >= params.tile:

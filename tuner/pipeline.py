@@ -95,6 +95,7 @@ class PipelineSpec:
     blend_variant: str = "global"
     face_upsample: bool = False
     detector: str = "retinaface"
+    detector_model: ModelSpec | None = None  # weights of facexlib's detector when detector=retinaface_resnet50
     detection_threshold: float = 0.9
     device: str = "cpu"
 
@@ -173,7 +174,13 @@ class Pipeline:
 
     def detector(self) -> FaceDetector:
         if self._detector is None:
-            self._detector = FaceDetector(self.spec.detector, threshold=self.spec.detection_threshold)
+            path = None
+            if self.spec.detector == "retinaface_resnet50":
+                if self.spec.detector_model is None:
+                    raise ConfigError("face.detector=retinaface_resnet50 needs conf/detector/retinaface_resnet50.yaml")
+                path = self.store.resolve(self.spec.detector_model)
+            self._detector = FaceDetector(self.spec.detector, threshold=self.spec.detection_threshold,
+                                          resnet50_path=path)
         return self._detector
 
     # ------------------------------------------------------------ stages

@@ -481,12 +481,12 @@ def worker_loop(study: Any, runner: TrialRunner, st: StudySettings, objective: O
             time.sleep(max(1, min(st.heartbeat_interval, 5)))
             continue
         with get_heartbeat_thread(trial._trial_id, study._storage):
-            run_trial(study, trial, runner, objective, tracker, parent, run_dir, sheet_faces)
+            run_trial(study, trial, runner, objective, tracker, parent, run_dir, sheet_faces, st.n_startup_trials)
     bar.close()
 
 
 def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objective, tracker: Tracker,
-              parent: str | None, run_dir: Path, sheet_faces: int) -> None:
+              parent: str | None, run_dir: Path, sheet_faces: int, n_startup: int) -> None:
     import optuna
     from optuna.trial import TrialState
 
@@ -501,13 +501,17 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
         multi = objective.mode == "multi"
 
         reported = [0]
+        # no pruning until the sampler's startup trials have completed: a lone early best trial
+        # would otherwise prune every exploratory trial and starve the sampler of full results
+        n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        may_prune = not multi and n_complete >= n_startup
 
         def report(v: float, idx: int) -> None:
             if multi or math.isnan(v):
                 return
             trial.report(v, step=idx)
             reported[0] += 1
-            if trial.should_prune():
+            if may_prune and trial.should_prune():
                 raise optuna.TrialPruned(f"WilcoxonPruner: worse than the best trial after {reported[0]} image(s)")
 
         rows, results = runner.evaluate(spec, params, order=order, report=report)
@@ -569,7 +573,8 @@ def _trial_artifacts(tdir: Path, rows: list[dict[str, Any]], results: list[Resul
                      n_faces: int) -> None:
     """A contact sheet of 100% face crops (output pixels, no resampling)."""
     crops = []
-    for res in results:
+    # dataset order (not the trial's shuffled order), so sheets of different trials line up
+    for _, res in sorted(zip([r["index"] for r in rows], results, strict=True), key=lambda p: p[0]):
         if len(crops) >= n_faces or not res.faces:
             continue
         f = res.faces[0].scaled(res.scale)
