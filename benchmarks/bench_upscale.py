@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128, help="input side for the timings")
     ap.add_argument("--rss-size", type=int, default=1024)
     ap.add_argument("--models", nargs="+", default=["realesr-general-x4v3", "RealESRGAN_x4plus"])
+    ap.add_argument("--rss-models", nargs="*", default=None, help="models for the peak-RSS child (default: --models)")
     ap.add_argument("--rss-child", nargs=2, metavar=("MODEL", "SIZE"))
     a = ap.parse_args()
     if a.rss_child:
@@ -88,7 +89,7 @@ def main() -> None:
             t_conv = timeit(lambda: bare_convs(shapes), repeat=3)  # noqa: B023
             mp = (a.size * up.scale) ** 2 / 1e6
             print(f"{name:<24}{tile:>6}{t_pipe / mp:>9.2f}{t_pipe / t_bare:>11.3f}{t_conv / t_pipe:>10.3f}")
-    for name in a.models:
+    for name in a.models if a.rss_models is None else a.rss_models:
         out = subprocess.run([sys.executable, __file__, "--rss-child", name, str(a.rss_size)], capture_output=True,
                              text=True)
         res = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr[-300:]}

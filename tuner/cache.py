@@ -44,6 +44,7 @@ class StageCache:
         self.max_bytes = int(max_bytes)
         self.hits = 0
         self.misses = 0
+        self._total: int | None = None  # bytes on disk, scanned once, then kept up to date
 
     def _path(self, stage: str, key: str) -> Path:
         return self.root / stage / key[:2] / f"{key}.npz"
@@ -67,20 +68,34 @@ class StageCache:
 
     def put(self, stage: str, key: str, arrays: Mapping[str, np.ndarray]) -> None:
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        atomic_write_bytes(self._path(stage, key), buf.getvalue())
-        self._evict()
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        path = self._path(stage, key)
+        old = path.stat().st_size if path.exists() else 0
+        atomic_write_bytes(path, buf.getvalue())
+        if self._total is None:
+            self._total = self.size_bytes()
+        else:
+            self._total += len(buf.getvalue()) - old
+        if self._total > self.max_bytes:
+            self._evict()
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*.npz")) if self.root.exists() else 0
 
     def _evict(self) -> None:
-        files = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.root.rglob("*.npz")]
+        """Delete least-recently-used entries until the folder fits ``max_bytes`` (rescans: other
+        processes may share the folder)."""
+        files = []
+        for p in self.root.rglob("*.npz"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:  # removed by another process meanwhile
+                continue
+            files.append((st.st_mtime, st.st_size, p))
         total = sum(s for _, s, _ in files)
-        if total <= self.max_bytes:
-            return
         for _, s, p in sorted(files):
-            p.unlink(missing_ok=True)
-            total -= s
             if total <= self.max_bytes:
                 break
+            p.unlink(missing_ok=True)
+            total -= s
+        self._total = total

@@ -123,7 +123,7 @@ class FaceDetector:
             self._net = net.eval()
         with torch.inference_mode():
             dets = self._net.detect_faces(u8[:, :, ::-1].copy(), self.threshold)
-        return [Face(box=tuple(map(float, d[:4])), landmarks=np.asarray(d[5:15], np.float32).reshape(5, 2),
+        return [Face(box=(float(d[0]), float(d[1]), float(d[2]), float(d[3])), landmarks=np.asarray(d[5:15], np.float32).reshape(5, 2),
                      score=float(d[4])) for d in dets]
 
 

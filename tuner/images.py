@@ -136,9 +136,9 @@ def _decode_pillow(p: Path, mode: str, limits: Limits) -> np.ndarray:
     old = PILImage.MAX_IMAGE_PIXELS
     PILImage.MAX_IMAGE_PIXELS = limits.max_pixels
     try:
-        with PILImage.open(p) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
+        with PILImage.open(p) as opened:
+            opened.load()
+            im: PILImage.Image = ImageOps.exif_transpose(opened)
             if im.mode == "P" or im.mode == "PA":
                 im = im.convert("RGBA" if ("transparency" in im.info or im.mode == "PA") else "RGB")
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):

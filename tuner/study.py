@@ -41,7 +41,7 @@ from .cache import StageCache, array_hash, make_key
 from .config import check_keys, pipeline_config, to_dict
 from .dataset import Dataset, Item
 from .errors import ConfigError, TunerError, WeightsError
-from .evaluate import dataset_from_cfg, metric_settings
+from .evaluate import analysis_for, dataset_from_cfg, metric_settings, score_one
 from .images import encode, from_array
 from .pipeline import Params, Pipeline, PipelineSpec, Result
 from .tracking import Tracker
@@ -182,12 +182,12 @@ def make_sampler(st: StudySettings, space: Mapping[str, Knob], multi: bool) -> A
         return S.NSGAIISampler(seed=st.seed)
     if st.sampler == "random":
         return S.RandomSampler(seed=st.seed)
-    grid = {}
+    grid: dict[str, list[Any]] = {}
     for k in space.values():
         if k.type != "categorical":
             if k.step is None:
                 raise ConfigError(f"sampler=grid needs a step for search.params.{k.name}")
-            grid[k.name] = list(np.arange(k.low, k.high + 1e-9, k.step).round(6))
+            grid[k.name] = [float(v) for v in np.arange(k.low, k.high + 1e-9, k.step).round(6)]
         else:
             grid[k.name] = list(k.choices)
     return S.GridSampler(grid, seed=st.seed)
@@ -259,12 +259,10 @@ class TrialRunner:
         return replace(spec, **{k: a[k] for k in ("blend_variant", "face_upsample", "overlap") if k in a})
 
     def analysis(self, item: Item, res: Result, pipe: Pipeline) -> M.InputAnalysis:
+        """The input's analysis, computed once per (input, output size) and reused by every trial."""
         key = (item.content_hash, res.image.rgb.shape[:2])
         if key not in self._analyses:
-            faces = res.faces if res.faces else pipe.detect(item.image)
-            a = M.InputAnalysis(item.image.rgb, faces, res.image.rgb.shape[:2])
-            a.__dict__["reference"] = res.reference
-            self._analyses[key] = a
+            self._analyses[key] = analysis_for(item, res, pipe)
         if not res.faces:
             res.faces = self._analyses[key].faces  # for the contact sheet
         return self._analyses[key]
@@ -283,11 +281,8 @@ class TrialRunner:
                 vals = dict(zip(names, hit["values"].tolist(), strict=True))
                 self._metric_memo[key] = vals
                 return vals, {"memo": True}
-        ctx = M.Context(res.image.rgb, analysis, tile=res.tile, face_mask=res.face_mask, iqa_max_side=self.iqa_max_side)
-        vals = M.score(ctx, names)
-        extra: dict[str, Any] = {"notes": "; ".join(f"{k}: {v}" for k, v in ctx.notes.items())}
-        if "identity_per_face" in ctx.extras:
-            extra["identity_per_face"] = json.dumps([round(x, 4) for x in ctx.extras["identity_per_face"]])
+        vals, extra = score_one(res.image.rgb, analysis, names, tile=res.tile, face_mask=res.face_mask,
+                                iqa_max_side=self.iqa_max_side)
         self._metric_memo[key] = vals
         if self.cache is not None:
             self.cache.put("metrics", key, {"values": np.array([vals[n] for n in names], dtype=np.float64)})
@@ -409,7 +404,8 @@ def run_tune(cfg: Any) -> int:
                       experiment=str(tracking.get("experiment") or "tuner"))
     with file_lock(lock_path) if lock_path else contextlib.nullcontext():
         study = optuna.create_study(study_name=st.name, storage=storage, load_if_exists=True,
-                                    directions=objective.directions, sampler=make_sampler(st, space, multi),
+                                    directions=objective.directions,  # type: ignore[arg-type]
+                                    sampler=make_sampler(st, space, multi),
                                     pruner=pruner)
         fresh = not study.user_attrs.get("tuner")
         if fresh:
@@ -572,7 +568,7 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
 def _trial_artifacts(tdir: Path, rows: list[dict[str, Any]], results: list[Result], runner: TrialRunner,
                      n_faces: int) -> None:
     """A contact sheet of 100% face crops (output pixels, no resampling)."""
-    crops = []
+    crops: list[np.ndarray] = []
     # dataset order (not the trial's shuffled order), so sheets of different trials line up
     for _, res in sorted(zip([r["index"] for r in rows], results, strict=True), key=lambda p: p[0]):
         if len(crops) >= n_faces or not res.faces:

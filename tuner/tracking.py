@@ -90,8 +90,8 @@ class Tracker:
             for k, v in (metrics or {}).items():
                 if v == v:
                     self._client.log_metric(parent, k, float(v))
-            for k, v in (tags or {}).items():
-                self._client.set_tag(parent, k, v)
+            for k, tag in (tags or {}).items():
+                self._client.set_tag(parent, k, tag)
             for a in artifacts or []:
                 self._client.log_artifact(parent, str(a))
 
