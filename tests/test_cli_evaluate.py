@@ -77,3 +77,14 @@ def test_metrics_command_lists_the_table(run_cli):
 def test_unknown_metric_suggests(tmp_path, run_cli):
     r = run_cli("evaluate", f"out={tmp_path}", "metrics.names=[crunchh]")
     assert r.returncode == 1 and "did you mean" in r.stderr
+
+
+def test_outputs_that_do_not_match_their_inputs_are_reported(tmp_path, run_cli):
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(PORTRAITS / "A02_usnavy_grace_hopper.jpg", d / "a.jpg")
+    o = tmp_path / "out"
+    o.mkdir()
+    PILImage.fromarray(np.zeros((300, 600, 3), np.uint8)).save(o / "a.png")  # wrong aspect ratio
+    r = run_cli("evaluate", f"dataset.path={d}", f"outputs={o}", f"out={tmp_path / 'eval'}", CHEAP)
+    assert r.returncode == 1 and "is not an upscale of a.jpg" in r.stdout + r.stderr

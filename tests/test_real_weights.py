@@ -28,3 +28,22 @@ def test_real_model_output_is_sane(name, tmp_path):
     noise = np.random.default_rng(0).random(out.shape, dtype=np.float32)
     d_ref, d_noise = np.abs(out - ref).mean(), np.abs(out - noise).mean()
     assert d_ref < 0.25 * d_noise, (d_ref, d_noise)
+
+
+@pytest.mark.weights
+@pytest.mark.slow
+@needs_shared_weights("RealESRGAN_x4plus.pth")
+def test_x4plus_is_crunchier_than_its_lanczos_blend():
+    """Issue 3's acceptance check on real weights: blending 50 % Lanczos lowers crunch and edge halo."""
+    from tuner.faces import FaceDetector
+    from tuner.metrics import Context, InputAnalysis, score
+
+    image = fit_max_side(decode(PORTRAITS / "A13_flickr_ccby_05.jpg"), 128)
+    pipe = Pipeline(PipelineSpec(model=catalogue("model")["RealESRGAN_x4plus"]),
+                    store=WeightStore(weights_dir=SHARED_WEIGHTS, allow_download=False))
+    plain = pipe.run(image, Params())
+    blended = pipe.run(image, Params(blend=0.5))
+    analysis = InputAnalysis(image.rgb, FaceDetector()(image.rgb), plain.image.rgb.shape[:2])
+    a = score(Context(plain.image.rgb, analysis), ["crunch", "edge_halo"])
+    b = score(Context(blended.image.rgb, analysis), ["crunch", "edge_halo"])
+    assert a["crunch"] > b["crunch"] + 1.0 and a["edge_halo"] > b["edge_halo"], (a, b)

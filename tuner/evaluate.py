@@ -94,6 +94,13 @@ def run_evaluate(cfg: Any) -> int:
                 failures.append((by_stem[it.name], str(e)))
                 log.error("skipped: %s", e)
                 continue
+            ih, iw = it.image.size
+            if abs((o.shape[0] / ih) / (o.shape[1] / iw) - 1) > 0.02:
+                msg = (f"{by_stem[it.name]}: {o.shape[1]}x{o.shape[0]} is not an upscale of {it.path.name} "
+                       f"({iw}x{ih} after dataset.max_side={ds.max_side}); with outputs= use dataset.max_side=null")
+                failures.append((by_stem[it.name], msg))
+                log.error("skipped: %s", msg)
+                continue
             analysis = M.InputAnalysis(it.image.rgb, detector(it.image.rgb), o.shape[:2])
             vals, extra = score_one(o, analysis, names, tile=tile, face_mask=None, iqa_max_side=iqa_side)
             rows.append({"image": it.name, **vals, **extra})
