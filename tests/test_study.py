@@ -219,3 +219,32 @@ def test_every_config_composes():
             for f in (ROOT / "conf" / group).glob("*.yaml"):
                 cfg = compose(config_name="tune", overrides=[f"{group}={f.stem}"], return_hydra_config=False)
                 assert cfg is not None
+
+
+def test_mlflow_failure_is_reported_and_the_study_completes(tmp_path, tiny_weights, portraits, run_cli):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where MLflow wants a folder")
+    r = run_cli(*_tune_args(tiny_weights, portraits, "mlf", "study.n_trials=2", f"tracking.uri=file://{blocker}/mlruns"),
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "MLflow: start study run failed" in r.stdout + r.stderr
+    st, states = _states(tmp_path / "runs" / "mlf" / "study.db", "mlf")
+    assert states.count("COMPLETE") == 2
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2", "random", "grid"])
+def test_every_sampler_draws_from_the_search_space(sampler, tmp_path):
+    from tuner.study import make_sampler, search_space, study_settings
+
+    space = search_space({"params": {"tile": {"type": "categorical", "choices": [0, 64]},
+                                     "blend": {"type": "float", "low": 0.0, "high": 0.8, "step": 0.4}}})
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"study": {"name": "s", "n_trials": 3, "sampler": sampler, "n_startup_trials": 1}})
+    st = study_settings(cfg, tmp_path)
+    study = optuna.create_study(sampler=make_sampler(st, space, multi=False))
+    for _ in range(3):
+        t = study.ask()
+        drawn = {k: knob.suggest(t) for k, knob in space.items()}
+        assert drawn["tile"] in (0, 64) and 0.0 <= drawn["blend"] <= 0.8
+        study.tell(t, drawn["blend"])

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from .cache import StageCache
 from .errors import ConfigError
 from .images import Limits
-from .pipeline import Params, PipelineSpec
+from .pipeline import Params, PipelineSpec, dni_plan
 from .weights import ModelSpec, WeightStore, catalogue, detect_arch, load_state_dict
 
 OUTPUT_FORMATS = ("same", "png", "jpg", "webp", "tif", "bmp")
@@ -129,8 +129,6 @@ def pipeline_config(cfg: Any) -> PipelineConfig:
     if model.denoise_partner:
         partner = catalogue("model").get(model.denoise_partner)
     params = Params.from_mapping(to_dict(cfg.params))
-    from .pipeline import dni_plan
-
     dni_plan(model, partner, params.denoise)  # validates denoise against the model
     spec = PipelineSpec(
         model=model,

@@ -353,8 +353,6 @@ def resolve_knobs(base: PipelineSpec, space: dict[str, Knob], store: WeightStore
         for k in face_knobs:
             unavailable(k, "face=none")
             space.pop(k)
-    if "tile" in space and space["tile"].type == "categorical":
-        pass  # tile values larger than the analysis size act as 0; see conf/search/default.yaml
     return base, space, dropped
 
 
@@ -557,7 +555,7 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
                       metrics={**{k: v for k, v in means.items() if v is not None},
                                **({"objective": values[0]} if values and len(values) == 1 else {}),
                                "seconds": elapsed},
-                      tags={"state": state.name, "reason": reason[:500],
+                      tags={"state": state.name, "reason": reason[:500], "dataset_hash": runner.dataset.content_hash,
                             "model_sha256": ",".join(s for _, s, _ in trial.user_attrs.get("model_identity", [])),
                             "feasible": str(trial.user_attrs.get("feasible", ""))},
                       artifacts=arts, status=state.name)
