@@ -394,8 +394,7 @@ def run_tune(cfg: Any) -> int:
     multi = objective.mode == "multi"
     pruner = (optuna.pruners.WilcoxonPruner(p_threshold=st.p_threshold, n_startup_steps=st.n_startup_steps)
               if st.pruner and not multi else optuna.pruners.NopPruner())
-    local = st.storage.startswith(("sqlite", "journal"))
-    lock_path = run_dir / ".study.lock" if local else None
+    lock_path = storage_lock_path(st.storage)
     tracker = Tracker(enabled=bool(tracking.get("enabled", True)),
                       uri=str(os.environ.get("MLFLOW_TRACKING_URI") or tracking.get("uri")
                               or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"),
@@ -439,6 +438,16 @@ def run_tune(cfg: Any) -> int:
     worker_loop(study, runner, st, objective, tracker, parent, lock_path, run_dir,
                 int(tracking.get("contact_sheet_faces", 6)))
     return finish(study, st, objective, runner, tracker, parent, run_dir)
+
+
+def storage_lock_path(url: str) -> Path | None:
+    """A lock file beside a local storage file (every process on this machine finds the same one);
+    None for server storages, where the count can overshoot by (workers - 1)."""
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):] + ".lock")
+    if url.startswith("journal://"):
+        return Path(url[len("journal://"):] + ".lock")
+    return None
 
 
 def _counts(study: Any) -> tuple[int, int]:
