@@ -50,6 +50,17 @@ def _ref_energy(ctx: Context, key: str, band) -> float:  # type: ignore[no-untyp
     return memo[key]
 
 
+def _band_db(ctx: Context, name: str, band) -> float:  # type: ignore[no-untyped-def]
+    """10*log10(E_band(O) / E_band(R)) over skin; NaN (noted) without skin."""
+    c = _skin_crops(ctx, name)
+    if c is None:
+        return math.nan
+    yo, _, m = c
+    e_o = float(np.mean(band(yo, ctx.ref.scale)[m] ** 2))
+    e_r = _ref_energy(ctx, f"e_{band.__name__}_ref", band)
+    return 10.0 * math.log10((e_o + 1e-10) / (e_r + 1e-10))
+
+
 def crunch(ctx: Context) -> float:
     """Crunch index, dB (lower = less over-sharpened; 0 = no more synthesized detail than R).
 
@@ -58,13 +69,7 @@ def crunch(ctx: Context) -> float:
     adds some (natural skin has texture there); over-sharpening (unsharp masking, GAN
     crunch) adds much more.  Typical: Lanczos 0 dB, natural HR skin ~ +5..+12 dB.
     """
-    c = _skin_crops(ctx, "crunch")
-    if c is None:
-        return math.nan
-    yo, _, m = c
-    e_o = float(np.mean(_hf(yo, ctx.ref.scale)[m] ** 2))
-    e_r = _ref_energy(ctx, "e_hf_ref", _hf)
-    return 10.0 * math.log10((e_o + 1e-10) / (e_r + 1e-10))
+    return _band_db(ctx, "crunch", _hf)
 
 
 def crunch_grad(ctx: Context) -> float:
@@ -95,13 +100,7 @@ def wax(ctx: Context) -> float:
     the pore-scale band f_c/2..f_c (1/16..1/8 cycles/px at x4), which the input still
     carries.  Smoothing (face restorers, heavy denoise, bilateral filters) removes it.
     """
-    c = _skin_crops(ctx, "wax")
-    if c is None:
-        return math.nan
-    yo, _, m = c
-    e_o = float(np.mean(_mid(yo, ctx.ref.scale)[m] ** 2))
-    e_r = _ref_energy(ctx, "e_mid_ref", _mid)
-    return 10.0 * math.log10((e_r + 1e-10) / (e_o + 1e-10))
+    return -_band_db(ctx, "wax", _mid)
 
 
 def _lbp_entropy(y: np.ndarray, m: np.ndarray, s: float) -> float:
