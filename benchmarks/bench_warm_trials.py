@@ -67,7 +67,7 @@ def main() -> None:
     runner = TrialRunner(base=PipelineSpec(model=spec_m), base_params=Params(), space={}, objective=objective,
                          dataset=ds, metric_names=names, iqa_max_side=1024,
                          store=WeightStore(weights_dir=WEIGHTS, allow_download=False),
-                         cache=StageCache(tmp / "cache"), run_dir=tmp)
+                         cache=StageCache(tmp / "cache"))
     t = time.perf_counter()
     runner.evaluate(runner.base, Params(blend=0.05))  # the cold pass
     cold = time.perf_counter() - t

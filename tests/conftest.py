@@ -4,6 +4,7 @@ the offline weights folder (tests needing it skip cleanly when it is absent)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,20 @@ def portrait_small() -> np.ndarray:
     from tuner.images import decode, fit_max_side
 
     return fit_max_side(decode(PORTRAITS / "A13_flickr_ccby_05.jpg"), 96).rgb
+
+
+@pytest.fixture()
+def copy_portraits(tmp_path):
+    """Copy some bundled portraits into a fresh folder under tmp_path; returns the folder."""
+
+    def _copy(names, folder: str = "in") -> Path:
+        d = tmp_path / folder
+        d.mkdir(exist_ok=True)
+        for n in names:
+            shutil.copy(PORTRAITS / n, d / n)
+        return d
+
+    return _copy
 
 
 @pytest.fixture()

@@ -13,16 +13,8 @@ IMAGES = ["A02_usnavy_grace_hopper.jpg", "A10_solvay_conference_1927_group.png"]
 CHEAP = "metrics.names=[crunch,wax,seam,edge_halo,delta_e,lr_psnr,lr_ssim,identity]"
 
 
-def _inputs(tmp_path):
-    d = tmp_path / "in"
-    d.mkdir()
-    for n in IMAGES:
-        shutil.copy(PORTRAITS / n, d / n)
-    return d
-
-
-def test_evaluate_pipeline_writes_tables(tmp_path, tiny_weights, run_cli):
-    d = _inputs(tmp_path)
+def test_evaluate_pipeline_writes_tables(tmp_path, tiny_weights, run_cli, copy_portraits):
+    d = copy_portraits(IMAGES)
     (d / "broken.png").write_bytes(b"\x89PNG\r\n")
     r = run_cli("evaluate", f"dataset.path={d}", "dataset.max_side=96", f"out={tmp_path / 'eval'}",
                 f"weights_dir={tiny_weights}", *SRVGG_OVERRIDES, "params.tile=32", CHEAP)
@@ -82,7 +74,7 @@ def test_unknown_metric_suggests(tmp_path, run_cli):
 def test_outputs_that_do_not_match_their_inputs_are_reported(tmp_path, run_cli):
     d = tmp_path / "in"
     d.mkdir()
-    shutil.copy(PORTRAITS / "A02_usnavy_grace_hopper.jpg", d / "a.jpg")
+    shutil.copy(PORTRAITS / "A02_usnavy_grace_hopper.jpg", d / "a.jpg")  # renamed: matched by stem
     o = tmp_path / "out"
     o.mkdir()
     PILImage.fromarray(np.zeros((300, 600, 3), np.uint8)).save(o / "a.png")  # wrong aspect ratio

@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 import pytest
 import yaml
-from conftest import GFPGAN_OVERRIDES, PORTRAITS, ROOT, SRVGG_OVERRIDES
+from conftest import GFPGAN_OVERRIDES, ROOT, SRVGG_OVERRIDES
 from PIL import Image as PILImage
 
 from tuner import objective as O
@@ -26,12 +26,8 @@ IMAGES = ["A02_usnavy_grace_hopper.jpg", "A13_flickr_ccby_05.jpg", "A19_flickr_c
 
 
 @pytest.fixture()
-def portraits(tmp_path):
-    d = tmp_path / "portraits"
-    d.mkdir()
-    for n in IMAGES:
-        shutil.copy(PORTRAITS / n, d / n)
-    return d
+def portraits(copy_portraits):
+    return copy_portraits(IMAGES, "portraits")
 
 
 def _tune_args(tiny_weights, portraits, name, *extra):
@@ -242,7 +238,7 @@ def test_every_sampler_draws_from_the_search_space(sampler, tmp_path):
 
     cfg = OmegaConf.create({"study": {"name": "s", "n_trials": 3, "sampler": sampler, "n_startup_trials": 1}})
     st = study_settings(cfg, tmp_path)
-    study = optuna.create_study(sampler=make_sampler(st, space, multi=False))
+    study = optuna.create_study(sampler=make_sampler(st, space))
     for _ in range(3):
         t = study.ask()
         drawn = {k: knob.suggest(t) for k, knob in space.items()}

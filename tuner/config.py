@@ -77,7 +77,7 @@ def limits(cfg: Any) -> Limits:
         raise ConfigError(f"limits: {e}") from e
 
 
-def model_spec(node: Mapping[str, Any], store: WeightStore) -> ModelSpec:
+def model_spec(node: Mapping[str, Any]) -> ModelSpec:
     """The SR model's spec; ``arch.type: auto`` (a bare .pth) is detected from the state dict."""
     m = dict(node)
     if m.get("path") == "???" or (m.get("arch") or {}).get("type") == "auto":
@@ -117,7 +117,7 @@ class PipelineConfig:
 def pipeline_config(cfg: Any) -> PipelineConfig:
     """Validate the model/face/params/upscale/blend nodes of a composed config."""
     store = weight_store(cfg)
-    model = model_spec(to_dict(cfg.model), store)
+    model = model_spec(to_dict(cfg.model))
     face_node = to_dict(cfg.get("face")) or {}
     face = face_spec(face_node)
     up = to_dict(cfg.get("upscale")) or {}

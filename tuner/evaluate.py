@@ -134,7 +134,9 @@ def run_evaluate(cfg: Any) -> int:
     for f, why in failures:
         log.error("FAILED %s: %s", f, why)
     log.info("wrote %s and %s", out / "metrics.csv", out / "summary.csv")
-    return 3 if failures else 0
+    from .commands import EXIT_PARTIAL
+
+    return EXIT_PARTIAL if failures else 0
 
 
 def analysis_for(item: Item, res: Any, pipe: Any) -> M.InputAnalysis:

@@ -171,7 +171,7 @@ def make_storage(st: StudySettings) -> Any:
         raise ConfigError(f"cannot open study.storage={url}: {e}") from e
 
 
-def make_sampler(st: StudySettings, space: Mapping[str, Knob], multi: bool) -> Any:
+def make_sampler(st: StudySettings, space: Mapping[str, Knob]) -> Any:
     import optuna.samplers as S
 
     if st.sampler == "tpe":
@@ -199,7 +199,7 @@ class TrialRunner:
 
     def __init__(self, *, base: PipelineSpec, base_params: Params, space: Mapping[str, Knob], objective: O.Objective,
                  dataset: Dataset, metric_names: list[str], iqa_max_side: int, store: WeightStore,
-                 cache: StageCache | None, run_dir: Path) -> None:
+                 cache: StageCache | None) -> None:
         self.base = base
         self.base_params = base_params
         self.space = dict(space)
@@ -209,7 +209,6 @@ class TrialRunner:
         self.iqa_max_side = iqa_max_side
         self.store = store
         self.cache = cache
-        self.run_dir = run_dir
         self._pipelines: dict[str, Pipeline] = {}
         self._analyses: dict[tuple[str, tuple[int, int]], M.InputAnalysis] = {}
         self._metric_memo: dict[str, dict[str, float]] = {}
@@ -389,7 +388,7 @@ def run_tune(cfg: Any) -> int:
     log.info("study %s: %d image(s) at max_side=%s, searching %s", st.name, len(dataset.items), dataset.max_side,
              sorted(space))
     runner = TrialRunner(base=base, base_params=pc.params, space=space, objective=objective, dataset=dataset,
-                         metric_names=names, iqa_max_side=iqa_side, store=pc.store, cache=pc.cache, run_dir=run_dir)
+                         metric_names=names, iqa_max_side=iqa_side, store=pc.store, cache=pc.cache)
     storage = make_storage(st)
     multi = objective.mode == "multi"
     pruner = (optuna.pruners.WilcoxonPruner(p_threshold=st.p_threshold, n_startup_steps=st.n_startup_steps)
@@ -402,7 +401,7 @@ def run_tune(cfg: Any) -> int:
     with file_lock(lock_path) if lock_path else contextlib.nullcontext():
         study = optuna.create_study(study_name=st.name, storage=storage, load_if_exists=True,
                                     directions=objective.directions,  # type: ignore[arg-type]
-                                    sampler=make_sampler(st, space, multi),
+                                    sampler=make_sampler(st, space),
                                     pruner=pruner)
         fresh = not study.user_attrs.get("tuner")
         if fresh:
@@ -538,7 +537,7 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
         if trial.user_attrs.get("baseline") or trial.number == 0:
             study.set_user_attr("baseline_means", {k: v for k, v in means.items() if not math.isnan(v)})
         state = TrialState.COMPLETE
-        _trial_artifacts(tdir, rows, results, runner, sheet_faces)
+        _trial_artifacts(tdir, rows, results, sheet_faces)
     except optuna.TrialPruned as e:
         state, reason = TrialState.PRUNED, str(e)
     except TunerError as e:
@@ -572,8 +571,7 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
              "" if values is None else f"values={[round(v, 4) for v in values]}")
 
 
-def _trial_artifacts(tdir: Path, rows: list[dict[str, Any]], results: list[Result], runner: TrialRunner,
-                     n_faces: int) -> None:
+def _trial_artifacts(tdir: Path, rows: list[dict[str, Any]], results: list[Result], n_faces: int) -> None:
     """A contact sheet of 100% face crops (output pixels, no resampling)."""
     crops: list[np.ndarray] = []
     # dataset order (not the trial's shuffled order), so sheets of different trials line up

@@ -56,7 +56,8 @@ def build_network(arch: Mapping[str, Any]) -> Any:
     import_basicsr_stack()
     a = dict(arch)
     kind = a.pop("type", None)
-    a.pop("scale", None) if kind == "SRVGGNetCompact" else None
+    if kind == "SRVGGNetCompact":
+        a.pop("scale", None)  # SRVGGNetCompact calls it `upscale`
     try:
         if kind == "RRDBNet":
             from basicsr.archs.rrdbnet_arch import RRDBNet

@@ -252,11 +252,11 @@ def detect_arch(sd: Mapping[str, Any]) -> dict[str, Any]:
         num_block = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("body.") and ".rdb1." in k)
         num_grow_ch = int(sd["body.0.rdb1.conv1.weight"].shape[0])
         out_ch = int(sd["conv_last.weight"].shape[0])
-        # RRDBNet pixel-unshuffles its input for scale 2 (x4 channels) and 1 (x16).
-        scale = {3: 4, 12: 2, 48: 1}.get(in_ch)
-        if scale is None:
+        # RRDBNet pixel-unshuffles RGB input for scale 2 (x4 channels) and scale 1 (x16).
+        scale, unshuffle = {3: (4, 1), 12: (2, 4), 48: (1, 16)}.get(in_ch, (None, None))
+        if scale is None or unshuffle is None:
             raise WeightsError(f"RRDBNet with {in_ch} input channels: cannot infer its scale")
-        return {"type": "RRDBNet", "num_in_ch": in_ch // (16 // scale**2 if scale < 4 else 1), "num_out_ch": out_ch,
+        return {"type": "RRDBNet", "num_in_ch": in_ch // unshuffle, "num_out_ch": out_ch,
                 "num_feat": num_feat, "num_block": num_block, "num_grow_ch": num_grow_ch, "scale": scale}
     if "body.0.weight" in sd:
         idx = sorted({int(k.split(".")[1]) for k in sd if k.startswith("body.")})

@@ -3,8 +3,9 @@
 Directions: ``lower_better`` True/False, or None for informational metrics that no
 objective should push either way.  Needs: ``input`` (the LR input), ``reference`` (R, a
 Lanczos upscale of it), ``faces``, ``tile_grid``, ``paste_mask``.  Cost classes, measured
-on a 1024^2 output on a 2-core CPU (see benchmarks/bench_metrics.py): cheap < 0.1 s,
-moderate < 1 s, expensive >= 1 s.
+on a 1024^2 output on a 2-core CPU (benchmarks/bench_metrics.py): cheap < 0.1 s,
+moderate < 1 s, expensive >= 1 s.  Learned pyiqa metrics are marked expensive without a
+measurement here (their weights cannot be had offline).
 
 Any pyiqa no-reference metric can be named too (``musiq``, ``clipiqa``, ``topiq_nr``, ...),
 with pyiqa's own ``lower_better``; learned ones need their weights (downloaded on first use).
@@ -50,7 +51,7 @@ class MetricInfo:
 _ROWS = [
     MetricInfo("niqe", iqa.niqe, True, "~2, ~10", (), "moderate", "iqa"),
     MetricInfo("brisque", iqa.brisque, True, "~0, ~100", (), "moderate", "iqa"),
-    MetricInfo("piqe", iqa.piqe, True, "0, 100", (), "moderate", "iqa"),
+    MetricInfo("piqe", iqa.piqe, True, "0, 100", (), "cheap", "iqa"),
     MetricInfo("crunch", skin.crunch, True, "dB, ~-10, ~+20", ("reference", "faces"), "cheap", "skin"),
     MetricInfo("crunch_grad", skin.crunch_grad, True, "dB, ~-10, ~+20", ("reference", "faces"), "cheap", "skin"),
     MetricInfo("wax", skin.wax, True, "dB, ~-10, ~+20", ("reference", "faces"), "cheap", "skin"),
