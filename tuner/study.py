@@ -389,7 +389,6 @@ def run_tune(cfg: Any) -> int:
              sorted(space))
     runner = TrialRunner(base=base, base_params=pc.params, space=space, objective=objective, dataset=dataset,
                          metric_names=names, iqa_max_side=iqa_side, store=pc.store, cache=pc.cache)
-    storage = make_storage(st)
     multi = objective.mode == "multi"
     pruner = (optuna.pruners.WilcoxonPruner(p_threshold=st.p_threshold, n_startup_steps=st.n_startup_steps)
               if st.pruner and not multi else optuna.pruners.NopPruner())
@@ -399,6 +398,8 @@ def run_tune(cfg: Any) -> int:
                               or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"),
                       experiment=str(tracking.get("experiment") or "tuner"))
     with file_lock(lock_path) if lock_path else contextlib.nullcontext():
+        # under the lock: two workers creating a fresh SQLite storage at once race on its schema tables
+        storage = make_storage(st)
         study = optuna.create_study(study_name=st.name, storage=storage, load_if_exists=True,
                                     directions=objective.directions,  # type: ignore[arg-type]
                                     sampler=make_sampler(st, space),
