@@ -9,6 +9,8 @@ measurement here (their weights cannot be had offline).
 
 Any pyiqa no-reference metric can be named too (``musiq``, ``clipiqa``, ``topiq_nr``, ...),
 with pyiqa's own ``lower_better``; learned ones need their weights (downloaded on first use).
+pyiqa is imported only for such names (and by ``table()``, which lists them): ``get()`` and
+``score()`` of the built-in rows never import it.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class MetricInfo:
 
 
 _ROWS = [
-    MetricInfo("niqe", iqa.niqe, True, "~2, ~10", (), "moderate", "iqa"),
+    # NR-IQA built-ins: numpy ports of the MATLAB references (LIVE releases; MATLAB piqe), no pyiqa
+    MetricInfo("niqe", iqa.niqe, True, "~2, ~20", (), "moderate", "iqa"),
     MetricInfo("brisque", iqa.brisque, True, "~0, ~100", (), "moderate", "iqa"),
     MetricInfo("piqe", iqa.piqe, True, "0, 100", (), "cheap", "iqa"),
     MetricInfo("crunch", skin.crunch, True, "dB, ~-10, ~+20", ("reference", "faces"), "cheap", "skin"),

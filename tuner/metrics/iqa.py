@@ -1,6 +1,7 @@
 """No-reference IQA: offline built-ins (NIQE, BRISQUE, PIQE) and any pyiqa NR metric by name.
 
-All score ``Context.iqa_image``: the output resized (INTER_AREA) so its long side is at
+The built-ins reproduce the MATLAB reference implementations in numpy/scipy (nr_niqe.py,
+nr_brisque.py, nr_piqe.py; models in data/) and never import pyiqa or torch.  All score ``Context.iqa_image``: the output resized (INTER_AREA) so its long side is at
 most ``iqa_max_side`` (default 1024), the same for every trial of a study.
 
 Caution (see README): NIQE and BRISQUE correlate *negatively* with human realness on
@@ -13,38 +14,67 @@ pyiqa is licensed for non-commercial use only (PolyForm Noncommercial 1.0.0).
 from __future__ import annotations
 
 import functools
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import MetricError
+from . import nr_brisque, nr_niqe, nr_piqe
 from .context import Context
+from .nss import rgb2gray
+
+
+def _not_applicable(ctx: Context, name: str, fn: Callable[[], float]) -> float:
+    """``fn()``, or NaN with ``ctx.notes[name]`` when the image gives the metric nothing to measure
+    (too small, flat): a broken output must not abort a study, and the note says why."""
+    try:
+        return fn()
+    except MetricError as e:
+        ctx.notes[name] = str(e)
+        return math.nan
+
+
+def _gray(ctx: Context) -> np.ndarray:
+    """MATLAB ``double(rgb2gray(uint8(iqa_image)))``, shared by NIQE and BRISQUE."""
+    g = ctx.extras.get("iqa_gray")
+    if g is None:
+        g = ctx.extras["iqa_gray"] = rgb2gray(ctx.iqa_image)
+    return g
 
 
 def niqe(ctx: Context) -> float:
-    """NIQE (lower better, ~2-10): basicsr 1.4.2's MATLAB-faithful implementation with the
-    pristine-model parameters it ships (niqe_pris_params.npz); Y channel, 96 px blocks."""
-    from ..compat import import_basicsr_stack
+    """NIQE (lower better, ~3 pristine to 10+): LIVE's MATLAB release (niqe_release) and its pristine model.
 
-    import_basicsr_stack()
-    from basicsr.metrics.niqe import calculate_niqe
-
-    bgr255 = ctx.iqa_image[:, :, ::-1] * 255.0
-    return float(calculate_niqe(bgr255, crop_border=0, input_order="HWC", convert_to="y"))
-
-
-@functools.lru_cache(maxsize=1)
-def _brisque_model() -> Any:
-    from brisque import BRISQUE
-
-    return BRISQUE(url=False)
+    Reference: the authors' MATLAB code, which pyiqa names ``niqe``; within 0.6 % of its values
+    in pyiqa's ResultsCalibra table (tests/test_iqa.py).  Input: MATLAB ``rgb2gray`` of the
+    8-bit image, cropped to whole 96 px blocks.  MATLAB IPT's ``niqe()`` (pyiqa ``niqe_matlab``)
+    has another model and gives other numbers.
+    """
+    return _not_applicable(ctx, "niqe", lambda: nr_niqe.niqe(_gray(ctx)))
 
 
 def brisque(ctx: Context) -> float:
-    """BRISQUE (lower better, ~0-100): the `brisque` 0.2.0 package and the SVM model it ships."""
-    u8 = (np.clip(ctx.iqa_image, 0, 1) * 255).round().astype(np.uint8)
-    return float(_brisque_model().score(u8))
+    """BRISQUE (lower better, ~0-100): LIVE's MATLAB release (BRISQUE_release) and its LIVE-trained SVR.
+
+    Reference: the authors' MATLAB code + libsvm, which pyiqa names ``brisque``; within 3 % or
+    0.6 points of its values in pyiqa's ResultsCalibra table (tests/test_iqa.py).  Input:
+    MATLAB ``rgb2gray`` of the 8-bit image.  MATLAB IPT's ``brisque()`` (pyiqa
+    ``brisque_matlab``) has another model and gives other numbers.
+    """
+    return _not_applicable(ctx, "brisque", lambda: nr_brisque.brisque(_gray(ctx)))
+
+
+def piqe(ctx: Context) -> float:
+    """PIQE (lower better, 0-100): MATLAB's piqe(), ported to numpy from pyiqa's; no weights.
+
+    Reference: MATLAB IPT ``piqe()``; equal to its values in pyiqa's ResultsCalibra table to
+    their 2 decimals (tests/test_iqa.py).  Computed in float64 (pyiqa: float32, which flips a
+    threshold now and then: up to 0.12 apart on the bundled portraits).
+    """
+    return _not_applicable(ctx, "piqe", lambda: nr_piqe.piqe(ctx.iqa_image))
 
 
 @functools.lru_cache(maxsize=8)
@@ -84,7 +114,3 @@ def pyiqa_score(name: str, ctx: Context) -> float:
 def pyiqa_lower_better(name: str) -> bool:
     return bool(pyiqa_metric(name).lower_better)
 
-
-def piqe(ctx: Context) -> float:
-    """PIQE (lower better, 0-100): pyiqa's implementation, which needs no weights."""
-    return pyiqa_score("piqe", ctx)
