@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import signal
@@ -17,10 +16,6 @@ import pytest
 import yaml
 from conftest import GFPGAN_OVERRIDES, ROOT, SRVGG_OVERRIDES
 from PIL import Image as PILImage
-
-from tuner import objective as O
-from tuner.errors import ConfigError
-from tuner.study import best_trial
 
 IMAGES = ["A02_usnavy_grace_hopper.jpg", "A13_flickr_ccby_05.jpg", "A19_flickr_ccby_26.jpg"]
 
@@ -58,7 +53,10 @@ def test_tune_export_enhance_round_trip(tmp_path, tiny_weights, portraits, run_c
     assert set(preset) >= {"model", "face", "params", "model_identity", "pipeline_version", "metrics", "constraints",
                            "provenance", "realesrgan_cli"}
     assert preset["provenance"]["study"] == "rt" and preset["max_side"] == 64
-    assert "face_weight" in " ".join(preset["notes"]) or preset["params"]["face_weight"] == 0
+    # a pasted face (face_weight > 0) is exactly what inference_realesrgan.py cannot express
+    assert (preset["params"]["face_weight"] > 0) == ("face_weight=" in " ".join(preset["notes"]))
+    assert all("every image" in k for k in preset["constraints"])  # per-image gates, said in the preset
+    assert study.trials[0].params.get("denoise") == 1.0  # trial 0: general-x4v3 exactly as shipped
 
     # MLflow: one parent run, one nested run per trial
     con = sqlite3.connect(run / "mlflow.db")
@@ -79,10 +77,21 @@ def test_tune_export_enhance_round_trip(tmp_path, tiny_weights, portraits, run_c
         stem = n.rsplit(".", 1)[0]
         assert (tmp_path / "out" / f"{stem}.png").read_bytes() == (run / "best_outputs" / f"{stem}.png").read_bytes()
 
+    # the face model's sha256 is checked too: another GFPGAN file is refused unless explicitly allowed
+    assert exported["face_identity"]["sha256"]
+    exported["face_identity"]["sha256"] = "0" * 64
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(exported))
+    enh = ["enhance", f"input={portraits / IMAGES[0]}", f"output={tmp_path / 'out2'}", f"preset={tmp_path / 'other.yaml'}",
+           "max_side=64", f"weights_dir={tiny_weights}", *SRVGG_OVERRIDES, *GFPGAN_OVERRIDES]
+    r = run_cli(*enh)
+    assert r.returncode == 1 and "face weights" in r.stderr and "allow_weights_mismatch" in r.stderr
+    r = run_cli(*enh, "allow_weights_mismatch=true")
+    assert r.returncode == 0 and "going on" in r.stdout + r.stderr, r.stderr[-2000:]
+
 
 def test_resume_after_kill_9_loses_no_trial(tmp_path, tiny_weights, portraits, run_cli):
     args = _tune_args(tiny_weights, portraits, "k9", "study.n_trials=6", "study.heartbeat.interval=1",
-                      "study.heartbeat.grace_period=2", "tracking=none", "study.pruner.enabled=false")
+                      "study.heartbeat.grace_period=25", "tracking=none", "study.pruner.enabled=false")
     env = dict(os.environ, TUNER_CACHE_DIR=str(tmp_path / "cache"))
     p = subprocess.Popen([sys.executable, "-m", "tuner.cli", *args], cwd=tmp_path, env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -106,10 +115,12 @@ def test_resume_after_kill_9_loses_no_trial(tmp_path, tiny_weights, portraits, r
         p.send_signal(signal.SIGKILL)
         p.wait()
     assert len(before) >= 2, "the study never reached 2 finished trials"
+    # resumed at once, long before the killed trial's heartbeat goes stale: the worker must wait for
+    # optuna to fail it and re-queue it, and still reach exactly n_trials
     r = run_cli(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     st, states = _states(db, "k9")
-    assert states.count("COMPLETE") == 6
+    assert states.count("COMPLETE") == 6 and states.count("FAIL") == 1
     after = {t.number: tuple(t.values) for t in st.get_trials(deepcopy=False) if t.state.name == "COMPLETE"}
     assert all(after.get(n) == v for n, v in before.items())  # nothing finished was lost or redone
     assert "RUNNING" not in states
@@ -173,38 +184,13 @@ def test_strict_turns_missing_knob_weights_into_an_error(tmp_path, tiny_weights,
     assert r.returncode == 1 and "cannot be tuned here" in r.stderr and "denoise" in r.stderr
 
 
-# ------------------------------------------------------------------ objective and constraints, in-process
-def test_objective_terms_and_constraints():
-    obj = O.from_mapping({"terms": [{"metric": "piqe", "scale": 10}, {"metric": "lr_psnr", "weight": 0.5, "scale": 3},
-                                    {"metric": "crunch", "target": 8, "scale": 2},
-                                    {"metric": "wax", "target": 0, "hinge": "upper"}],
-                          "constraints": {"crunch": {"max": 11}, "lr_psnr": {"min_relative": -1}}})
-    v = obj.per_image({"piqe": 30, "lr_psnr": 30, "crunch": 10, "wax": -1})
-    assert v == pytest.approx(3 - 0.5 * 10 + 1 + 0)
-    assert obj.per_image({"piqe": 30, "lr_psnr": 30, "crunch": math.nan, "wax": 2}) == pytest.approx(3 - 5 + 2)
-    assert obj.constraint_values({"crunch": 12, "lr_psnr": 28}, {"lr_psnr": 30}) == [1, 1]
-    assert obj.constraint_values({"crunch": math.nan, "lr_psnr": 29.5}, {"lr_psnr": 30}) == [0, -0.5]  # NaN = n/a
-    with pytest.raises(ConfigError, match="informational"):
-        O.from_mapping({"terms": [{"metric": "spectral_slope"}]})
-
-
-def test_best_trial_never_picks_an_infeasible_one():
-    obj = O.from_mapping({"terms": [{"metric": "piqe"}], "constraints": {"crunch": {"max": 11}}})
-    study = optuna.create_study()
-    for value, crunch in ((1.0, 20.0), (2.0, 9.0), (3.0, 5.0)):
-        t = study.ask()
-        t.set_user_attr("metrics", {"piqe": value, "crunch": crunch})
-        study.tell(t, value)
-    t, cons = best_trial(study, obj, allow_infeasible=False)
-    assert t.values == [2.0] and cons == [-2.0]
-    obj2 = O.from_mapping({"terms": [{"metric": "piqe"}], "constraints": {"crunch": {"max": 0}}})
-    with pytest.raises(ConfigError, match="allow_infeasible"):
-        best_trial(study, obj2, allow_infeasible=False)
-    assert best_trial(study, obj2, allow_infeasible=True)[0].values == [1.0]
-
-
 def test_every_config_composes():
     from hydra import compose, initialize_config_dir
+
+    from tuner import objective as O
+    from tuner.config import to_dict
+    from tuner.evaluate import metric_settings
+    from tuner.study import search_space, study_settings
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         for name in ("enhance", "evaluate", "tune", "export", "weights", "metrics_table"):
@@ -214,7 +200,11 @@ def test_every_config_composes():
         for group in ("face", "objective", "search", "metrics", "tracking", "experiment", "dataset", "study"):
             for f in (ROOT / "conf" / group).glob("*.yaml"):
                 cfg = compose(config_name="tune", overrides=[f"{group}={f.stem}"], return_hydra_config=False)
-                assert cfg is not None
+                # every group option passes the validators the commands run before any model loads
+                search_space(to_dict(cfg.search))
+                O.from_mapping(to_dict(cfg.objective))
+                study_settings(cfg, ROOT / "runs")
+                metric_settings(cfg)
 
 
 def test_mlflow_failure_is_reported_and_the_study_completes(tmp_path, tiny_weights, portraits, run_cli):
@@ -244,3 +234,109 @@ def test_every_sampler_draws_from_the_search_space(sampler, tmp_path):
         drawn = {k: knob.suggest(t) for k, knob in space.items()}
         assert drawn["tile"] in (0, 64) and 0.0 <= drawn["blend"] <= 0.8
         study.tell(t, drawn["blend"])
+
+
+# ------------------------------------------------------------------ correctness: loops, baselines, resumes
+def test_a_trial_that_always_fails_stops_the_study(tmp_path, tiny_weights, portraits, run_cli):
+    # seam is NaN on every untiled image, so the objective is NaN and every trial fails
+    args = _tune_args(tiny_weights, portraits, "fails", "study.n_trials=5", "tracking=none",
+                      "objective.terms=[{metric: seam}]", "~objective.constraints", "search.params.tile.choices=[0]")
+    r = run_cli(*args, cwd=tmp_path, timeout=300)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "3 consecutive trials failed" in r.stderr and "objective is NaN" in r.stderr
+    _, states = _states(tmp_path / "runs" / "fails" / "study.db", "fails")
+    assert states == ["FAIL"] * 3
+    # a total cap too: resuming adds at most max_failures - 3 more failures, then stops
+    r = run_cli(*args, "study.max_consecutive_failures=100", "study.max_failures=4", cwd=tmp_path, timeout=300)
+    assert r.returncode == 1 and "4 trials failed in all" in r.stderr
+    assert _states(tmp_path / "runs" / "fails" / "study.db", "fails")[1] == ["FAIL"] * 4
+
+
+def test_a_lost_baseline_is_recomputed_not_ignored(tmp_path, tiny_weights, portraits, run_cli):
+    args = _tune_args(tiny_weights, portraits, "base", "tracking=none", "study.pruner.enabled=false")
+    r = run_cli(*args, "study.n_trials=2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    db = tmp_path / "runs" / "base" / "study.db"
+    st, _ = _states(db, "base")
+    original = st.user_attrs["baseline"]
+    assert set(original) >= {"lr_psnr", "identity"} and len(original["lr_psnr"]) == len(IMAGES)
+    st.set_user_attr("baseline", None)  # as if trial 0 had failed or been lost
+    r = run_cli("export", "study.name=base", f"out={tmp_path / 'p.yaml'}", "allow_infeasible=true", cwd=tmp_path)
+    assert r.returncode == 1 and "baseline" in r.stderr and "tuner tune" in r.stderr
+    r = run_cli(*args, "study.n_trials=3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "computing them" in r.stdout + r.stderr
+    assert _states(db, "base")[0].user_attrs["baseline"] == original  # the same values, from cached stages
+
+
+@pytest.mark.parametrize("change, what", [
+    ("objective.terms.0.weight=2", "objective"),
+    ("search.params.blend.high=0.5", "search space"),
+    ("metrics.names=[piqe,crunch]", "metric set"),
+])
+def test_resuming_with_other_settings_is_refused(tmp_path, tiny_weights, portraits, run_cli, change, what):
+    args = _tune_args(tiny_weights, portraits, "same", "tracking=none", "study.n_trials=1")
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    r = run_cli(*args, change, "study.n_trials=2", cwd=tmp_path)
+    assert r.returncode == 1 and f"different {what}" in r.stderr and "new study.name" in r.stderr, r.stderr[-1500:]
+    assert len(_states(tmp_path / "runs" / "same" / "study.db", "same")[1]) == 1  # nothing was added
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs", "a/b", "..", ""])
+def test_study_names_cannot_leave_the_runs_folder(tmp_path, portraits, run_cli, name):
+    r = run_cli(*_tune_args(tmp_path, portraits, name), cwd=tmp_path)
+    assert r.returncode == 1 and "study.name" in r.stderr
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------ the metric cache never serves stale values
+def _scorer(tmp_path, threshold=0.9):
+    from tuner.cache import StageCache
+    from tuner.pipeline import Params, PipelineSpec
+    from tuner.study import TrialRunner
+    from tuner.weights import WeightStore, catalogue
+
+    spec = PipelineSpec(model=catalogue("model")["realesr-general-x4v3"], detection_threshold=threshold)
+    return TrialRunner(base=spec, base_params=Params(), space={}, objective=None, dataset=None,  # type: ignore[arg-type]
+                       metric_names=["crunch", "wax"], iqa_max_side=1024, store=WeightStore(),
+                       cache=StageCache(tmp_path / "cache"))
+
+
+def test_metric_cache_keys_on_input_faces_detector_and_metric_code(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import cv2
+
+    from tuner import metrics as M
+    from tuner.faces import FaceDetector
+    from tuner.images import decode, fit_max_side, from_array
+    from tuner.pipeline import Result
+
+    hr = fit_max_side(decode(ROOT / "datasets" / "portraits" / "A13_flickr_ccby_05.jpg"), 256).rgb
+    h, w = hr.shape[0] // 4 * 4, hr.shape[1] // 4 * 4
+    hr = np.ascontiguousarray(hr[:h, :w])
+    inp = cv2.resize(hr, (w // 4, h // 4), interpolation=cv2.INTER_AREA)
+    out = np.clip(hr + 0.5 * (hr - cv2.GaussianBlur(hr, (0, 0), 1.5)), 0, 1)
+    res = Result(image=from_array(out), sr=out, reference=out, faces=[], face_mask=None, scale=4.0, tile=0)
+    faces = FaceDetector()(inp)
+    analysis = M.InputAnalysis(inp, faces, (h, w))
+
+    first, _ = _scorer(tmp_path).score(res, analysis)
+    again, extra = _scorer(tmp_path).score(res, analysis)  # a new process: served from the disk cache
+    assert again == first and extra == {"memo": True}
+
+    # another detector threshold, other faces, another input: each is a miss, never the old values
+    assert _scorer(tmp_path, 0.5).score(res, analysis)[1] != {"memo": True}
+    moved = [replace(f, box=tuple(np.asarray(f.box) + 2)) for f in faces]
+    assert _scorer(tmp_path).score(res, M.InputAnalysis(inp, moved, (h, w)))[1] != {"memo": True}
+    assert _scorer(tmp_path).score(res, M.InputAnalysis(np.ascontiguousarray(inp[::-1]), faces, (h, w)))[1] \
+        != {"memo": True}
+
+    # edit a metric's behaviour (its code): the cached value must not be served
+    def crunch_v2(ctx):
+        """Crunch, edited."""
+        return 42.0
+
+    monkeypatch.setitem(M.TABLE, "crunch", replace(M.TABLE["crunch"], fn=crunch_v2))
+    edited, extra = _scorer(tmp_path).score(res, analysis)
+    assert extra != {"memo": True} and edited["crunch"] == 42.0 and edited["wax"] == first["wax"]

@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rest = expand_preset(rest) if cmd in ("enhance", "evaluate") else rest
+        for a in rest:  # before Hydra creates runs/<study.name>/: a name must not leave that folder
+            if a.split("=", 1)[0].lstrip("+~") == "study.name" and "=" in a:
+                from .study import check_study_name
+
+                check_study_name(a.split("=", 1)[1])
     except TunerError as e:
         print(f"tuner {cmd}: error: {e}", file=sys.stderr)
         return 1

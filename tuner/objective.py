@@ -9,13 +9,19 @@
 
 Images where a metric does not apply (NaN, e.g. no face) skip that term.
 
-``multi`` mode returns one study objective per listed metric (NSGA-II by default), each
-an image mean, in the metric table's direction (or |m - target| minimised).
+``multi`` mode returns one study objective per listed metric (NSGA-II by default): the
+image mean of the metric in the metric table's direction, or, for a term with a target,
+the image mean of the per-image distance |m_i - target| (a mean of distances, so a 2 dB
+image and a 14 dB image do not cancel out around an 8 dB target).
 
-Constraints use Optuna's convention (<= 0 is feasible) on image means:
-``max``: mean <= max; ``min``: mean >= min; ``min_relative``/``max_relative``: the mean
-compared with the same metric of the baseline trial (out-of-box settings, trial 0).
-NaN means do not apply (e.g. seam without tiling) and count as satisfied.
+Constraints are **per-image guard rails** by default (``reduce: worst``): each image is
+checked on its own and the trial's violation is the worst image's, in Optuna's
+convention (<= 0 is feasible).  One face turned into another person fails the gate
+whatever the other faces score.  ``reduce: mean`` gates the image mean instead.
+Bounds: ``max``: m <= max; ``min``: m >= min; ``min_relative``/``max_relative``: m
+compared with the same metric *of the same image* under the baseline trial (the model
+as shipped, trial 0).  NaN values do not apply (e.g. seam without tiling) and count as
+satisfied.  A relative gate with no baseline is an error, never silently disabled.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics as M
-from .errors import ConfigError
+from .errors import ConfigError, TunerError
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,23 @@ class Term:
         return "minimize" if M.get(self.metric).lower_better else "maximize"
 
 
+class BaselineMissing(TunerError):
+    """A relative constraint needs the baseline trial's per-image values, and there are none."""
+
+
+# per-image values of one metric, by image name
+PerImage = Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One constraint's outcome on one trial: the violation (<= 0 holds), and the image that decided it."""
+
+    violation: float
+    value: float  # the deciding value: the worst image's (reduce=worst) or the mean (reduce=mean)
+    image: str | None  # the worst image (reduce=worst), None for reduce=mean or when nothing applied
+
+
 @dataclass(frozen=True)
 class Constraint:
     metric: str
@@ -62,28 +85,60 @@ class Constraint:
     min: float | None = None
     max_relative: float | None = None
     min_relative: float | None = None
+    reduce: str = "worst"  # worst (every image must hold) | mean
 
     @property
     def relative(self) -> bool:
         return self.max_relative is not None or self.min_relative is not None
 
-    def violation(self, mean: float, baseline: float | None) -> float:
-        """<= 0 when satisfied (Optuna convention); NaN metric = not applicable = satisfied."""
-        if math.isnan(mean):
+    def violation(self, value: float, baseline: float | None) -> float:
+        """Violation of one value (<= 0 when satisfied); NaN = not applicable = satisfied.
+
+        ``baseline`` is the same quantity under the baseline trial; a relative bound with
+        no baseline raises :class:`BaselineMissing` (a NaN baseline means the metric never
+        applied to the baseline, so the relative bound does not apply either).
+        """
+        if math.isnan(value):
             return 0.0
         v = -math.inf
         if self.max is not None:
-            v = max(v, mean - self.max)
+            v = max(v, value - self.max)
         if self.min is not None:
-            v = max(v, self.min - mean)
+            v = max(v, self.min - value)
         if self.relative:
-            if baseline is None or math.isnan(baseline):
-                return 0.0  # the baseline trial itself, or the metric never applied
-            if self.max_relative is not None:
-                v = max(v, mean - (baseline + self.max_relative))
-            if self.min_relative is not None:
-                v = max(v, (baseline + self.min_relative) - mean)
+            if baseline is None:
+                raise BaselineMissing(f"constraint '{self.describe()}' needs the baseline trial's values, which are missing")
+            if not math.isnan(baseline):
+                if self.max_relative is not None:
+                    v = max(v, value - (baseline + self.max_relative))
+                if self.min_relative is not None:
+                    v = max(v, (baseline + self.min_relative) - value)
         return 0.0 if v == -math.inf else float(v)
+
+    def gate(self, rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, PerImage] | None) -> Gate:
+        """Evaluate over a trial's per-image rows (each with ``image`` and metric values)."""
+        base = None if baseline is None else baseline.get(self.metric)
+        if self.relative and base is None:
+            raise BaselineMissing(f"constraint '{self.describe()}' needs the baseline trial's values of "
+                                  f"'{self.metric}', which are missing")
+        if self.reduce == "mean":
+            m = _nanmean([_f(r.get(self.metric)) for r in rows])
+            b = None if base is None else _nanmean([_f(v) for v in base.values()])
+            return Gate(self.violation(m, b), m, None)
+        worst = Gate(-math.inf, math.nan, None)
+        for r in rows:
+            name = str(r["image"])
+            b = None
+            if base is not None:
+                if name not in base:
+                    raise BaselineMissing(f"constraint '{self.describe()}': the baseline has no value for image "
+                                          f"'{name}'")
+                b = _f(base[name])
+            v = _f(r.get(self.metric))
+            viol = self.violation(v, b)
+            if not math.isnan(v) and viol > worst.violation:
+                worst = Gate(viol, v, name)
+        return Gate(0.0, math.nan, None) if worst.image is None else worst
 
     def describe(self) -> str:
         parts = []
@@ -95,7 +150,12 @@ class Constraint:
             parts.append(f"<= baseline {self.max_relative:+g}")
         if self.min_relative is not None:
             parts.append(f">= baseline {self.min_relative:+g}")
-        return f"{self.metric} " + " and ".join(parts)
+        where = "every image" if self.reduce == "worst" else "image mean"
+        return f"{self.metric} " + " and ".join(parts) + f" ({where})"
+
+
+def _f(x: Any) -> float:
+    return math.nan if x is None else float(x)
 
 
 @dataclass(frozen=True)
@@ -124,18 +184,21 @@ class Objective:
         return float(sum(parts)) if parts else math.nan
 
     def values(self, rows: Sequence[Mapping[str, float]]) -> list[float]:
-        """Study objective value(s) over all images."""
+        """Study objective value(s) over all images: means of per-image values."""
         if self.mode == "composite":
             return [_nanmean([self.per_image(r) for r in rows])]
         out = []
         for t in self.terms:
-            m = _nanmean([r.get(t.metric, math.nan) for r in rows])
-            out.append(abs(m - t.target) if t.target is not None else m)
+            ms = [_f(r.get(t.metric)) for r in rows]
+            out.append(_nanmean([abs(m - t.target) for m in ms] if t.target is not None else ms))
         return out
 
-    def constraint_values(self, means: Mapping[str, float], baseline: Mapping[str, float] | None) -> list[float]:
-        return [c.violation(means.get(c.metric, math.nan), None if baseline is None else baseline.get(c.metric))
-                for c in self.constraints]
+    def gates(self, rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, PerImage] | None) -> list[Gate]:
+        """Each constraint evaluated on the per-image rows (see :meth:`Constraint.gate`)."""
+        return [c.gate(rows, baseline) for c in self.constraints]
+
+    def needs_baseline(self) -> bool:
+        return any(c.relative for c in self.constraints)
 
 
 def _nanmean(xs: Sequence[float]) -> float:
@@ -178,10 +241,13 @@ def from_mapping(node: Mapping[str, Any]) -> Objective:
     for name, c in (node.get("constraints") or {}).items():
         M.get(name)
         c = dict(c or {})
-        bad = set(c) - {"max", "min", "max_relative", "min_relative"}
+        bad = set(c) - {"max", "min", "max_relative", "min_relative", "reduce"}
         if bad:
             raise ConfigError(f"constraint '{name}': unknown keys {sorted(bad)}")
-        if not c:
+        reduce = str(c.pop("reduce", "worst"))
+        if reduce not in ("worst", "mean"):
+            raise ConfigError(f"constraint '{name}': reduce must be worst (every image) or mean, got {reduce!r}")
+        if not any(v is not None for v in c.values()):
             raise ConfigError(f"constraint '{name}' has no bound")
-        cons.append(Constraint(name, **{k: float(v) for k, v in c.items() if v is not None}))
+        cons.append(Constraint(name, **{k: float(v) for k, v in c.items() if v is not None}, reduce=reduce))
     return Objective(mode=mode, terms=tuple(terms), constraints=tuple(cons))

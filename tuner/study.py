@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import random
+import re
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -42,7 +43,8 @@ from .config import check_keys, pipeline_config, to_dict
 from .dataset import Dataset, Item
 from .errors import ConfigError, TunerError, WeightsError
 from .evaluate import analysis_for, dataset_from_cfg, metric_settings, score_one
-from .images import encode, from_array
+from .images import atomic_write_bytes, encode, from_array
+from .metrics.version import METRICS_VERSION, code_digest
 from .pipeline import Params, Pipeline, PipelineSpec, Result
 from .tracking import Tracker
 from .weights import WeightStore, catalogue, content_hash
@@ -118,12 +120,14 @@ class StudySettings:
     max_retry: int
     strict: bool
     allow_infeasible: bool
+    max_consecutive_failures: int
+    max_failures: int
 
 
 def study_settings(cfg: Any, run_dir: Path) -> StudySettings:
     s = to_dict(cfg.study) or {}
     check_keys(s, {"name", "n_trials", "storage", "sampler", "seed", "n_startup_trials", "pruner", "heartbeat",
-                   "max_retry", "strict", "allow_infeasible"}, "study")
+                   "max_retry", "strict", "allow_infeasible", "max_consecutive_failures", "max_failures"}, "study")
     pr = s.get("pruner") or {}
     check_keys(pr, {"enabled", "p_threshold", "n_startup_steps"}, "study.pruner")
     hb = s.get("heartbeat") or {}
@@ -134,16 +138,29 @@ def study_settings(cfg: Any, run_dir: Path) -> StudySettings:
     n = int(s.get("n_trials", 0))
     if n < 1:
         raise ConfigError(f"study.n_trials must be >= 1, got {n}")
-    name = str(s.get("name") or "")
-    if not name or "/" in name:
-        raise ConfigError(f"study.name must be a non-empty name without '/', got {name!r}")
+    name = check_study_name(str(s.get("name") or ""))
+    max_consec, max_fail = int(s.get("max_consecutive_failures", 3)), int(s.get("max_failures", 10))
+    if max_consec < 1 or max_fail < 1:
+        raise ConfigError("study.max_consecutive_failures and study.max_failures must be >= 1")
     storage = s.get("storage") or f"sqlite:///{(run_dir / 'study.db').resolve()}"
     return StudySettings(name=name, n_trials=n, storage=str(storage), sampler=sampler, seed=int(s.get("seed", 0)),
                          n_startup_trials=int(s.get("n_startup_trials", 8)), pruner=bool(pr.get("enabled", True)),
                          p_threshold=float(pr.get("p_threshold", 0.1)), n_startup_steps=int(pr.get("n_startup_steps", 5)),
                          heartbeat_interval=int(hb.get("interval", 30)), grace_period=int(hb.get("grace_period", 90)),
                          max_retry=int(s.get("max_retry", 2)), strict=bool(s.get("strict", False)),
-                         allow_infeasible=bool(s.get("allow_infeasible", False)))
+                         allow_infeasible=bool(s.get("allow_infeasible", False)),
+                         max_consecutive_failures=max_consec, max_failures=max_fail)
+
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_study_name(name: str) -> str:
+    """A study name is also a folder name under runs/: refuse anything that could leave it."""
+    if not _NAME_RE.fullmatch(name) or ".." in name:
+        raise ConfigError(f"study.name must be 1-128 characters of letters, digits, '.', '_' or '-' (starting with a "
+                          f"letter or digit, no '..'), got {name!r}")
+    return name
 
 
 def make_storage(st: StudySettings) -> Any:
@@ -269,9 +286,8 @@ class TrialRunner:
     def score(self, res: Result, analysis: M.InputAnalysis) -> tuple[dict[str, float], dict[str, Any]]:
         """Metric values of one output; never recomputed for an output already scored."""
         names = self.metric_names
-        mask_h = "none" if res.face_mask is None else array_hash(res.face_mask)
-        key = make_key(out=array_hash(res.image.rgb), names=names, tile=res.tile, mask=mask_h,
-                       iqa=self.iqa_max_side, input=analysis.input.shape, version=PIPELINE_VERSION)
+        key = metric_key(res, analysis, names, iqa_max_side=self.iqa_max_side, detector=self.base.detector,
+                         detection_threshold=self.base.detection_threshold)
         if key in self._metric_memo:
             return self._metric_memo[key], {"memo": True}
         if self.cache is not None:
@@ -302,6 +318,19 @@ class TrialRunner:
             if report is not None:
                 report(row["objective"], idx)
         return rows, results
+
+
+def metric_key(res: Result, analysis: M.InputAnalysis, names: list[str], *, iqa_max_side: int, detector: str,
+               detection_threshold: float) -> str:
+    """Everything a metric value depends on: the output, the input, the faces the skin and
+    identity metrics read (and the detector settings that found them), the tile grid, the
+    paste mask, the analysis size, and the metric code itself (version + source digest)."""
+    faces = [[*map(float, f.box), *map(float, np.asarray(f.landmarks).ravel()), float(f.score)]
+             for f in analysis.faces]
+    return make_key(out=array_hash(res.image.rgb), input=array_hash(analysis.input), faces=faces,
+                    detector=detector, threshold=detection_threshold, names=names, tile=res.tile,
+                    mask="none" if res.face_mask is None else array_hash(res.face_mask), iqa=iqa_max_side,
+                    pipeline=PIPELINE_VERSION, metrics=METRICS_VERSION, code=code_digest(names))
 
 
 # ---------------------------------------------------------------- run
@@ -365,6 +394,55 @@ def versions() -> dict[str, str]:
     return out
 
 
+class StudyAborted(TunerError):
+    """The study stopped itself: trials keep failing (the message gives the last error)."""
+
+
+SCHEMA = 2  # of the study's ``tuner`` user attribute; a study written by another schema cannot be resumed
+
+
+def baseline_params(base: Params, base_spec: PipelineSpec, space: Mapping[str, Knob]) -> dict[str, Any]:
+    """Trial 0's values: the configured params, with ``denoise`` at the value that runs the
+    model exactly as shipped (DNI weight 1 on the model itself) when denoise is searched."""
+    out: dict[str, Any] = {"tile": base.tile, "denoise": base.denoise, "face_weight": base.face_weight,
+                           "blend": base.blend}
+    if "denoise" in space and out["denoise"] is None:
+        out["denoise"] = 1.0 if base_spec.model.denoise_weight_on == "base" else 0.0
+    return {k: v for k, v in out.items() if k in space and v is not None}
+
+
+def study_identity(base: PipelineSpec, space: Mapping[str, Knob], objective_node: Any, names: list[str],
+                   dataset: Dataset) -> dict[str, Any]:
+    """What makes two runs of a study comparable; a resume must match it exactly."""
+    return {"schema": SCHEMA, "model": base.model.name, "face": base.face.name if base.face else "none",
+            "pipeline": {"tile_pad": base.tile_pad, "pre_pad": base.pre_pad, "overlap": base.overlap,
+                         "outscale": base.outscale, "blend_variant": base.blend_variant,
+                         "face_upsample": base.face_upsample, "detector": base.detector,
+                         "detection_threshold": base.detection_threshold},
+            "dataset_hash": dataset.content_hash, "max_side": dataset.max_side,
+            "space_def": {k: asdict(v) for k, v in sorted(space.items())},
+            "objective": objective_node, "metrics": list(names)}
+
+
+def check_resume(prev: Mapping[str, Any], now: Mapping[str, Any], name: str) -> None:
+    """Refuse to mix incomparable trials in one study."""
+    if prev.get("schema") != now["schema"]:
+        raise ConfigError(f"study '{name}' was written by another tuner version (schema {prev.get('schema')}, "
+                          f"this is {now['schema']}); start a new study with a new study.name")
+    # JSON round trip: what the storage gives back (tuples become lists, ...)
+    now_j = json.loads(json.dumps(now, default=str))
+    diff = [k for k in now_j if json.dumps(prev.get(k), sort_keys=True) != json.dumps(now_j[k], sort_keys=True)]
+    if diff:
+        what = {"space_def": "search space", "objective": "objective", "metrics": "metric set",
+                "dataset_hash": "dataset", "max_side": "dataset.max_side", "model": "model", "face": "face",
+                "pipeline": "pipeline options"}
+        raise ConfigError(
+            f"study '{name}' exists with a different {', '.join(what.get(k, k) for k in diff)}: its trials would not "
+            f"be comparable with new ones. Resume it with the same settings, or start a new study with a new "
+            f"study.name (e.g. study.name={name}-2)"
+        )
+
+
 def run_tune(cfg: Any) -> int:
     import optuna
     from hydra.core.hydra_config import HydraConfig
@@ -397,6 +475,7 @@ def run_tune(cfg: Any) -> int:
                       uri=str(os.environ.get("MLFLOW_TRACKING_URI") or tracking.get("uri")
                               or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"),
                       experiment=str(tracking.get("experiment") or "tuner"))
+    ident = study_identity(base, space, to_dict(cfg.objective), names, dataset)
     with file_lock(lock_path) if lock_path else contextlib.nullcontext():
         # under the lock: two workers creating a fresh SQLite storage at once race on its schema tables
         storage = make_storage(st)
@@ -404,29 +483,16 @@ def run_tune(cfg: Any) -> int:
                                     directions=objective.directions,  # type: ignore[arg-type]
                                     sampler=make_sampler(st, space),
                                     pruner=pruner)
-        fresh = not study.user_attrs.get("tuner")
-        if fresh:
-            study.set_user_attr("tuner", {
-                "model": base.model.name, "face": base.face.name if base.face else "none",
-                "pipeline": {"tile_pad": base.tile_pad, "pre_pad": base.pre_pad, "overlap": base.overlap,
-                             "outscale": base.outscale, "blend_variant": base.blend_variant,
-                             "face_upsample": base.face_upsample, "detector": base.detector,
-                             "detection_threshold": base.detection_threshold},
-                "max_side": dataset.max_side, "dataset": str(dataset.root), "dataset_hash": dataset.content_hash,
-                "n_images": len(dataset.items), "dropped_knobs": dropped, "space": sorted(space),
-                "objective": to_dict(cfg.objective), "metrics": names, "versions": versions()})
-            # trial 0 = the baseline (the configured params, out of the box by default)
-            base_trial = {k: v for k, v in {"tile": pc.params.tile, "denoise": pc.params.denoise,
-                                             "face_weight": pc.params.face_weight, "blend": pc.params.blend}.items()
-                          if k in space and v is not None}
-            study.enqueue_trial(base_trial, user_attrs={"baseline": True}, skip_if_exists=True)
+        prev = study.user_attrs.get("tuner")
+        if not prev:
+            study.set_user_attr("tuner", {**ident, "dataset": str(dataset.root), "n_images": len(dataset.items),
+                                          "dropped_knobs": dropped, "space": sorted(space), "versions": versions()})
+            # trial 0 = the baseline: the configured params with the model exactly as shipped
+            bp = baseline_params(pc.params, base, space)
+            study.set_user_attr("baseline_params", bp)
+            study.enqueue_trial(bp, user_attrs={"baseline": True}, skip_if_exists=True)
         else:
-            prev = study.user_attrs["tuner"]
-            if prev.get("dataset_hash") != dataset.content_hash or prev.get("model") != base.model.name:
-                raise ConfigError(
-                    f"study '{st.name}' exists with another dataset or model ({prev.get('model')}, "
-                    f"dataset {str(prev.get('dataset_hash'))[:12]}); resume it with the same settings or pick a new study.name"
-                )
+            check_resume(prev, ident, st.name)
         parent = tracker.start_study(study.user_attrs.get("mlflow_parent_run_id"), name=st.name,
                                      params={"model": base.model.name, "face": base.face.name if base.face else "none",
                                              "n_images": len(dataset.items), "max_side": dataset.max_side,
@@ -435,7 +501,7 @@ def run_tune(cfg: Any) -> int:
                                                                                     versions().items()}})
         if parent and not study.user_attrs.get("mlflow_parent_run_id"):
             study.set_user_attr("mlflow_parent_run_id", parent)
-    worker_loop(study, runner, st, objective, tracker, parent, lock_path, run_dir,
+    worker_loop(study, storage, runner, st, objective, tracker, parent, lock_path, run_dir,
                 int(tracking.get("contact_sheet_faces", 6)))
     return finish(study, st, objective, runner, tracker, parent, run_dir)
 
@@ -450,42 +516,91 @@ def storage_lock_path(url: str) -> Path | None:
     return None
 
 
-def _counts(study: Any) -> tuple[int, int]:
+@dataclass(frozen=True)
+class Counts:
+    done: int  # COMPLETE + PRUNED: what counts towards n_trials
+    running: int
+    failed: int
+    trailing_failures: int  # FAIL trials at the end of the finished trials, in trial-number order
+    last_error: str
+
+
+def _counts(study: Any) -> Counts:
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-    done = sum(t.state != TrialState.RUNNING for t in trials)
-    return done, len(trials) - done
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    trials = study.get_trials(deepcopy=False, states=(*finished, TrialState.RUNNING))
+    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    fails = [t for t in trials if t.state == TrialState.FAIL]
+    trailing = 0
+    for t in sorted((t for t in trials if t.state in finished), key=lambda t: -t.number):
+        if t.state != TrialState.FAIL:
+            break
+        trailing += 1
+    last = max(fails, key=lambda t: t.number).user_attrs.get("reason", "no reason recorded") if fails else ""
+    return Counts(done, running, len(fails), trailing, str(last))
 
 
-def worker_loop(study: Any, runner: TrialRunner, st: StudySettings, objective: O.Objective, tracker: Tracker,
-                parent: str | None, lock_path: Path | None, run_dir: Path, sheet_faces: int) -> None:
+# Optuna's heartbeat thread and its "is this storage heartbeat-enabled" check live in the
+# private optuna.storages._heartbeat: Study.optimize uses them internally, but the worker
+# loop needs ask/tell (to hold our lock around ask), so they are reached here, and only here.
+def heartbeat_enabled(storage: Any) -> bool:
+    """Whether the storage fails the trials of silent workers (true for RDB storages with an interval)."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return bool(is_heartbeat_enabled(storage))
+
+
+def _heartbeat(storage: Any, study: Any, trial: Any) -> Any:
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
+                                                                trial.number)
+    return get_heartbeat_thread(trial_id, storage)
+
+
+def worker_loop(study: Any, storage: Any, runner: TrialRunner, st: StudySettings, objective: O.Objective,
+                tracker: Tracker, parent: str | None, lock_path: Path | None, run_dir: Path, sheet_faces: int) -> None:
     import optuna
-    from optuna.storages._heartbeat import fail_stale_trials, get_heartbeat_thread  # optuna's own helpers
     from tqdm import tqdm
 
     # ask/tell with optuna's heartbeat helpers (Study.optimize cannot take our lock around ask)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    hb = heartbeat_enabled(storage)
     bar = tqdm(total=st.n_trials, desc=f"study {st.name}", unit="trial")
     while True:
         with file_lock(lock_path) if lock_path else contextlib.nullcontext():
-            fail_stale_trials(study)
-            done, running = _counts(study)
-            bar.n = done
+            if hb:
+                optuna.storages.fail_stale_trials(study)  # and re-queue them (RetryHeartbeatStaleTrialCallback)
+            c = _counts(study)
+            check_failures(c, st)
+            bar.n = c.done
             bar.refresh()
-            if done >= st.n_trials:
+            if c.done >= st.n_trials:
                 break
-            trial = None if done + running >= st.n_trials else study.ask()
+            trial = None if c.done + c.running >= st.n_trials else study.ask()
         if trial is None:  # the last trials run elsewhere (or in a killed worker, until its heartbeat lapses)
-            if not isinstance(study._storage, optuna.storages.RDBStorage):
-                log.warning("stopping: %d trial(s) still RUNNING without heartbeats", running)
+            if not hb:
+                log.warning("stopping: %d trial(s) still RUNNING and this storage has no heartbeats to fail them",
+                            c.running)
                 break
             time.sleep(max(1, min(st.heartbeat_interval, 5)))
             continue
-        with get_heartbeat_thread(trial._trial_id, study._storage):
+        with _heartbeat(storage, study, trial) if hb else contextlib.nullcontext():
             run_trial(study, trial, runner, objective, tracker, parent, run_dir, sheet_faces, st.n_startup_trials)
     bar.close()
+
+
+def check_failures(c: Counts, st: StudySettings) -> None:
+    """Stop a study whose trials keep failing, instead of asking for new ones forever."""
+    if c.trailing_failures >= st.max_consecutive_failures:
+        raise StudyAborted(f"{c.trailing_failures} consecutive trials failed (study.max_consecutive_failures="
+                           f"{st.max_consecutive_failures}); last error: {c.last_error}")
+    if c.failed >= st.max_failures:
+        raise StudyAborted(f"{c.failed} trials failed in all (study.max_failures={st.max_failures}); "
+                           f"last error: {c.last_error}")
 
 
 def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objective, tracker: Tracker,
@@ -507,7 +622,8 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
         # no pruning until the sampler's startup trials have completed: a lone early best trial
         # would otherwise prune every exploratory trial and starve the sampler of full results
         n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        may_prune = not multi and n_complete >= n_startup
+        is_baseline = bool(trial.user_attrs.get("baseline"))
+        may_prune = not multi and not is_baseline and n_complete >= n_startup
 
         def report(v: float, idx: int) -> None:
             if multi or math.isnan(v):
@@ -518,13 +634,17 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
                 raise optuna.TrialPruned(f"WilcoxonPruner: worse than the best trial after {reported[0]} image(s)")
 
         rows, results = runner.evaluate(spec, params, order=order, report=report)
-        means = O.means(rows, runner.metric_names)
-        baseline = study.user_attrs.get("baseline_means")
-        cons = objective.constraint_values(means, baseline)
         values = objective.values(rows)
         if any(math.isnan(v) for v in values):
             raise TunerError("objective is NaN on every image (no metric applied); check objective.terms")
+        per_image = per_image_values(rows, [c.metric for c in objective.constraints])
+        if is_baseline:
+            study.set_user_attr("baseline", per_image)
+        gates = objective.gates(rows, ensure_baseline(study, runner, objective))
+        cons = [g.violation for g in gates]
+        means = O.means(rows, runner.metric_names)
         trial.set_user_attr("metrics", {k: (None if math.isnan(v) else round(v, 6)) for k, v in means.items()})
+        trial.set_user_attr("per_image", per_image)
         trial.set_user_attr("constraints", cons)
         for c, v in zip(objective.constraints, cons, strict=True):
             trial.set_constraint(c.describe(), v)  # constraint-aware samplers (TPE, GP, NSGA-II) read these
@@ -535,8 +655,6 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
                                             "face_weight": params.face_weight, "blend": params.blend})
         trial.set_user_attr("model_identity", runner.pipeline(spec).model_identity(params.denoise))
         trial.set_user_attr("face_sha256", content_hash(runner.store.resolve(spec.face)) if spec.face else None)
-        if trial.user_attrs.get("baseline") or trial.number == 0:
-            study.set_user_attr("baseline_means", {k: v for k, v in means.items() if not math.isnan(v)})
         state = TrialState.COMPLETE
         _trial_artifacts(tdir, rows, results, sheet_faces)
     except optuna.TrialPruned as e:
@@ -556,8 +674,7 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
         else:
             study.tell(trial, state=state)
     if rows:
-        tdir.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rows).to_csv(tdir / "metrics.csv", index=False)
+        atomic_write_bytes(tdir / "metrics.csv", pd.DataFrame(rows).to_csv(index=False).encode())
     arts = [p for p in (tdir / "metrics.csv", tdir / "faces.png") if p.exists()]
     means = trial.user_attrs.get("metrics", {}) if state == TrialState.COMPLETE else {}
     tracker.log_trial(parent, number=trial.number, params=trial.params,
@@ -570,6 +687,31 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
                       artifacts=arts, status=state.name)
     log.info("trial %d %s in %.1fs %s %s", trial.number, state.name, elapsed, trial.params,
              "" if values is None else f"values={[round(v, 4) for v in values]}")
+
+
+def per_image_values(rows: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, float | None]]:
+    """{metric: {image: value}} (None for NaN: JSON has no NaN) -- what the per-image gates read."""
+    out: dict[str, dict[str, float | None]] = {}
+    for n in dict.fromkeys(names):
+        out[n] = {}
+        for r in rows:
+            v = r.get(n)
+            out[n][str(r["image"])] = None if v is None or math.isnan(float(v)) else round(float(v), 6)
+    return out
+
+
+def ensure_baseline(study: Any, runner: TrialRunner, objective: O.Objective) -> dict[str, Any] | None:
+    """The baseline trial's per-image values; recomputed (from cached stages) when trial 0 has
+    not finished, failed or was lost, so a relative gate is never silently off."""
+    baseline = study.user_attrs.get("baseline")
+    if baseline is not None or not objective.needs_baseline():
+        return baseline
+    bp = {**asdict(runner.base_params), **study.user_attrs.get("baseline_params", {})}
+    log.info("baseline values missing (trial 0 not finished); computing them with %s", bp)
+    rows, _ = runner.evaluate(runner.base, Params.from_mapping(bp))
+    baseline = per_image_values(rows, [c.metric for c in objective.constraints])
+    study.set_user_attr("baseline", baseline)
+    return baseline
 
 
 def _trial_artifacts(tdir: Path, rows: list[dict[str, Any]], results: list[Result], n_faces: int) -> None:
@@ -594,36 +736,53 @@ def _trial_artifacts(tdir: Path, rows: list[dict[str, Any]], results: list[Resul
 
 
 # ---------------------------------------------------------------- best trial, export
-def recheck(study: Any, objective: O.Objective) -> list[tuple[Any, list[float]]]:
-    """Completed trials with constraints recomputed against the final baseline."""
+def _rows_of(trial: Any) -> list[dict[str, Any]]:
+    """A finished trial's per-image rows for the gates, from its user attributes."""
+    per = trial.user_attrs.get("per_image") or {}
+    images = sorted({im for vals in per.values() for im in vals})
+    return [{"image": im, **{m: (math.nan if per[m].get(im) is None else per[m][im]) for m in per}} for im in images]
+
+
+def recheck(study: Any, objective: O.Objective) -> list[tuple[Any, list[O.Gate]]]:
+    """Completed trials with their per-image gates recomputed against the final baseline."""
     from optuna.trial import TrialState
 
-    baseline = study.user_attrs.get("baseline_means")
+    baseline = study.user_attrs.get("baseline")
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        means = {k: (math.nan if v is None else v) for k, v in (t.user_attrs.get("metrics") or {}).items()}
-        out.append((t, objective.constraint_values(means, baseline)))
+        try:
+            out.append((t, objective.gates(_rows_of(t), baseline)))
+        except O.BaselineMissing as e:
+            raise ConfigError(f"study '{study.study_name}': {e}; run `tuner tune study.name={study.study_name}` "
+                              "again to compute it") from e
     return out
 
 
-def best_trial(study: Any, objective: O.Objective, *, allow_infeasible: bool, number: int | None = None) -> tuple[Any, list[float]]:
+def _holds(gates: list[O.Gate]) -> bool:
+    return all(g.violation <= 0 for g in gates)
+
+
+def best_trial(study: Any, objective: O.Objective, *, allow_infeasible: bool,
+               number: int | None = None) -> tuple[Any, list[O.Gate]]:
     trials = recheck(study, objective)
     if number is not None:
-        for t, c in trials:
+        for t, g in trials:
             if t.number == number:
-                if any(v > 0 for v in c) and not allow_infeasible:
-                    raise ConfigError(f"trial {number} violates constraints {c}; pass allow_infeasible=true to export it")
-                return t, c
+                if not _holds(g) and not allow_infeasible:
+                    bad = [f"{c.describe()}: {x.value:.4g}" + (f" on {x.image}" if x.image else "")
+                           for c, x in zip(objective.constraints, g, strict=True) if x.violation > 0]
+                    raise ConfigError(f"trial {number} violates {bad}; pass allow_infeasible=true to export it")
+                return t, g
         raise ConfigError(f"trial {number} is not a completed trial of study '{study.study_name}'")
-    feasible = [(t, c) for t, c in trials if all(v <= 0 for v in c)]
+    feasible = [(t, g) for t, g in trials if _holds(g)]
     pool = feasible if feasible else (trials if allow_infeasible else [])
     if not pool:
         raise ConfigError(
-            f"study '{study.study_name}' has no completed trial that satisfies the constraints "
+            f"study '{study.study_name}' has no completed trial that satisfies the constraints on every image "
             f"({len(trials)} completed); run more trials, relax conf/objective, or pass allow_infeasible=true"
         )
     if objective.mode == "composite":
-        return min(pool, key=lambda tc: tc[0].values[0])
+        return min(pool, key=lambda tg: tg[0].values[0])
     # multi-objective: rank the feasible Pareto front by the sum of min-max normalised objectives
     vals = np.array([[v if d == "minimize" else -v for v, d in zip(t.values, objective.directions, strict=True)]
                      for t, _ in pool])
@@ -631,7 +790,7 @@ def best_trial(study: Any, objective: O.Objective, *, allow_infeasible: bool, nu
     return pool[int(np.argmin(norm.sum(1)))]
 
 
-def build_preset(study: Any, trial: Any, cons: list[float], objective: O.Objective) -> dict[str, Any]:
+def build_preset(study: Any, trial: Any, gates: list[O.Gate], objective: O.Objective) -> dict[str, Any]:
     info = study.user_attrs["tuner"]
     models = catalogue("model")
     faces = catalogue("face")
@@ -646,8 +805,10 @@ def build_preset(study: Any, trial: Any, cons: list[float], objective: O.Objecti
                         detection_threshold=pipe["detection_threshold"])
     params = Params.from_mapping(trial.user_attrs["params_full"])
     ident = [tuple(x) for x in trial.user_attrs.get("model_identity", [])]
-    constraints = {c.describe(): {"value": (trial.user_attrs.get("metrics") or {}).get(c.metric),
-                                  "holds": v <= 0} for c, v in zip(objective.constraints, cons, strict=True)}
+    constraints = {c.describe(): {"reduce": "every image (worst shown)" if c.reduce == "worst" else "image mean",
+                                  "value": None if math.isnan(g.value) else round(g.value, 6),
+                                  **({"worst_image": g.image} if g.image else {}), "holds": g.violation <= 0}
+                   for c, g in zip(objective.constraints, gates, strict=True)}
     return presets.build(
         spec, params, model_identity=ident,  # type: ignore[arg-type]
         face_sha256=trial.user_attrs.get("face_sha256"), metrics=trial.user_attrs.get("metrics") or {}, constraints=constraints,
@@ -656,7 +817,7 @@ def build_preset(study: Any, trial: Any, cons: list[float], objective: O.Objecti
                     "dataset": info.get("dataset"), "dataset_hash": info.get("dataset_hash"),
                     "n_images": info.get("n_images"), "tuned_at_max_side": info.get("max_side"),
                     "dropped_knobs": info.get("dropped_knobs", []), "versions": info.get("versions", {}),
-                    "all_constraints_hold": all(v <= 0 for v in cons)},
+                    "all_constraints_hold": _holds(gates)},
     )
 
 
@@ -666,35 +827,44 @@ def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialR
 
     states = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in
               (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    lines = [f"study: {st.name}", f"storage: {st.storage}", f"trials: {states}",
+    lines = [f"study: {st.name}", f"storage: {redact_url(st.storage)}", f"trials: {states}",
              f"dataset: {runner.dataset.root} ({len(runner.dataset.items)} images, max_side={runner.dataset.max_side})",
-             f"searched: {sorted(runner.space)}"]
+             f"searched: {sorted(runner.space)}",
+             "constraints: per image (every image must hold; the worst image is shown), unless reduce: mean"]
     for d in study.user_attrs["tuner"].get("dropped_knobs", []):
         lines.append(f"DROPPED knob -- {d}")
     rc = 0
     try:
-        trial, cons = best_trial(study, objective, allow_infeasible=st.allow_infeasible)
-        preset = build_preset(study, trial, cons, objective)
+        trial, gates = best_trial(study, objective, allow_infeasible=st.allow_infeasible)
+        preset = build_preset(study, trial, gates, objective)
         path = presets.save(preset, run_dir / "best_preset.yaml")
         # the tuned outputs themselves (stage-cache hits): what `tuner enhance preset=...` must reproduce
         _, results = runner.evaluate(runner.spec_for(trial), Params.from_mapping(trial.user_attrs["params_full"]))
         for item, res in zip(runner.dataset.items, results, strict=True):
             encode(res.image, run_dir / "best_outputs" / f"{item.name}.png")
         lines += [f"best trial: {trial.number} values={[round(v, 4) for v in trial.values]}",
-                  f"params: {preset['params']}", f"constraints hold: {all(v <= 0 for v in cons)}",
-                  "metrics: " + ", ".join(f"{k}={v:.3f}" for k, v in preset["metrics"].items() if v is not None),
+                  f"params: {preset['params']}", f"constraints hold on every image: {_holds(gates)}"]
+        lines += [f"  {k}: worst {v['value']}" + (f" ({v['worst_image']})" if v.get("worst_image") else "")
+                  + ("" if v["holds"] else "  VIOLATED") for k, v in preset["constraints"].items()]
+        lines += ["metrics (image means): " + ", ".join(f"{k}={v:.3f}" for k, v in preset["metrics"].items()
+                                                       if v is not None),
                   f"preset: {path}", f"tuned outputs: {run_dir / 'best_outputs'}"]
         tracker.log_parent(parent, metrics={"best_value": trial.values[0]}, artifacts=[path],
                            tags={"best_trial": str(trial.number)})
     except ConfigError as e:
         lines.append(f"no preset exported: {e}")
         rc = 1
-    (run_dir / "summary.txt").write_text("\n".join(lines) + "\n")
+    atomic_write_bytes(run_dir / "summary.txt", ("\n".join(lines) + "\n").encode())
     for line in lines:
         log.info("%s", line)
     if tracker.failures:
         log.warning("MLflow logging failed %d time(s); the study itself is complete", tracker.failures)
     return rc
+
+
+def redact_url(url: str) -> str:
+    """A storage URL with any password replaced by ***, for logs and summaries."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 def run_export(cfg: Any) -> int:
@@ -709,12 +879,16 @@ def run_export(cfg: Any) -> int:
         study = optuna.load_study(study_name=st.name, storage=make_storage(st))
     except KeyError as e:
         raise ConfigError(f"study '{st.name}' not found in {st.storage}") from e
-    objective = O.from_mapping(study.user_attrs["tuner"]["objective"])
+    info = study.user_attrs.get("tuner") or {}
+    if info.get("schema") != SCHEMA:
+        raise ConfigError(f"study '{st.name}' was written by another tuner version (schema {info.get('schema')}, "
+                          f"this is {SCHEMA}); re-run it under a new study.name")
+    objective = O.from_mapping(info["objective"])
     number = cfg.get("trial")
-    trial, cons = best_trial(study, objective, allow_infeasible=bool(cfg.get("allow_infeasible", False)),
-                             number=None if number is None else int(number))
+    trial, gates = best_trial(study, objective, allow_infeasible=bool(cfg.get("allow_infeasible", False)),
+                              number=None if number is None else int(number))
     out = Path(str(cfg.out))
-    presets.save(build_preset(study, trial, cons, objective), out)
-    log.info("exported trial %d of study %s to %s (constraints hold: %s)", trial.number, st.name, out,
-             all(v <= 0 for v in cons))
+    presets.save(build_preset(study, trial, gates, objective), out)
+    log.info("exported trial %d of study %s to %s (constraints hold on every image: %s)", trial.number, st.name,
+             out, _holds(gates))
     return 0

@@ -1,0 +1,100 @@
+"""Objective values and per-image gates (in-process, no models)."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from tuner import objective as O
+from tuner.errors import ConfigError
+from tuner.study import best_trial
+
+
+def _rows(**per_metric):
+    """Rows {image, metric: value} from metric=[v_img0, v_img1, ...]."""
+    n = len(next(iter(per_metric.values())))
+    return [{"image": f"img{i}", **{m: vs[i] for m, vs in per_metric.items()}} for i in range(n)]
+
+
+def test_terms_per_image():
+    obj = O.from_mapping({"terms": [{"metric": "piqe", "scale": 10}, {"metric": "lr_psnr", "weight": 0.5, "scale": 3},
+                                    {"metric": "crunch", "target": 8, "scale": 2},
+                                    {"metric": "wax", "target": 0, "hinge": "upper"}]})
+    assert obj.per_image({"piqe": 30, "lr_psnr": 30, "crunch": 10, "wax": -1}) == pytest.approx(3 - 0.5 * 10 + 1 + 0)
+    assert obj.per_image({"piqe": 30, "lr_psnr": 30, "crunch": math.nan, "wax": 2}) == pytest.approx(3 - 5 + 2)
+    with pytest.raises(ConfigError, match="informational"):
+        O.from_mapping({"terms": [{"metric": "spectral_slope"}]})
+
+
+def test_one_other_person_fails_the_identity_gate_whatever_the_mean():
+    obj = O.from_mapping({"terms": [{"metric": "piqe"}], "constraints": {"identity": {"max": 0.45}}})
+    rows = _rows(identity=[0.1, 0.1, 0.1, 0.9])  # mean 0.3 < 0.45, but img3 is another person
+    (g,) = obj.gates(rows, None)
+    assert g.violation == pytest.approx(0.45) and g.image == "img3" and g.value == 0.9
+    mean_obj = O.from_mapping({"terms": [{"metric": "piqe"}],
+                               "constraints": {"identity": {"max": 0.45, "reduce": "mean"}}})
+    assert mean_obj.gates(rows, None)[0].violation < 0  # the old behaviour, now opt-in only
+
+
+def test_relative_gate_compares_each_image_with_its_own_baseline():
+    obj = O.from_mapping({"terms": [{"metric": "piqe"}], "constraints": {"lr_psnr": {"min_relative": -1}}})
+    baseline = {"lr_psnr": {"img0": 40.0, "img1": 30.0}}
+    # the mean drop is 0.75 dB (inside the 1 dB margin), but img1 lost 2.5 dB
+    (g,) = obj.gates(_rows(lr_psnr=[41.0, 27.5]), baseline)
+    assert g.violation == pytest.approx(1.5) and g.image == "img1"
+    assert obj.gates(_rows(lr_psnr=[39.5, 29.5]), baseline)[0].violation == pytest.approx(-0.5)
+    # NaN values do not apply; a NaN baseline (metric never applied) switches the relative bound off
+    assert obj.gates(_rows(lr_psnr=[math.nan, math.nan]), baseline)[0].violation == 0
+    assert obj.gates(_rows(lr_psnr=[10.0, 10.0]), {"lr_psnr": {"img0": None, "img1": None}})[0].violation == 0
+
+
+def test_a_missing_baseline_is_an_error_not_a_disabled_gate():
+    obj = O.from_mapping({"terms": [{"metric": "piqe"}], "constraints": {"lr_psnr": {"min_relative": -1}}})
+    with pytest.raises(O.BaselineMissing):
+        obj.gates(_rows(lr_psnr=[10.0]), None)
+    with pytest.raises(O.BaselineMissing, match="img0"):
+        obj.gates(_rows(lr_psnr=[10.0]), {"lr_psnr": {"other": 30.0}})
+    assert obj.needs_baseline()
+
+
+def test_multi_objective_averages_per_image_distances():
+    obj = O.from_mapping({"mode": "multi", "terms": [{"metric": "crunch", "target": 8}, {"metric": "piqe"}]})
+    # 2 dB and 14 dB: the mean is on target, but each image is 6 dB away
+    assert obj.values(_rows(crunch=[2.0, 14.0], piqe=[10.0, 20.0])) == [pytest.approx(6.0), pytest.approx(15.0)]
+
+
+def test_constraint_config_is_validated():
+    with pytest.raises(ConfigError, match="reduce"):
+        O.from_mapping({"terms": [{"metric": "piqe"}], "constraints": {"seam": {"max": 1.1, "reduce": "median"}}})
+    with pytest.raises(ConfigError, match="no bound"):
+        O.from_mapping({"terms": [{"metric": "piqe"}], "constraints": {"seam": {}}})
+
+
+def _trial(study, value, per_image):
+    t = study.ask()
+    t.set_user_attr("per_image", per_image)
+    study.tell(t, value)
+
+
+def test_best_trial_never_picks_one_that_fails_on_a_single_image():
+    obj = O.from_mapping({"terms": [{"metric": "piqe"}], "constraints": {"crunch": {"max": 11}}})
+    study = optuna.create_study()
+    _trial(study, 1.0, {"crunch": {"a": 5.0, "b": 20.0}})   # best value, one crunchy face (mean 12.5)
+    _trial(study, 1.5, {"crunch": {"a": 3.0, "b": 12.0}})   # mean 7.5 would pass a mean gate
+    _trial(study, 2.0, {"crunch": {"a": 9.0, "b": 10.0}})
+    t, gates = best_trial(study, obj, allow_infeasible=False)
+    assert t.values == [2.0] and gates[0].violation == pytest.approx(-1.0) and gates[0].image == "b"
+    obj2 = O.from_mapping({"terms": [{"metric": "piqe"}], "constraints": {"crunch": {"max": 0}}})
+    with pytest.raises(ConfigError, match="allow_infeasible"):
+        best_trial(study, obj2, allow_infeasible=False)
+    assert best_trial(study, obj2, allow_infeasible=True)[0].values == [1.0]
+
+
+def test_export_without_a_baseline_says_how_to_fix_it():
+    obj = O.from_mapping({"terms": [{"metric": "piqe"}], "constraints": {"lr_psnr": {"min_relative": -1}}})
+    study = optuna.create_study()
+    _trial(study, 1.0, {"lr_psnr": {"a": 30.0}})
+    with pytest.raises(ConfigError, match="tuner tune"):
+        best_trial(study, obj, allow_infeasible=False)
