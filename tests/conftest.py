@@ -51,7 +51,18 @@ def tiny_weights(tmp_path_factory) -> Path:
     torch.save(tiny_state_dict(TINY_SRVGG, 2), d / "realesr-general-wdn-x4v3.pth")
     torch.save(tiny_state_dict(TINY_RRDB, 3, "params_ema"), d / "tiny_rrdb.pth")
     torch.save(tiny_state_dict(TINY_GFPGAN, 4, "params_ema"), d / "GFPGANv1.4.pth")
+    declare_weights(d, "tiny random-weight stand-in built by tests/conftest.py")
     return d
+
+
+def declare_weights(folder: Path, provenance: str) -> None:
+    """Declare every .pth in ``folder`` as an accepted copy (the catalogue pins the official sha256s)."""
+    import yaml
+
+    from tuner.weights import DECLARATIONS, sha256_file
+
+    files = {p.name: {"sha256": sha256_file(p), "provenance": provenance} for p in sorted(folder.glob("*.pth"))}
+    (folder / DECLARATIONS).write_text(yaml.safe_dump({"files": files}))
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RRDB, TINY_SRVGG, tiny_state_dict
+from conftest import SHARED_WEIGHTS, TINY_RRDB, TINY_SRVGG, needs_shared_weights, tiny_state_dict
 
 from tuner.errors import WeightsError
 from tuner.weights import ModelSpec, WeightStore, catalogue, detect_arch, load_state_dict
@@ -107,3 +107,67 @@ def test_detect_arch(arch):
 def test_detect_arch_rejects_unknown():
     with pytest.raises(WeightsError, match="neither"):
         detect_arch({"foo.weight": torch.zeros(1)})
+
+
+# ------------------------------------------------------------------ pinned hashes and accepted copies
+def test_catalogue_pins_the_official_hashes_of_the_models_it_ships():
+    models = {**catalogue("model"), **catalogue("face")}
+    for n in ("RealESRGAN_x4plus", "RealESRGAN_x4plus_anime_6B", "realesr-general-x4v3", "realesr-general-wdn-x4v3",
+              "realesr-animevideov3", "gfpgan_v1.3", "gfpgan_v1.4"):
+        assert models[n].sha256 and len(models[n].sha256) == 64, n
+
+
+def test_a_file_with_an_unknown_hash_is_refused_even_under_the_official_name(tmp_path):
+    (tmp_path / "realesr-general-x4v3.pth").write_bytes(b"not the official file")
+    store = WeightStore(weights_dir=tmp_path, cache_dir=tmp_path / "c", allow_download=False)
+    with pytest.raises(WeightsError, match="none of the accepted.*tuner-weights.yaml"):
+        store.resolve(catalogue("model")["realesr-general-x4v3"])
+
+
+def test_a_weights_folder_can_declare_an_accepted_copy(tmp_path):
+    from conftest import declare_weights
+
+    (tmp_path / "realesr-general-x4v3.pth").write_bytes(b"a trusted converted copy")
+    declare_weights(tmp_path, "converted in-house from the ncnn release")
+    store = WeightStore(weights_dir=tmp_path, cache_dir=tmp_path / "c", allow_download=False)
+    spec = catalogue("model")["realesr-general-x4v3"]
+    assert store.resolve(spec) == tmp_path / "realesr-general-x4v3.pth"
+    assert "converted in-house" in store.locate(spec).why
+    (tmp_path / "realesr-general-x4v3.pth").write_bytes(b"changed after the declaration")
+    from tuner import weights as W
+
+    W._SHA_MEMO.clear()
+    with pytest.raises(WeightsError, match="Refusing"):
+        store.resolve(spec)
+
+
+def test_declarations_are_validated(tmp_path):
+    (tmp_path / "tuner-weights.yaml").write_text("files: {'../up.pth': {sha256: abc, provenance: x}}\n")
+    (tmp_path / "realesr-general-x4v3.pth").write_bytes(b"x")
+    with pytest.raises(WeightsError, match="plain file name"):
+        WeightStore(weights_dir=tmp_path, allow_download=False).resolve(catalogue("model")["realesr-general-x4v3"])
+
+
+@needs_shared_weights("realesr-general-x4v3.pth", "RealESRGAN_x4plus.pth")
+def test_the_offline_copies_are_accepted_with_their_provenance():
+    store = WeightStore(weights_dir=SHARED_WEIGHTS, allow_download=False)
+    for n in ("realesr-general-x4v3", "RealESRGAN_x4plus"):
+        loc = store.locate(catalogue("model")[n])
+        assert loc.verified is True and "ncnn" in loc.why, (n, loc)
+
+
+@pytest.mark.parametrize("bad", ["../evil.pth", "/etc/passwd", "a/b.pth", ".."])
+def test_model_file_names_cannot_escape_their_folder(bad):
+    from tuner.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="plain file name"):
+        _spec(filename=bad)
+    with pytest.raises(ConfigError, match="plain file name"):
+        _spec(url=f"https://example.org/x/{bad}" if bad == ".." else "https://example.org/x/" + bad.split("/")[-1] + "/")
+
+
+def test_min_eye_distance_is_not_a_silent_option():
+    from tuner.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown keys"):
+        _spec(min_eye_distance=3)

@@ -6,8 +6,13 @@ A file is resolved, in order, from:
 3. the user cache (``$TUNER_CACHE_DIR`` or ``~/.cache/tuner``)/weights;
 4. a download of the official URL into the user cache, with a progress bar.
 
-A configured sha256 that does not match is refused.  Files are always loaded with
-``torch.load(weights_only=True)``, so a pickle that would run code is never executed.
+A file must match its model's pinned sha256 (the official release file's, in
+``conf/model/*.yaml``), or one of the accepted alternative copies: those the model config
+lists under ``alternatives`` (e.g. the converted offline copies in ``../shared/weights``),
+or those the weights folder itself declares in ``tuner-weights.yaml`` (each with its
+provenance; see :func:`folder_declarations`).  Anything else is refused.  Files are always
+loaded with ``torch.load(weights_only=True)``, so a pickle that would run code is never
+executed.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class ModelSpec:
     path: str | None = None
     denoise_partner: str | None = None
     denoise_weight_on: str = "base"
+    alternatives: tuple[tuple[str, str], ...] = ()  # accepted (sha256, provenance) besides the official file
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -70,10 +76,20 @@ class ModelSpec:
             return Path(self.path).name
         return f"{self.name}.pth"
 
+    def accepts(self, sha: str) -> str | None:
+        """Why a file with this sha256 may be loaded ("official" or an alternative's provenance), or None."""
+        if self.sha256 and sha == self.sha256.lower():
+            return "official"
+        for alt, why in self.alternatives:
+            if sha == alt.lower():
+                return why
+        return None
+
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> ModelSpec:
-        known = {"name", "arch", "url", "filename", "sha256", "key", "scale", "path", "denoise", "kind", "license"}
-        unknown = set(m) - known - {"upsample", "detector", "detection_threshold", "min_eye_distance"}
+        known = {"name", "arch", "url", "filename", "sha256", "key", "scale", "path", "denoise", "kind", "license",
+                 "alternatives"}
+        unknown = set(m) - known - {"upsample", "detector", "detection_threshold"}
         if unknown:
             raise ConfigError(f"model '{m.get('name')}': unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
         if not m.get("name"):
@@ -82,6 +98,18 @@ class ModelSpec:
         weight_on = den.get("weight_on", "base")
         if weight_on not in ("base", "partner"):
             raise ConfigError(f"model '{m['name']}': denoise.weight_on must be 'base' or 'partner', got {weight_on!r}")
+        fname = m.get("filename") or (str(m["url"]).rsplit("/", 1)[-1] if m.get("url") else None)
+        if fname is not None and not _plain_file_name(str(fname)):
+            raise ConfigError(f"model '{m['name']}': file name {fname!r} must be a plain file name (no folders, "
+                              "no '..'); use model.path=... for a file elsewhere")
+        alts = []
+        for a in m.get("alternatives") or []:
+            if not isinstance(a, Mapping) or not _is_sha256(a.get("sha256")) or not a.get("provenance"):
+                raise ConfigError(f"model '{m['name']}': each alternatives entry needs a sha256 (64 hex digits) and "
+                                  f"a provenance, got {a!r}")
+            alts.append((str(a["sha256"]).lower(), str(a["provenance"])))
+        if m.get("sha256") and not _is_sha256(m["sha256"]):
+            raise ConfigError(f"model '{m['name']}': sha256 must be 64 hex digits, got {m['sha256']!r}")
         return cls(
             name=str(m["name"]),
             arch=dict(m.get("arch") or {}),
@@ -93,7 +121,42 @@ class ModelSpec:
             path=m.get("path"),
             denoise_partner=den.get("partner"),
             denoise_weight_on=weight_on,
+            alternatives=tuple(alts),
         )
+
+
+def _plain_file_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and not Path(name).is_absolute()
+
+
+def _is_sha256(x: Any) -> bool:
+    return isinstance(x, str) and len(x) == 64 and all(c in "0123456789abcdefABCDEF" for c in x)
+
+
+DECLARATIONS = "tuner-weights.yaml"
+
+
+def folder_declarations(folder: Path) -> dict[str, tuple[str, str]]:
+    """Accepted copies a weights folder declares: ``tuner-weights.yaml`` maps file names to
+    ``{sha256: ..., provenance: ...}``.  A declared file is accepted only with exactly that
+    sha256, so the declaration pins the copy (it cannot change silently afterwards)."""
+    p = folder / DECLARATIONS
+    if not p.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise WeightsError(f"{p}: not valid YAML ({e})") from e
+    files = data.get("files") if isinstance(data, Mapping) else None
+    if not isinstance(files, Mapping):
+        raise WeightsError(f"{p}: expected a mapping 'files: {{name.pth: {{sha256: ..., provenance: ...}}}}'")
+    out = {}
+    for name, d in files.items():
+        if not _plain_file_name(str(name)) or not isinstance(d, Mapping) or not _is_sha256(d.get("sha256")) \
+                or not d.get("provenance"):
+            raise WeightsError(f"{p}: entry {name!r} needs a plain file name, a sha256 (64 hex digits) and a provenance")
+        out[str(name)] = (str(d["sha256"]).lower(), str(d["provenance"]))
+    return out
 
 
 def catalogue(group: str = "model") -> dict[str, ModelSpec]:
@@ -117,6 +180,7 @@ def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
 
 
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}
+_ANNOUNCED: set[tuple[str, str]] = set()  # accepted copies already logged in this process
 
 
 def content_hash(path: Path) -> str:
@@ -132,7 +196,8 @@ def content_hash(path: Path) -> str:
 class Located:
     path: Path | None
     source: str  # explicit | weights_dir | cache | missing
-    verified: bool | None  # True = sha256 matches, False = mismatch, None = no sha256 configured
+    verified: bool | None  # True = an accepted sha256, False = refused, None = nothing pinned for this model
+    why: str = ""  # "official", an accepted copy's provenance, or why it was refused
 
 
 class WeightStore:
@@ -156,14 +221,29 @@ class WeightStore:
         return out
 
     def locate(self, spec: ModelSpec) -> Located:
-        """Where the file is now (no download); verifies sha256 when configured."""
+        """Where the file is now (no download), and whether its sha256 is accepted."""
         for source, p in self.candidates(spec):
             if p.is_file():
-                verified = None if not spec.sha256 else content_hash(p) == spec.sha256.lower()
-                return Located(p, source, verified)
+                return self._verify(spec, p)._replace_source(source)
             if source == "explicit":
                 raise WeightsError(f"model '{spec.name}': model.path={p} does not exist")
         return Located(None, "missing", None)
+
+    def _verify(self, spec: ModelSpec, p: Path) -> _Verdict:
+        declared = folder_declarations(p.parent).get(p.name)
+        if not spec.sha256 and not spec.alternatives and declared is None:
+            return _Verdict(p, None, "")
+        sha = content_hash(p)
+        why = spec.accepts(sha)
+        if why is None and declared is not None and sha == declared[0]:
+            why = f"declared in {p.parent / DECLARATIONS}: {declared[1]}"
+        if why is None:
+            want = [x for x in (spec.sha256, *(a for a, _ in spec.alternatives), declared and declared[0]) if x]
+            return _Verdict(p, False, f"sha256 {sha} is none of the accepted {want}")
+        if why != "official" and (spec.name, str(p)) not in _ANNOUNCED:
+            _ANNOUNCED.add((spec.name, str(p)))
+            log.info("model '%s': using %s (accepted copy: %s)", spec.name, p, why)
+        return _Verdict(p, True, why)
 
     def resolve(self, spec: ModelSpec) -> Path:
         """Path of a verified file for ``spec``, downloading it if needed and allowed."""
@@ -171,8 +251,9 @@ class WeightStore:
         if loc.path is not None:
             if loc.verified is False:
                 raise WeightsError(
-                    f"model '{spec.name}': {loc.path} has sha256 {content_hash(loc.path)}, expected {spec.sha256}. "
-                    "Refusing to load it: delete the file (it will be downloaded again) or fix the sha256 in its config."
+                    f"model '{spec.name}': {loc.path}: {loc.why}. Refusing to load it: delete the file (the official "
+                    f"one downloads again), or, for a trusted copy, declare it with its provenance in "
+                    f"{loc.path.parent / DECLARATIONS} (files: {{{loc.path.name}: {{sha256: ..., provenance: ...}}}})."
                 )
             return loc.path
         return self._download(spec)
@@ -210,6 +291,16 @@ class WeightStore:
         finally:
             Path(tmp).unlink(missing_ok=True)
         return dest
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    path: Path
+    verified: bool | None
+    why: str
+
+    def _replace_source(self, source: str) -> Located:
+        return Located(self.path, source, self.verified, self.why)
 
 
 def load_state_dict(path: Path, key: str | None = None) -> dict[str, Any]:
