@@ -8,6 +8,8 @@ preset=...`` rebuilds exactly the tuned pipeline from it; loading validates the 
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -101,21 +103,73 @@ def load(path: str | Path) -> dict[str, Any]:
     unknown = set(data) - TOP_KEYS
     if unknown:
         raise PresetError(f"preset {p} has unknown keys {sorted(unknown)}")
-    if not isinstance(data["model"], str) or not isinstance(data["face"], str):
-        raise PresetError(f"preset {p}: model and face must be names (see conf/model, conf/face)")
-    try:
-        Params.from_mapping(data["params"] or {})
-    except Exception as e:
-        raise PresetError(f"preset {p}: bad params: {e}") from e
-    pipe = data.get("pipeline") or {}
-    if set(pipe) - PIPELINE_KEYS:
-        raise PresetError(f"preset {p}: unknown pipeline keys {sorted(set(pipe) - PIPELINE_KEYS)}")
+    _refuse_targets(data, p)
+    validate_contract(data, p)
     if data.get("pipeline_version") not in (None, PIPELINE_VERSION):
         raise PresetError(
             f"preset {p} was tuned with pipeline version {data['pipeline_version']}, this tuner is {PIPELINE_VERSION}: "
             "outputs would differ; re-run the study"
         )
     return data
+
+
+# a preset is data, never code: its values become Hydra overrides, so a string that Hydra or
+# OmegaConf would interpret (interpolations ${...}, lists, another key=value) is refused
+_SAFE_STR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+PARAM_KEYS = {"tile", "denoise", "face_weight", "blend"}
+_PIPELINE_TYPES: dict[str, tuple[type, ...]] = {
+    "tile_pad": (int,), "pre_pad": (int,), "overlap": (int,), "outscale": (int, float, type(None)),
+    "blend_variant": (str,), "face_upsample": (bool,), "detector": (str,), "detection_threshold": (int, float)}
+_CHOICES = {"blend_variant": ("global", "skin", "frequency"), "detector": ("retinaface", "retinaface_resnet50")}
+
+
+def _refuse_targets(node: Any, p: Path, where: str = "") -> None:
+    """Refuse Hydra instantiation keys anywhere in a preset: it must never name code to run."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            if str(k).startswith("_") and str(k).endswith("_"):
+                raise PresetError(f"preset {p}: key '{where}{k}' is not allowed (a preset is data; Hydra keys such as "
+                                  "_target_ are refused)")
+            _refuse_targets(v, p, f"{where}{k}.")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _refuse_targets(v, p, f"{where}{i}.")
+
+
+def validate_contract(data: Mapping[str, Any], p: Path | str) -> None:
+    """Check what becomes Hydra overrides: names against the catalogue, values against the schema."""
+    from .weights import catalogue
+
+    if not isinstance(data["model"], str) or not isinstance(data["face"], str):
+        raise PresetError(f"preset {p}: model and face must be names (see conf/model, conf/face)")
+    models, faces = catalogue("model"), catalogue("face")
+    if data["model"] not in models:
+        raise PresetError(f"preset {p}: model {data['model']!r} is not in the catalogue ({sorted(models)})")
+    if data["face"] != "none" and data["face"] not in faces:
+        raise PresetError(f"preset {p}: face {data['face']!r} is not in the catalogue ({['none', *sorted(faces)]})")
+    params = data["params"] or {}
+    if not isinstance(params, Mapping) or set(params) - PARAM_KEYS:
+        raise PresetError(f"preset {p}: params must be a mapping of {sorted(PARAM_KEYS)}, got {params!r}")
+    for k, v in params.items():
+        if k == "tile" and v == "auto":
+            continue  # chosen per image from the memory budget, recorded in the log
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v))):
+            raise PresetError(f"preset {p}: params.{k} must be a number or null, got {v!r}")
+    try:
+        Params.from_mapping(params)
+    except Exception as e:
+        raise PresetError(f"preset {p}: bad params: {e}") from e
+    pipe = data.get("pipeline") or {}
+    if not isinstance(pipe, Mapping):
+        raise PresetError(f"preset {p}: pipeline must be a mapping")
+    if set(pipe) - PIPELINE_KEYS:
+        raise PresetError(f"preset {p}: unknown pipeline keys {sorted(set(pipe) - PIPELINE_KEYS)}")
+    for k, v in pipe.items():
+        types = _PIPELINE_TYPES[k]
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            raise PresetError(f"preset {p}: pipeline.{k} has the wrong type ({v!r})")
+        if isinstance(v, str) and (not _SAFE_STR.fullmatch(v) or v not in _CHOICES.get(k, (v,))):
+            raise PresetError(f"preset {p}: pipeline.{k}={v!r} is not one of {_CHOICES.get(k)}")
 
 
 def overrides(preset: Mapping[str, Any]) -> list[str]:

@@ -1,7 +1,10 @@
 """MLflow tracking: one parent run per study, one nested run per trial.
 
-Every MLflow call goes through :meth:`Tracker._safe`: a logging failure is reported
-(logged as a warning, counted in ``Tracker.failures``) and never reaches the study.
+Every MLflow call goes through :meth:`Tracker._safe`: a *tracking* failure (an MLflow
+error, a network or file-system error, a database error of the tracking store) is
+reported once as a warning with its reason, counted in ``Tracker.failures``, and never
+stops the study.  Any other exception is a bug (in tuner or in how it calls MLflow) and
+propagates.
 """
 
 from __future__ import annotations
@@ -13,6 +16,23 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+def tracking_errors() -> tuple[type[BaseException], ...]:
+    """What a tracking backend raises when it is unreachable or refuses a write."""
+    errs: list[type[BaseException]] = [OSError, TimeoutError]  # OSError covers ConnectionError, full disks
+    try:
+        from mlflow.exceptions import MlflowException
+
+        errs.append(MlflowException)
+    except ImportError:  # mlflow missing: _setup raises ImportError, reported as a tracking failure
+        errs.append(ImportError)
+    for mod, name in (("requests.exceptions", "RequestException"), ("sqlalchemy.exc", "SQLAlchemyError")):
+        try:
+            errs.append(getattr(__import__(mod, fromlist=[name]), name))
+        except ImportError:
+            pass
+    return tuple(errs)
 
 
 class Tracker:
@@ -30,9 +50,11 @@ class Tracker:
             return None
         try:
             return fn()
-        except Exception as e:  # reported, counted, never propagated into the study
+        except tracking_errors() as e:  # reported once, counted, never propagated into the study
             self.failures += 1
-            log.warning("MLflow: %s failed (%s: %s); the study goes on", what, e.__class__.__name__, e)
+            if self.failures == 1:
+                log.warning("MLflow: %s failed (%s: %s); the study goes on without complete tracking "
+                            "(further tracking failures are counted, not repeated)", what, e.__class__.__name__, e)
             return None
 
     def _setup(self) -> None:
