@@ -6,7 +6,8 @@ import shutil
 
 import numpy as np
 import pandas as pd
-from conftest import PORTRAITS, SRVGG_OVERRIDES
+import pytest
+from conftest import PORTRAITS, ROOT, SRVGG_OVERRIDES
 from PIL import Image as PILImage
 
 IMAGES = ["A02_usnavy_grace_hopper.jpg", "A10_solvay_conference_1927_group.png"]
@@ -43,7 +44,8 @@ def test_evaluate_existing_outputs_and_blend_lowers_crunch(tmp_path, run_cli):
     PILImage.fromarray(small).save(d / "face.png")
     up = cv2.resize(small, (256, 384), interpolation=cv2.INTER_LANCZOS4).astype(np.float32) / 255
     sharp = np.clip(up + 1.5 * (up - cv2.GaussianBlur(up, (0, 0), 1.5)), 0, 1)
-    for name, img in (("plain", up), ("sharp", sharp)):
+    soft = cv2.resize(small, (256, 384), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
+    for name, img in (("plain", up), ("sharp", sharp), ("soft", soft)):
         o = tmp_path / name
         o.mkdir()
         PILImage.fromarray((img * 255).round().astype(np.uint8)).save(o / "face.png")
@@ -52,8 +54,10 @@ def test_evaluate_existing_outputs_and_blend_lowers_crunch(tmp_path, run_cli):
         assert r.returncode == 0, r.stderr[-2000:]
     plain = pd.read_csv(tmp_path / "eval_plain" / "metrics.csv").iloc[0]
     sharp_ = pd.read_csv(tmp_path / "eval_sharp" / "metrics.csv").iloc[0]
+    soft_ = pd.read_csv(tmp_path / "eval_soft" / "metrics.csv").iloc[0]
     assert sharp_["crunch"] > plain["crunch"] + 3 and sharp_["edge_halo"] > plain["edge_halo"]
-    assert abs(plain["crunch"]) < 1.5  # a Lanczos upscale *is* R
+    # bilinear keeps less of the band around the input's Nyquist than Lanczos: less crunch, more wax
+    assert soft_["crunch"] < plain["crunch"] - 1 and soft_["wax"] > plain["wax"]
 
 
 def test_metrics_command_lists_the_table(run_cli):
@@ -80,3 +84,62 @@ def test_outputs_that_do_not_match_their_inputs_are_reported(tmp_path, run_cli):
     PILImage.fromarray(np.zeros((300, 600, 3), np.uint8)).save(o / "a.png")  # wrong aspect ratio
     r = run_cli("evaluate", f"dataset.path={d}", f"outputs={o}", f"out={tmp_path / 'eval'}", CHEAP)
     assert r.returncode == 1 and "is not an upscale of a.jpg" in r.stdout + r.stderr
+
+
+def test_nr_only_scoring_of_any_folder(tmp_path, run_cli, copy_portraits):
+    """outputs= with no dataset.path: NR metrics on every image, the rest NaN with 'needs input'."""
+    d = copy_portraits(["A02_usnavy_grace_hopper.jpg", "A13_flickr_ccby_05.jpg"], "mine")
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n")
+    r = run_cli("evaluate", f"outputs={d}", f"out={tmp_path / 'eval'}", "metrics.names=[piqe,crunch,identity]")
+    assert r.returncode == 3, r.stderr[-2000:]  # the broken file is reported, the rest scored
+    df = pd.read_csv(tmp_path / "eval" / "metrics.csv").set_index("image")
+    assert sorted(df.index) == ["A02_usnavy_grace_hopper", "A13_flickr_ccby_05"]
+    assert df["piqe"].between(0, 100).all() and df["crunch"].isna().all() and df["identity"].isna().all()
+    assert all("crunch: needs input" in n and "identity: needs input" in n for n in df["notes"])
+    r = run_cli("evaluate", f"outputs={d}", f"out={tmp_path / 'e2'}", "metrics.names=[crunch]")
+    assert r.returncode == 1 and "dataset.path" in r.stderr
+
+
+def test_evaluate_outputs_uses_the_configured_detector(tmp_path, run_cli):
+    d = tmp_path / "in"
+    d.mkdir()
+    src = PILImage.open(PORTRAITS / "A13_flickr_ccby_05.jpg").convert("RGB").resize((64, 96), 1)
+    src.save(d / "face.png")
+    o = tmp_path / "out"
+    o.mkdir()
+    src.resize((256, 384), PILImage.Resampling.LANCZOS).save(o / "face.png")
+    args = ["evaluate", f"dataset.path={d}", "dataset.max_side=null", f"outputs={o}", "metrics.names=[crunch]"]
+    r = run_cli(*args, f"out={tmp_path / 'a'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not np.isnan(pd.read_csv(tmp_path / "a" / "metrics.csv")["crunch"][0])
+    # a threshold no detection reaches: the face is not found, so crunch has no skin to read
+    r = run_cli(*args, f"out={tmp_path / 'b'}", "+face.detection_threshold=0.99999")
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = pd.read_csv(tmp_path / "b" / "metrics.csv").iloc[0]
+    assert np.isnan(row["crunch"]) and "no face" in row["notes"]
+
+
+def test_a_failed_write_leaves_the_previous_tables_intact(tmp_path, monkeypatch, copy_portraits):
+    """evaluate replaces metrics.csv / summary.csv atomically: a crash mid-write keeps the old files."""
+    import os
+
+    from hydra import compose, initialize_config_dir
+
+    from tuner.evaluate import run_evaluate
+
+    d = copy_portraits(["A02_usnavy_grace_hopper.jpg"], "mine")
+    out = tmp_path / "eval"
+    out.mkdir()
+    for n in ("metrics.csv", "summary.csv"):
+        (out / n).write_text("old,complete\n")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=[f"outputs={d}", f"out={out}", "metrics.names=[piqe]"])
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        run_evaluate(cfg)
+    assert [(out / n).read_text() for n in ("metrics.csv", "summary.csv")] == ["old,complete\n"] * 2
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "summary.csv"]  # no temporary left

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# exit codes of every command: 0 = all done; 1 = error; 3 = done, but some inputs were bad and skipped
+EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
+
 
 class TunerError(Exception):
     """Base class of every error tuner raises on purpose."""

@@ -1,7 +1,13 @@
 """`tuner evaluate`: score every image of a set, from the pipeline or from existing outputs.
 
+Three modes:
+- the pipeline over a dataset (``dataset.path``, default the bundled portraits);
+- existing outputs matched to their inputs by file stem (``outputs=DIR dataset.path=INPUTS``);
+- existing outputs alone (``outputs=DIR`` with no ``dataset.path``): NR-only scoring of any
+  folder of images; metrics that need the input are NaN with the note "needs input".
+
 Writes ``metrics.csv`` (one row per image, one column per metric, plus ``notes`` saying
-why a value is missing) and ``summary.csv`` (mean, median, p10, p90 per metric).
+why a value is missing) and ``summary.csv`` (mean, median, p10, p90 per metric), atomically.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from .dataset import Dataset, Item
 from .dataset import load as load_dataset
 from .errors import ConfigError, ImageError, PipelineError
 from .faces import FaceDetector
-from .images import decode, encode, list_images
+from .images import atomic_write_bytes, decode, encode, list_images
 
 log = logging.getLogger("tuner")
 
@@ -70,18 +76,68 @@ def score_one(output: np.ndarray, analysis: M.InputAnalysis, names: list[str], *
     return vals, extra
 
 
+def detector_from_cfg(cfg: Any) -> FaceDetector:
+    """The face detector the config names (``face.detector``, ``face.detection_threshold``)."""
+    from .config import weight_store
+    from .weights import catalogue
+
+    face = to_dict(cfg.get("face")) or {}
+    name = str(face.get("detector", "retinaface"))
+    threshold = float(face.get("detection_threshold", 0.9))
+    if not 0 < threshold <= 1:
+        raise ConfigError(f"face.detection_threshold must be in (0, 1], got {threshold}")
+    path = None
+    if name == "retinaface_resnet50":
+        spec = catalogue("detector").get(name)
+        if spec is None:
+            raise ConfigError("face.detector=retinaface_resnet50 needs conf/detector/retinaface_resnet50.yaml")
+        path = weight_store(cfg).resolve(spec)
+    return FaceDetector(name, threshold=threshold, resnet50_path=path)
+
+
+def nr_only(cfg: Any, names: list[str], iqa_side: int, odir: Path) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+    """Score every image in ``odir`` with the metrics that need no input; the rest are NaN, "needs input"."""
+    nr = [n for n in names if not M.get(n).needs]
+    if not nr:
+        raise ConfigError(f"outputs= without dataset.path scores no-reference metrics only, and none of {names} is "
+                          "one (niqe, brisque, piqe, ...); give dataset.path=INPUTS to score against the inputs")
+    log.info("no dataset.path: NR-only scoring of %s with %s (give dataset.path=INPUTS for the other metrics)",
+             odir, nr)
+    rows, failures = [], []
+    for f in tqdm(list_images(odir), desc="evaluate", unit="img"):
+        try:
+            o = decode(f, limits=limits(cfg)).rgb
+        except ImageError as e:
+            failures.append((f, str(e)))
+            log.error("skipped: %s", e)
+            continue
+        # NR metrics read only the output: an analysis of the output itself stands in for the input
+        ctx = M.Context(o, M.InputAnalysis(o, [], o.shape[:2]), iqa_max_side=iqa_side)
+        vals = {n: (M.score(ctx, [n])[n] if n in nr else math.nan) for n in names}
+        notes = {**ctx.notes, **{n: "needs input" for n in names if n not in nr}}
+        rows.append({"image": f.stem, **vals, "notes": "; ".join(f"{k}: {v}" for k, v in notes.items())})
+    return rows, failures
+
+
 def run_evaluate(cfg: Any) -> int:
     names, iqa_side = metric_settings(cfg)
     out = Path(str(cfg.out)).expanduser()
-    ds = dataset_from_cfg(cfg)
     rows: list[dict[str, Any]] = []
-    failures = list(ds.failures)
-    if cfg.get("outputs"):
+    failures: list[tuple[Path, str]] = []
+    ds_path = (to_dict(cfg.get("dataset")) or {}).get("path")
+    if cfg.get("outputs") and ds_path in (None, "", "null"):
+        odir = Path(str(cfg.outputs)).expanduser()
+        if not odir.is_dir():
+            raise ConfigError(f"outputs={odir} is not a folder")
+        rows, failures = nr_only(cfg, names, iqa_side, odir)
+    elif cfg.get("outputs"):
+        ds = dataset_from_cfg(cfg)
+        failures = list(ds.failures)
         odir = Path(str(cfg.outputs)).expanduser()
         if not odir.is_dir():
             raise ConfigError(f"outputs={odir} is not a folder")
         by_stem = {p.stem: p for p in list_images(odir)}
-        detector = FaceDetector()
+        detector = detector_from_cfg(cfg)
         tile = int(cfg.get("tile") or 0)
         for it in tqdm(ds.items, desc="evaluate", unit="img"):
             if it.name not in by_stem:
@@ -107,6 +163,8 @@ def run_evaluate(cfg: Any) -> int:
     else:
         from .pipeline import Pipeline
 
+        ds = dataset_from_cfg(cfg)
+        failures = list(ds.failures)
         pc = pipeline_config(cfg)
         pipe = Pipeline(pc.spec, store=pc.store, cache=pc.cache)
         for it in tqdm(ds.items, desc="evaluate", unit="img"):
@@ -125,16 +183,15 @@ def run_evaluate(cfg: Any) -> int:
     if not rows:
         raise ConfigError("no image could be scored; see the errors above")
     df = pd.DataFrame(rows)
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "metrics.csv", index=False)
+    atomic_write_bytes(out / "metrics.csv", df.to_csv(index=False).encode())
     summary = summarize(df, names)
-    summary.to_csv(out / "summary.csv", index=False)
+    atomic_write_bytes(out / "summary.csv", summary.to_csv(index=False).encode())
     with pd.option_context("display.width", 160, "display.max_columns", 10):
         log.info("summary over %d image(s):\n%s", len(df), summary.to_string(index=False, float_format="%.3f"))
     for f, why in failures:
         log.error("FAILED %s: %s", f, why)
     log.info("wrote %s and %s", out / "metrics.csv", out / "summary.csv")
-    from .commands import EXIT_PARTIAL
+    from .errors import EXIT_PARTIAL
 
     return EXIT_PARTIAL if failures else 0
 

@@ -187,8 +187,7 @@ class FaceRestorer:
         t = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).float().unsqueeze(0).to(self.device)
         t = (t - 0.5) / 0.5
         try:
-            with torch.inference_mode():
-                torch.manual_seed(0)  # belt and braces: nothing random should remain
+            with torch.inference_mode():  # randomize_noise=False: StyleGAN noise off, no RNG drawn
                 out = self.net(t, return_rgb=False, randomize_noise=False)[0]
         except Exception as e:
             # GFPGANer would silently paste the unrestored face here; we surface it.

@@ -7,8 +7,13 @@ R = a Lanczos upscale of the input to the output size.  With upscale factor s, t
 Nyquist frequency is f_c = 1/(2s) cycles per output pixel: everything above f_c in the
 output is synthesized by the model.
 
-Band energies use Gaussian filters G_sigma.  G with sigma = 0.375*s has half power at f_c
-(exp(-2 pi^2 sigma^2 f^2) = 1/2); with 0.75*s, half power at f_c/2.
+Band energies use Gaussian filters G_sigma, whose transfer function is the amplitude
+H(f) = exp(-2 pi^2 sigma^2 f^2).  G with sigma = 0.375*s has half *amplitude* (a quarter
+of the power) at f_c; with 0.75*s, half amplitude at f_c/2.  The bands are therefore soft:
+the high-pass 1 - G_{0.375 s} used by crunch passes amplitude 0.5 at f_c (power 0.25),
+0.32 at 0.75 f_c (power 0.10) and 0.16 at f_c/2 (power 0.025), so "energy above the input
+Nyquist" means a band centred on f_c with soft skirts, not a brick-wall cut.
+(``tests/test_skin_bands.py`` measures these numbers on sinusoids.)
 
 Images without a detected face (or without skin pixels) get NaN and a note "no face".
 """
@@ -65,7 +70,8 @@ def crunch(ctx: Context) -> float:
     """Crunch index, dB (lower = less over-sharpened; 0 = no more synthesized detail than R).
 
     10*log10(E_hf(O) / E_hf(R)), where E_hf(X) = mean over skin of (X - G_{0.375 s} X)^2:
-    the skin's energy above the input Nyquist band, output versus Lanczos.  A faithful SR
+    the skin's energy in a soft high band centred on the input Nyquist f_c (half amplitude
+    at f_c, see the module docstring), output versus Lanczos.  A faithful SR
     adds some (natural skin has texture there); over-sharpening (unsharp masking, GAN
     crunch) adds much more.  Typical: Lanczos 0 dB, natural HR skin ~ +5..+12 dB.
     """
@@ -113,8 +119,10 @@ def _lbp_entropy(y: np.ndarray, m: np.ndarray, s: float) -> float:
         y = y[:h, :w].reshape(h // k, k, w // k, k).mean(axis=(1, 3))
         m = m[:h, :w].reshape(h // k, k, w // k, k).mean(axis=(1, 3)) > 0.5
     codes = local_binary_pattern((y * 255).round().astype(np.uint8), LBP_POINTS, LBP_RADIUS, method="uniform")
+    if not m.any():
+        return math.nan  # no skin pixel left at pore scale: no entropy to speak of
     hist = np.bincount(codes[m].astype(int), minlength=LBP_POINTS + 2).astype(np.float64)
-    p = hist / max(hist.sum(), 1.0)
+    p = hist / hist.sum()
     p = p[p > 0]
     return float(-(p * np.log2(p)).sum())
 
@@ -132,7 +140,10 @@ def wax_lbp(ctx: Context) -> float:
     memo = ctx.ref.memo
     if "lbp_ref" not in memo:
         memo["lbp_ref"] = _lbp_entropy(yr, m, ctx.ref.scale)
-    return memo["lbp_ref"] - _lbp_entropy(yo, m, ctx.ref.scale)
+    v = memo["lbp_ref"] - _lbp_entropy(yo, m, ctx.ref.scale)
+    if math.isnan(v):
+        ctx.notes["wax_lbp"] = "skin region too small for LBP at pore scale"
+    return v
 
 
 def _slope(y: np.ndarray, m: np.ndarray) -> float:
