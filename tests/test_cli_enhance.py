@@ -7,9 +7,15 @@ import shutil
 import numpy as np
 import yaml
 from conftest import PORTRAITS, SRVGG_OVERRIDES, TINY_RRDB, tiny_state_dict
+from helpers import camera_jpeg
 from PIL import Image as PILImage
 
 GOOD = ["A03_usnavy_grace_hopper_128px.jpg", "A06_lincoln_1860s_160px.png"]
+
+
+def _cut_camera_jpeg() -> bytes:
+    """The first 2000 bytes of a photo with a camera-sized (~6 KB) EXIF block: cut inside the header."""
+    return camera_jpeg()[:2000]
 
 
 def _inputs(tmp_path):
@@ -20,6 +26,7 @@ def _inputs(tmp_path):
     (d / "empty.png").write_bytes(b"")
     (d / "notes.jpg").write_text("not an image")
     PILImage.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "tiny.png")
+    (d / "cut.jpg").write_bytes(_cut_camera_jpeg())
     return d
 
 
@@ -29,8 +36,10 @@ def test_enhance_folder_skips_bad_inputs(tmp_path, tiny_weights, run_cli):
                 *SRVGG_OVERRIDES, "params.tile=64", "params.denoise=0.4", "params.blend=0.2")
     assert r.returncode == 3, r.stderr + r.stdout
     log = r.stdout + r.stderr
-    for bad in ("empty.png", "notes.jpg", "tiny.png"):
+    assert "Traceback" not in log
+    for bad in ("empty.png", "notes.jpg", "tiny.png", "cut.jpg"):
         assert bad in log
+    assert "cut.jpg: cannot read the image header" in log
     outs = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert outs == sorted(GOOD)
     with PILImage.open(tmp_path / "out" / GOOD[0]) as im:
@@ -85,3 +94,45 @@ def test_weights_and_cfg_job(tiny_weights, run_cli):
     assert r.returncode == 0 and "params:" in r.stdout and "face_weight" in r.stdout
     r = run_cli("--help")
     assert "enhance" in r.stdout and "tune" in r.stdout
+
+
+def test_enhance_refuses_an_output_over_the_limit_and_goes_on(tmp_path, tiny_weights, run_cli):
+    """One input whose output exceeds limits.max_output_pixels is refused by name; the others are written."""
+    d = tmp_path / "in"
+    d.mkdir()
+    for n in GOOD:
+        shutil.copy(PORTRAITS / n, d / n)
+    limit = 512 * 512  # A03 (128 px) -> 512^2 passes; A06 (160 px) -> 640^2 does not
+    r = run_cli("enhance", f"input={d}", f"output={tmp_path / 'out'}", f"weights_dir={tiny_weights}",
+                *SRVGG_OVERRIDES, f"limits.max_output_pixels={limit}")
+    log = r.stdout + r.stderr
+    assert r.returncode == 3, log
+    assert f"{GOOD[1]}: the output would be 640x640 = 409600 pixels, over limits.max_output_pixels={limit}" in log
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [GOOD[0]]
+
+
+def test_enhance_auto_tile_in_a_small_budget(tmp_path, run_cli):
+    """params.tile=auto with a small limits.max_memory_gb: the tile chosen is logged and the output is
+    byte-identical to that explicit tile (tiny RRDBNet, whose activations the tile really shrinks)."""
+    import torch
+
+    from tuner.images import decode, fit_max_side
+    from tuner.pipeline import PipelineSpec, estimate_memory
+    from tuner.weights import ModelSpec
+
+    torch.save(tiny_state_dict(TINY_RRDB, 3, "params_ema"), tmp_path / "mine.pth")
+    src = PORTRAITS / "A02_usnavy_grace_hopper.jpg"
+    size = fit_max_side(decode(src), 200).size  # what max_side=200 hands the pipeline
+    spec = PipelineSpec(model=ModelSpec.from_mapping({"name": "mine", "arch": TINY_RRDB}))
+    whole = estimate_memory(spec, size, 0).host
+    assert estimate_memory(spec, size, 256).host >= whole > estimate_memory(spec, size, 128).host
+    args = [f"input={src}", "model=custom", f"model.path={tmp_path / 'mine.pth'}", "output_format=png", "max_side=200"]
+    r = run_cli("enhance", *args, f"output={tmp_path / 'auto'}", f"limits.max_memory_gb={(whole - 1) / 2**30!r}")
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log
+    assert "A02_usnavy_grace_hopper.jpg: tile 128 (params.tile=auto" in log
+    assert "A02_usnavy_grace_hopper.jpg -> " in log and "tile 128," in log
+    r = run_cli("enhance", *args, f"output={tmp_path / 'fixed'}", "params.tile=128")
+    assert r.returncode == 0, r.stdout + r.stderr
+    name = "A02_usnavy_grace_hopper.png"
+    assert (tmp_path / "auto" / name).read_bytes() == (tmp_path / "fixed" / name).read_bytes()

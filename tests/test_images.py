@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import io
+import logging
+import struct
+
 import cv2
 import numpy as np
 import pytest
+from conftest import PORTRAITS as PORTRAITS_DIR
+from helpers import camera_jpeg
 from PIL import Image as PILImage
 
 from tuner.errors import ImageError
@@ -133,3 +139,82 @@ def test_fit_max_side_only_downscales():
     img = from_array(_rgb8(200, 100))
     assert fit_max_side(img, 50).size == (50, 25)
     assert fit_max_side(img, 500).size == (200, 100)
+
+
+# ---------------------------------------------------------------- files cut inside their header (issue 7)
+_camera_jpeg = camera_jpeg
+
+
+def _saved(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    PILImage.fromarray(_rgb8(64, 64)).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name, make",
+    [
+        ("camera.jpg", lambda: _camera_jpeg()[:2000]),  # the first 2000 bytes of a photo: inside its EXIF
+        ("portrait.jpg", lambda: (PORTRAITS_DIR / "A02_usnavy_grace_hopper.jpg").read_bytes()[:100]),
+        ("cut.webp", lambda: _saved("WEBP")[:30]),
+        ("cut.bmp", lambda: _saved("BMP")[:30]),
+    ],
+)
+def test_file_cut_inside_header_is_named_error(tmp_path, name, make):
+    data = make()
+    p = tmp_path / name
+    p.write_bytes(data)
+    with pytest.raises(ImageError, match="truncated or corrupt") as e:
+        decode(p)
+    assert name in str(e.value)
+
+
+def test_camera_jpeg_cut_is_inside_the_header():
+    whole = _camera_jpeg()
+    assert whole.index(b"\xff\xda") > 2000  # start-of-scan after the cut: the cut really is in the header
+
+
+# ---------------------------------------------------------------- corrupt EXIF (issue 7)
+def _jpeg_with_exif(exif_payload: bytes) -> bytes:
+    """A 20x40 JPEG (left half white) with ``exif_payload`` as its APP1 EXIF segment."""
+    a = np.zeros((20, 40, 3), np.uint8)
+    a[:, :20] = 255
+    buf = io.BytesIO()
+    PILImage.fromarray(a).save(buf, "JPEG", quality=100)
+    b = buf.getvalue()
+    seg = b"Exif\x00\x00" + exif_payload
+    return b[:2] + b"\xff\xe1" + struct.pack(">H", len(seg) + 2) + seg + b[2:]
+
+
+def _ifd(entry: bytes) -> bytes:
+    return b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + entry + b"\x00\x00\x00\x00"
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"\x13\x37" * 20, "not a TIFF"),  # Pillow itself hides this one
+        (b"II*\x00" + struct.pack("<I", 99999), "Corrupt EXIF"),  # IFD offset past the end
+        (_ifd(struct.pack("<HHI", 0x0112, 2, 4) + b"ab\x00\x00"), "orientation"),  # text where a number belongs
+        (_ifd(struct.pack("<HHI", 0x0112, 3, 1) + struct.pack("<HH", 9, 0)), "orientation"),  # 9 is not 1..8
+    ],
+    ids=["garbage", "bad-offset", "text-orientation", "orientation-9"],
+)
+def test_corrupt_exif_warns_and_keeps_orientation_1(tmp_path, caplog, payload, reason):
+    p = tmp_path / "exif.jpg"
+    p.write_bytes(_jpeg_with_exif(payload))
+    with caplog.at_level(logging.WARNING, logger="tuner.images"):
+        img = decode(p)
+    assert img.size == (20, 40)  # as stored: not rotated
+    assert img.rgb[:, :20].mean() > 0.9
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("exif.jpg" in m and "EXIF" in m and reason in m for m in msgs), msgs
+
+
+def test_valid_exif_orientation_does_not_warn(tmp_path, caplog):
+    p = tmp_path / "ok.jpg"
+    p.write_bytes(_jpeg_with_exif(_ifd(struct.pack("<HHI", 0x0112, 3, 1) + struct.pack("<HH", 6, 0))))
+    with caplog.at_level(logging.WARNING, logger="tuner.images"):
+        img = decode(p)
+    assert img.size == (40, 20)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -35,9 +35,13 @@ MATLAB = {
     "brisque": (94.6421, -0.107618, 0.992889, 5.35827, 72.2617),
     "piqe": (100.00, 21.62, 35.86, 41.15, 76.95),
 }
-# Accepted deviation: 5 % of the reference, or this absolute amount where values are small.
+# Accepted deviation: a share of the reference, or an absolute amount where values are small.
+# NIQE is held to 1 % / 0.05 (tuner is within 0.6 %; basicsr's calculate_niqe, which tuner used
+# before, is 1.2 % and 3.8 % off on I03 and I04, so this test fails on it); BRISQUE to 5 % / 1.0
+# (the 5 % of the issue; the old `brisque` package is 7.7 and 17.6 points off on I03 and I19).
 # PIQE is printed with 2 decimals, so it must agree to their rounding.
-ABS_TOL = {"niqe": 0.2, "brisque": 1.0}
+REL_TOL = {"niqe": 0.01, "brisque": 0.05}
+ABS_TOL = {"niqe": 0.05, "brisque": 1.0}
 
 
 def _rgb(name: str) -> np.ndarray:
@@ -59,7 +63,7 @@ def calibration_scores() -> dict[str, list[float]]:
 @pytest.mark.parametrize("metric", ["niqe", "brisque"])
 def test_matches_matlab_reference(calibration_scores, metric):
     for name, got, ref in zip(IMAGES, calibration_scores[metric], MATLAB[metric], strict=True):
-        tol = max(0.05 * abs(ref), ABS_TOL[metric])
+        tol = max(REL_TOL[metric] * abs(ref), ABS_TOL[metric])
         assert abs(got - ref) <= tol, f"{metric} on {name}: {got:.4f} vs MATLAB {ref} (tolerance {tol:.3f})"
 
 

@@ -63,6 +63,8 @@ def test_multi_objective_averages_per_image_distances():
     obj = O.from_mapping({"mode": "multi", "terms": [{"metric": "crunch", "target": 8}, {"metric": "piqe"}]})
     # 2 dB and 14 dB: the mean is on target, but each image is 6 dB away
     assert obj.values(_rows(crunch=[2.0, 14.0], piqe=[10.0, 20.0])) == [pytest.approx(6.0), pytest.approx(15.0)]
+    hinged = O.from_mapping({"mode": "multi", "terms": [{"metric": "wax", "target": 0, "hinge": "upper"}]})
+    assert hinged.values(_rows(wax=[-3.0, 1.0])) == [pytest.approx(0.5)]  # only the excess: (0 + 1) / 2
 
 
 def test_constraint_config_is_validated():

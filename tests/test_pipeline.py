@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
-from conftest import PORTRAITS, TINY_GFPGAN, TINY_SRVGG
+from conftest import PORTRAITS, TINY_GFPGAN, TINY_RRDB, TINY_SRVGG
 
 from tuner.cache import StageCache
-from tuner.errors import ConfigError
+from tuner.errors import ConfigError, PipelineError
 from tuner.images import decode, fit_max_side
-from tuner.pipeline import Params, Pipeline, PipelineSpec, dni_plan
+from tuner.pipeline import MemoryLimits, Params, Pipeline, PipelineSpec, dni_plan, estimate_memory
 from tuner.weights import ModelSpec, WeightStore
 
 
@@ -74,3 +76,85 @@ def test_cache_size_limit_and_corrupt_entry(tmp_path):
     p.write_bytes(b"garbage")
     assert cache.get("sr", p.stem) is None and not p.exists()
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+# ---------------------------------------------------------------- memory guards and params.tile=auto (issue 7)
+def _rrdb_spec(**kw):
+    """The tiny RRDBNet: its activations (4 x num_feat x s^2 per input pixel) outweigh the output buffers,
+    so the tile really changes the estimate (with the tiny SRVGG the output-size stages dominate)."""
+    model = ModelSpec.from_mapping({"name": "tiny_rrdb", "arch": TINY_RRDB, "key": "params_ema",
+                                    "filename": "tiny_rrdb.pth"})
+    return PipelineSpec(model=model, **kw)
+
+
+def test_params_tile_accepts_auto():
+    assert Params.from_mapping({"tile": "auto"}).tile == "auto"
+    assert Params.from_mapping({"tile": "AUTO"}).tile == "auto"
+    assert Params.from_mapping({"tile": 128}).tile == 128 and Params.from_mapping({"tile": None}).tile == 0
+    for bad in ("big", -1):
+        with pytest.raises(ConfigError, match="params.tile"):
+            Params.from_mapping({"tile": bad})
+    with pytest.raises(ConfigError, match="params.tile"):
+        Params(tile=True)
+
+
+def test_auto_tile_within_a_small_budget_equals_that_explicit_tile(tiny_weights, caplog):
+    image = fit_max_side(decode(PORTRAITS / "A02_usnavy_grace_hopper.jpg"), 200)  # 200 x 171
+    whole = estimate_memory(_rrdb_spec(), image.size, 0).host
+    assert estimate_memory(_rrdb_spec(), image.size, 128).host < whole  # the premise: tiling saves memory here
+    spec = _rrdb_spec(memory=MemoryLimits(max_memory_bytes=whole - 1))  # tile 0 does not fit; 128 does
+    store = WeightStore(weights_dir=tiny_weights)
+    with caplog.at_level(logging.INFO, logger="tuner.pipeline"):
+        auto = Pipeline(spec, store=store).run(image, Params(tile="auto"))
+    assert auto.tile == 128 and auto.plan is not None and auto.plan.requested == "auto"
+    assert auto.plan.estimate.host <= whole - 1
+    assert any("tile 128" in r.getMessage() and "params.tile=auto" in r.getMessage() for r in caplog.records)
+    explicit = Pipeline(_rrdb_spec(), store=store).run(image, Params(tile=128))
+    assert explicit.tile == 128
+    assert auto.image.rgb.tobytes() == explicit.image.rgb.tobytes()
+    # with room to spare auto keeps the whole image: ordinary inputs run exactly as at tile 0
+    roomy = Pipeline(_rrdb_spec(memory=MemoryLimits(max_memory_bytes=16 << 30)), store=store)
+    assert roomy.plan(image.size, Params(tile="auto")).tile == 0
+
+
+def test_memory_guards_refuse_before_any_work(tiny_weights, image, monkeypatch):
+    monkeypatch.setattr(Pipeline, "upscaler", lambda *a: pytest.fail("the upscale ran for a refused input"))
+    store = WeightStore(weights_dir=tiny_weights)
+    h, w = image.size
+    small = Pipeline(_rrdb_spec(memory=MemoryLimits(max_output_pixels=16 * h * w - 1)), store=store)
+    with pytest.raises(PipelineError, match=r"A02_usnavy_grace_hopper\.jpg.*limits\.max_output_pixels=") as e:
+        small.run(image, Params())
+    assert f"{4 * w}x{4 * h}" in str(e.value)
+    # an explicit tile is never changed: over the budget it is refused, naming the limit and the way out
+    tight = Pipeline(_rrdb_spec(memory=MemoryLimits(max_memory_bytes=1 << 20)), store=store)
+    with pytest.raises(PipelineError, match=r"A02_usnavy_grace_hopper\.jpg.*params\.tile=0.*limits\.max_memory_gb"):
+        tight.run(image, Params(tile=0))
+    with pytest.raises(PipelineError, match=r"even at tile 128.*max_side"):
+        tight.run(image, Params(tile="auto"))
+
+
+def test_plan_of_a_6000px_photo_allocates_nothing():
+    """The issue's photo: a 24000^2 output is refused by the default limit, by name, without a pixel allocated."""
+    from tuner.weights import catalogue
+
+    models = catalogue("model")
+    general = Pipeline(PipelineSpec(model=models["realesr-general-x4v3"], memory=MemoryLimits(max_memory_bytes=24 << 30)),
+                       store=WeightStore())  # an explicit budget: the test must not depend on this machine's free RAM
+    with pytest.raises(PipelineError, match=r"big\.jpg: the output would be 24000x24000 .*max_output_pixels=134217728"):
+        general.plan((6000, 6000), Params(tile=0), name="big.jpg")
+    assert general.plan((1024, 1024), Params(tile=0)).out_size == (4096, 4096)  # a 4096^2 output is fine
+    # RealESRGAN_x4plus on a 2048^2 input with a 24 GB budget: the whole image would need ~70 GB of
+    # activations, so auto tiles it, and an explicit tile 0 is refused with the tile that would fit
+    x4plus = Pipeline(PipelineSpec(model=models["RealESRGAN_x4plus"], memory=MemoryLimits(max_memory_bytes=24 << 30)),
+                      store=WeightStore())
+    plan = x4plus.plan((2048, 2048), Params(tile="auto"))
+    assert plan.tile in (1024, 512) and plan.estimate.host <= 24 << 30
+    with pytest.raises(PipelineError, match=rf"params\.tile=auto \(tile {plan.tile} fits\)"):
+        x4plus.plan((2048, 2048), Params(tile=0))
+
+
+def test_reference_memo_is_bounded_in_bytes(tiny_weights, image):
+    pipe = Pipeline(_spec(tiny_weights, face=False), store=WeightStore(weights_dir=tiny_weights),
+                    reference_memo_bytes=0)
+    pipe.run(image, Params())
+    assert pipe.memo_bytes() == 0

@@ -34,6 +34,8 @@ def test_a_good_preset_loads_and_becomes_overrides(tmp_path):
     ({"pipeline": {"blend_variant": "${oc.env:HOME}"}}, "blend_variant"),
     ({"pipeline": {"detector": "retinaface,blend_variant=skin"}}, "detector"),
     ({"pipeline": {"face_upsample": "yes"}}, "wrong type"),
+    ({"pipeline": {"outscale": float("inf")}}, "outscale"),
+    ({"pipeline": {"detection_threshold": 5.0}}, "detection_threshold"),
     ({"params": {"tile": 0, "blend": 0.1, "_target_": "os.system"}}, "_target_"),
     ({"provenance": {"hook": {"_target_": "builtins.exec", "_args_": ["print(1)"]}}}, "_target_"),
 ])

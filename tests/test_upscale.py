@@ -9,7 +9,14 @@ from conftest import TINY_RRDB, TINY_SRVGG, tiny_state_dict
 
 from tuner.errors import PipelineError
 from tuner.images import quantize
-from tuner.upscale import UpscaleOptions, Upscaler, build_network, interpolate
+from tuner.upscale import (
+    UpscaleOptions,
+    Upscaler,
+    build_network,
+    interpolate,
+    network_bytes_per_px,
+    upscale_memory,
+)
 
 
 def _upstream(arch, sd, img_u8_rgb, *, tile, tile_pad=10, pre_pad=10, tmp_path):
@@ -75,3 +82,22 @@ def test_overlap_feathering_removes_seams(portrait_small):
     err_hard = np.abs(hard - whole).mean()
     err_soft = np.abs(soft - whole).mean()
     assert err_soft < 0.7 * err_hard
+
+
+def test_memory_estimate_follows_tile_and_sizes(portrait_small):
+    """upscale_memory is arithmetic on sizes; its output size must be the real one (the guards rely on it)."""
+    h, w = portrait_small.shape[:2]
+    up = Upscaler.from_state_dict(TINY_SRVGG, tiny_state_dict(TINY_SRVGG, 1)["params"])
+    for opts in (UpscaleOptions(), UpscaleOptions(tile=32), UpscaleOptions(outscale=2.5)):
+        out = up(portrait_small, opts)
+        assert upscale_memory(TINY_SRVGG, (h, w), opts).out_pixels == out.shape[0] * out.shape[1], opts
+    big = (2000, 1500)
+    whole = upscale_memory(TINY_RRDB, big, UpscaleOptions())
+    tiled = upscale_memory(TINY_RRDB, big, UpscaleOptions(tile=256))
+    assert whole.tiles_out == 0 and tiled.tiles_out == 3 * 4 * (2010 * 4) * (1510 * 4)
+    assert tiled.network < whole.network / 20  # 276^2 px of context-padded tile vs 2010 x 1510
+    assert tiled.tail == whole.tail  # the full-size output exists either way
+    # per input pixel: RRDBNet 4 x num_feat x s^2 floats, SRVGGNetCompact 3.25 x max(num_feat, 3 s^2)
+    assert network_bytes_per_px(TINY_RRDB) == 4 * 4.0 * 8 * 16
+    assert network_bytes_per_px({"type": "SRVGGNetCompact", "num_feat": 64, "upscale": 4}) == 4 * 3.25 * 64
+    assert network_bytes_per_px({"type": "SRVGGNetCompact", "num_feat": 64, "upscale": 4}, half=True) == 2 * 3.25 * 64

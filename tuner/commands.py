@@ -13,12 +13,11 @@ from typing import Any
 from tqdm import tqdm
 
 from .config import limits, pipeline_config, to_dict
-from .errors import ConfigError, ImageError, PipelineError, PresetError
+from .errors import EXIT_PARTIAL, ConfigError, ImageError, PipelineError, PresetError
 from .images import decode, encode, fit_max_side, list_images
 
 log = logging.getLogger("tuner")
 
-EXIT_PARTIAL = 3
 
 
 def input_files(path: str | Path) -> list[Path]:
@@ -48,10 +47,14 @@ def enhance(cfg: Any) -> int:
         raise ConfigError(f"on_error must be skip or fail, got {on_error!r}")
     lim = limits(cfg)
     max_side = cfg.get("max_side")
-    pipe = Pipeline(pc.spec, store=pc.store, cache=pc.cache)
+    # each input is seen once: keep no R between inputs (the memo is for studies)
+    pipe = Pipeline(pc.spec, store=pc.store, cache=pc.cache, reference_memo_bytes=0)
+    mem = pc.spec.memory
+    log.info("memory budget %.1f GB per image (limits.max_memory_gb), outputs up to %d pixels "
+             "(limits.max_output_pixels), params.tile=%s", mem.budget() / 2**30, mem.max_output_pixels, pc.params.tile)
     if cfg.get("preset"):
         preset = load_preset(cfg.preset)
-        check_identity(preset, pipe)
+        check_identity(preset, pipe, allow_mismatch=bool(cfg.get("allow_weights_mismatch", False)))
         if max_side is None and preset.get("max_side"):
             log.warning("preset was tuned at max_side=%s (a proxy size); enhancing at full size", preset["max_side"])
     failures: list[tuple[Path, str]] = []
@@ -61,11 +64,14 @@ def enhance(cfg: Any) -> int:
             result = pipe.run(image, pc.params)
             suffix = f.suffix if fmt == "same" else f".{fmt}"
             dest = encode(result.image, out_dir / f"{f.stem}{suffix}")
-            log.info("%s -> %s (%dx%d, %.2fs)", f.name, dest, result.image.size[1], result.image.size[0],
-                     result.timings["total"])
-        except (ImageError, PipelineError) as e:
+            log.info("%s -> %s (%dx%d, tile %d, %.2fs)", f.name, dest, result.image.size[1], result.image.size[0],
+                     result.tile, result.timings["total"])
+        except (ImageError, PipelineError, MemoryError) as e:
+            if isinstance(e, MemoryError):  # an allocation refused outright (no kernel kill): this input only
+                e = PipelineError(f"{f}: ran out of memory ({e or 'MemoryError'}); use params.tile=auto, lower "
+                                  "limits.max_memory_gb or downscale the input (max_side=...)")
             if on_error == "fail":
-                raise
+                raise e
             log.error("skipped: %s", e)
             failures.append((f, str(e)))
     done = len(files) - len(failures)
@@ -77,17 +83,33 @@ def enhance(cfg: Any) -> int:
     return EXIT_PARTIAL if failures else 0
 
 
-def check_identity(preset: dict[str, Any], pipe: Any) -> None:
-    """The weights resolved now must be the ones the preset was tuned with."""
+def check_identity(preset: dict[str, Any], pipe: Any, *, allow_mismatch: bool = False) -> None:
+    """The weights resolved now (SR model(s) and face model) must be the ones the preset was tuned with;
+    ``allow_mismatch`` (``allow_weights_mismatch=true``) turns a refusal into a warning."""
+    from .weights import content_hash
+
+    problems = []
     want = [(m["name"], m["sha256"]) for m in preset.get("model_identity") or []]
     if not want:
+        log.warning("this preset records no model_identity (hand-written?): the SR weights cannot be checked "
+                    "against the ones it was tuned with")
+    if want:
+        have = [(n, s) for n, s, _ in pipe.model_identity(preset["params"].get("denoise"))]
+        if want != have:
+            problems.append(f"SR weights: the preset was tuned with {want} but these resolved: {have}")
+    face = preset.get("face_identity") or {}
+    if face.get("sha256") and pipe.spec.face is not None:
+        have_face = content_hash(pipe.store.resolve(pipe.spec.face))
+        if have_face != face["sha256"]:
+            problems.append(f"face weights: the preset was tuned with {face.get('name')} sha256 {face['sha256']} "
+                            f"but {pipe.spec.face.name} resolved to sha256 {have_face}")
+    if not problems:
         return
-    have = [(n, s) for n, s, _ in pipe.model_identity(preset["params"].get("denoise"))]
-    if want != have:
-        raise PresetError(
-            f"preset was tuned with {want} but these weights resolved: {have}. Outputs would differ; "
-            "point weights_dir= at the files the preset names"
-        )
+    msg = "; ".join(problems) + ". Outputs would differ from the tuned ones"
+    if allow_mismatch:
+        log.warning("%s (allow_weights_mismatch=true: going on)", msg)
+        return
+    raise PresetError(msg + ": point weights_dir= at the files the preset names, or pass allow_weights_mismatch=true")
 
 
 def weights(cfg: Any) -> int:

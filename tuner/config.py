@@ -16,7 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 from .cache import StageCache
 from .errors import ConfigError
 from .images import Limits
-from .pipeline import Params, PipelineSpec, dni_plan
+from .pipeline import (
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    MemoryLimits,
+    Params,
+    PipelineSpec,
+    default_memory_budget,
+    dni_plan,
+)
 from .weights import ModelSpec, WeightStore, catalogue, detect_arch, load_state_dict
 
 OUTPUT_FORMATS = ("same", "png", "jpg", "webp", "tif", "bmp")
@@ -68,13 +75,39 @@ def stage_cache(cfg: Any) -> StageCache | None:
     return StageCache(Path(str(c["dir"])).expanduser(), max_bytes=int(max_gb * 2**30))
 
 
+INPUT_LIMITS = ("min_side", "max_side", "max_pixels")
+MEMORY_LIMITS = ("max_output_pixels", "max_memory_gb")
+
+
 def limits(cfg: Any) -> Limits:
+    """The input limits (decode); the output/memory ones are :func:`memory_limits`."""
     m = to_dict(cfg.get("limits")) or {}
-    check_keys(m, {"min_side", "max_side", "max_pixels"}, "limits")
+    check_keys(m, {*INPUT_LIMITS, *MEMORY_LIMITS}, "limits")
     try:
-        return Limits(**{k: int(v) for k, v in m.items()})
+        return Limits(**{k: int(v) for k, v in m.items() if k in INPUT_LIMITS})
     except Exception as e:  # Limits raises ImageError with the reason
         raise ConfigError(f"limits: {e}") from e
+
+
+def memory_limits(cfg: Any) -> MemoryLimits:
+    """``limits.max_output_pixels`` and ``limits.max_memory_gb`` (a number, or auto = 80 % of the
+    memory available now, resolved here once so every input of a run gets the same budget)."""
+    m = to_dict(cfg.get("limits")) or {}
+    check_keys(m, {*INPUT_LIMITS, *MEMORY_LIMITS}, "limits")
+    mop = m.get("max_output_pixels", DEFAULT_MAX_OUTPUT_PIXELS)
+    gb = m.get("max_memory_gb", "auto")
+    try:
+        max_output = int(mop)
+        if gb is None or (isinstance(gb, str) and gb.strip().lower() == "auto"):
+            budget = default_memory_budget()
+        else:
+            budget = int(float(gb) * 2**30)
+            if budget <= 0:
+                raise ValueError("must be > 0")
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"limits: max_output_pixels must be an integer >= 1 and max_memory_gb a number > 0 or "
+                          f"auto, got {mop!r} and {gb!r} ({e})") from e
+    return MemoryLimits(max_output_pixels=max_output, max_memory_bytes=budget)
 
 
 def model_spec(node: Mapping[str, Any]) -> ModelSpec:
@@ -145,11 +178,12 @@ def pipeline_config(cfg: Any) -> PipelineConfig:
         detector_model=catalogue("detector").get(str(face_node.get("detector", "retinaface"))),
         detection_threshold=float(face_node.get("detection_threshold", 0.9)),
         device=resolve_device(str(cfg.get("device", "auto"))),
+        memory=memory_limits(cfg),
     )
     if spec.detector not in ("retinaface", "retinaface_resnet50"):
         raise ConfigError(f"face.detector must be retinaface or retinaface_resnet50, got {spec.detector!r}")
     if spec.tile_pad < 0 or spec.pre_pad < 0 or spec.overlap < 0:
         raise ConfigError("upscale.tile_pad, pre_pad and overlap must be >= 0")
-    if params.tile and spec.overlap * 2 >= params.tile:
+    if isinstance(params.tile, int) and params.tile and spec.overlap * 2 >= params.tile:
         raise ConfigError(f"upscale.overlap={spec.overlap} must be less than half of params.tile={params.tile}")
     return PipelineConfig(spec=spec, params=params, store=store, cache=stage_cache(cfg))

@@ -13,17 +13,23 @@ Conversion to BGR, uint8/uint16, CHW tensors and so on happens only at the edges
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageOps, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from .errors import ImageError
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
@@ -87,37 +93,53 @@ def decode(path: str | Path, *, limits: Limits = Limits()) -> Image:
     """Read ``path`` into the internal convention, or raise :class:`ImageError` naming it.
 
     Handles PNG, JPEG, WebP, TIFF and BMP; 8 and 16 bit; grey, RGBA, CMYK and palette
-    images; and EXIF orientation.  Rejects zero-byte, truncated and non-image files,
-    decompression bombs (``limits.max_pixels``) and images outside the side limits.
+    images; and EXIF orientation.  Rejects zero-byte, truncated (also inside the header)
+    and non-image files, decompression bombs (``limits.max_pixels``) and images outside
+    the side limits.  A corrupt EXIF block is logged as a warning and read as orientation 1.
     """
     p = Path(path)
     if not p.is_file():
         raise ImageError(f"{p}: no such file")
-    if p.stat().st_size == 0:
-        raise ImageError(f"{p}: file is empty (0 bytes)")
-    data = p.read_bytes()
     try:
-        with PILImage.open(p) as probe:
-            w, h = probe.size
-            fmt = probe.format
-            mode = probe.mode
-    except UnidentifiedImageError as e:
-        raise ImageError(f"{p}: not a readable image ({e.__class__.__name__})") from e
-    except PILImage.DecompressionBombError as e:
-        raise ImageError(f"{p}: rejected as a decompression bomb ({e})") from e
+        data = p.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{p}: cannot read the file ({e}); check its permissions") from e
+    if not data:
+        raise ImageError(f"{p}: file is empty (0 bytes)")
+    w, h, fmt, mode, orientation = _probe(p)
     _check_size(p, w, h, limits)
     arr: np.ndarray | None = None
     if fmt in ("PNG", "TIFF"):
         # Pillow flattens 16-bit colour to 8 bit; OpenCV keeps it.
-        raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        try:
+            raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error as e:
+            raise ImageError(f"{p}: cannot decode ({fmt}): {e} (truncated or corrupt file?)") from e
         if raw is not None and raw.dtype == np.uint16:
-            arr = _bgr_to_rgb(raw)
-            arr = _apply_orientation(arr, _exif_orientation(p))
+            arr = _apply_orientation(_bgr_to_rgb(raw), orientation)
     if arr is None:
-        arr = _decode_pillow(p, mode, limits)
+        arr = _decode_pillow(p, mode, limits, orientation)
     image = from_array(arr, path=p)
     _check_size(p, image.size[1], image.size[0], limits)
     return image
+
+
+def _probe(p: Path) -> tuple[int, int, str | None, str, int]:
+    """(width, height, format, mode, EXIF orientation) from the header, without decoding pixels."""
+    try:
+        with _exif_warnings_logged_not_shown(), PILImage.open(p) as probe:
+            w, h = probe.size
+            return w, h, probe.format, probe.mode, _exif_orientation(p, probe)
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{p}: not a readable image ({e.__class__.__name__})") from e
+    except PILImage.DecompressionBombError as e:
+        raise ImageError(f"{p}: rejected as a decompression bomb ({e})") from e
+    except MemoryError:
+        raise  # not a corrupt file: the caller reports it as running out of memory
+    except Exception as e:  # noqa: BLE001 - Pillow's parsers raise OSError, SyntaxError, EOFError, struct.error, ...
+        raise ImageError(
+            f"{p}: cannot read the image header ({e.__class__.__name__}: {e}); truncated or corrupt file?"
+        ) from e
 
 
 def _check_size(p: Path, w: int, h: int, limits: Limits) -> None:
@@ -132,13 +154,25 @@ def _check_size(p: Path, w: int, h: int, limits: Limits) -> None:
         raise ImageError(f"{p}: {w}x{h} is larger than the maximum side of {limits.max_side} px")
 
 
-def _decode_pillow(p: Path, mode: str, limits: Limits) -> np.ndarray:
+# EXIF orientation -> the Pillow transpose that displays the image upright (as ImageOps.exif_transpose)
+_TRANSPOSE = {
+    2: PILImage.Transpose.FLIP_LEFT_RIGHT,
+    3: PILImage.Transpose.ROTATE_180,
+    4: PILImage.Transpose.FLIP_TOP_BOTTOM,
+    5: PILImage.Transpose.TRANSPOSE,
+    6: PILImage.Transpose.ROTATE_270,
+    7: PILImage.Transpose.TRANSVERSE,
+    8: PILImage.Transpose.ROTATE_90,
+}
+
+
+def _decode_pillow(p: Path, mode: str, limits: Limits, orientation: int) -> np.ndarray:
     old = PILImage.MAX_IMAGE_PIXELS
     PILImage.MAX_IMAGE_PIXELS = limits.max_pixels
     try:
-        with PILImage.open(p) as opened:
+        with _exif_warnings_logged_not_shown(), PILImage.open(p) as opened:
             opened.load()
-            im: PILImage.Image = ImageOps.exif_transpose(opened)
+            im: PILImage.Image = opened.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else opened
             if im.mode == "P" or im.mode == "PA":
                 im = im.convert("RGBA" if ("transparency" in im.info or im.mode == "PA") else "RGB")
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -159,18 +193,49 @@ def _decode_pillow(p: Path, mode: str, limits: Limits) -> np.ndarray:
         raise
     except PILImage.DecompressionBombError as e:
         raise ImageError(f"{p}: rejected as a decompression bomb ({e})") from e
-    except (OSError, SyntaxError, ValueError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoder failure on this file names it (OSError, SyntaxError, ...)
         raise ImageError(f"{p}: cannot decode ({mode}): {e} (truncated or corrupt file?)") from e
     finally:
         PILImage.MAX_IMAGE_PIXELS = old
 
 
-def _exif_orientation(p: Path) -> int:
-    try:
-        with PILImage.open(p) as im:
-            return int(im.getexif().get(0x0112, 1))
-    except Exception:  # noqa: BLE001 - no EXIF is the normal case
+@contextlib.contextmanager
+def _exif_warnings_logged_not_shown() -> Iterator[None]:
+    """Silence Pillow's EXIF UserWarnings: :func:`_exif_orientation` logs them once, naming the file."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="(?i).*exif", category=UserWarning)
+        yield
+
+
+def _exif_orientation(p: Path, im: PILImage.Image) -> int:
+    """EXIF orientation 1..8 of an opened image; 1 (as stored) when it has none.
+
+    Pillow reads a damaged EXIF block as empty, sometimes with a UserWarning and sometimes
+    silently; here a damaged block is logged as a warning naming the file and the reason,
+    and the image is used as stored (orientation 1) rather than turned on a guess.
+    """
+    problems: list[str] = []
+    value: object = 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            raw = im.info.get("exif")
+            if isinstance(raw, bytes) and raw:
+                # Image.open swallows a bad TIFF header inside the block; parsing it again does not
+                PILImage.Exif().load(raw)
+            value = im.getexif().get(0x0112, 1)
+        except Exception as e:  # noqa: BLE001 - any parser failure on a damaged block is reported below
+            problems.append(f"{e.__class__.__name__}: {e}")
+    problems += [str(w.message).strip() for w in caught]
+    if not problems and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8):
+        problems.append(f"orientation value {value!r} is not 1..8")
+    if problems or not isinstance(value, int):
+        log.warning("%s: corrupt EXIF block (%s); ignoring it and using the image as stored (orientation 1)",
+                    p, "; ".join(dict.fromkeys(problems)))
         return 1
+    return value
 
 
 def _apply_orientation(a: np.ndarray, o: int) -> np.ndarray:
@@ -236,9 +301,14 @@ def encode(image: Image, path: str | Path) -> Path:
         params = [cv2.IMWRITE_JPEG_QUALITY, 95]
     elif ext == ".webp":
         params = [cv2.IMWRITE_WEBP_QUALITY, 101]  # >100 selects lossless
-    ok, buf = cv2.imencode(ext, arr, params)
+    why = "too large for the format?"
+    try:
+        ok, buf = cv2.imencode(ext, arr, params)
+    except cv2.error as e:
+        ok, why = False, str(e).strip()
     if not ok:
-        raise ImageError(f"{p}: OpenCV could not encode this image as {ext}")
+        raise ImageError(f"{p}: OpenCV could not encode this {arr.shape[1]}x{arr.shape[0]} image as {ext} ({why}); "
+                         "try output_format=png")
     atomic_write_bytes(p, buf.tobytes())
     return p
 

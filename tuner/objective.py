@@ -190,7 +190,11 @@ class Objective:
         out = []
         for t in self.terms:
             ms = [_f(r.get(t.metric)) for r in rows]
-            out.append(_nanmean([abs(m - t.target) for m in ms] if t.target is not None else ms))
+            if t.target is None:
+                out.append(_nanmean(ms))
+            else:  # per-image distance to the target (only the excess with hinge: upper), then the mean
+                target = t.target
+                out.append(_nanmean([max(m - target, 0.0) if t.hinge else abs(m - target) for m in ms]))
         return out
 
     def gates(self, rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, PerImage] | None) -> list[Gate]:

@@ -58,11 +58,14 @@ def build(spec: PipelineSpec, params: Params, *, model_identity: list[tuple[str,
 
 def realesrgan_cli(spec: PipelineSpec, params: Params) -> tuple[str, list[str]]:
     """The equivalent ``inference_realesrgan.py`` flags, and what they cannot express."""
-    flags = [f"-n {spec.model.name}", f"-t {params.tile}", f"--tile_pad {spec.tile_pad}", f"--pre_pad {spec.pre_pad}",
-             "--fp32"]
+    flags = [f"-n {spec.model.name}", f"-t {0 if params.tile == 'auto' else params.tile}",
+             f"--tile_pad {spec.tile_pad}", f"--pre_pad {spec.pre_pad}", "--fp32"]
     if spec.outscale is not None:
         flags.append(f"-s {spec.outscale:g}")
     notes: list[str] = []
+    if params.tile == "auto":
+        notes.append("tile=auto: tuner picks the tile per image from the memory budget (the log names it); "
+                     "inference_realesrgan.py needs a fixed -t")
     if params.denoise is not None:
         if spec.model.name == "realesr-general-x4v3":
             flags.append(f"-dn {params.denoise:g}")
@@ -170,6 +173,14 @@ def validate_contract(data: Mapping[str, Any], p: Path | str) -> None:
             raise PresetError(f"preset {p}: pipeline.{k} has the wrong type ({v!r})")
         if isinstance(v, str) and (not _SAFE_STR.fullmatch(v) or v not in _CHOICES.get(k, (v,))):
             raise PresetError(f"preset {p}: pipeline.{k}={v!r} is not one of {_CHOICES.get(k)}")
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue  # strings and flags are checked above
+        if k in ("tile_pad", "pre_pad", "overlap") and v < 0:
+            raise PresetError(f"preset {p}: pipeline.{k} must be >= 0, got {v}")
+        if k == "outscale" and not (math.isfinite(v) and 0 < v <= 16):
+            raise PresetError(f"preset {p}: pipeline.outscale must be a finite scale in (0, 16] or null, got {v}")
+        if k == "detection_threshold" and not (math.isfinite(v) and 0 < v <= 1):
+            raise PresetError(f"preset {p}: pipeline.detection_threshold must be in (0, 1], got {v}")
 
 
 def overrides(preset: Mapping[str, Any]) -> list[str]:

@@ -185,7 +185,7 @@ def make_storage(st: StudySettings) -> Any:
                           grace_period=st.grace_period,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=st.max_retry))
     except (optuna.exceptions.StorageInternalError, ImportError, ValueError) as e:
-        raise ConfigError(f"cannot open study.storage={url}: {e}") from e
+        raise ConfigError(f"cannot open study.storage={redact_url(url)}: {redact_url(str(e))}") from e
 
 
 def make_sampler(st: StudySettings, space: Mapping[str, Knob]) -> Any:
@@ -247,7 +247,7 @@ class TrialRunner:
                 raise ConfigError(f"search.params.model: unknown model {name!r}")
             m = self.models[name]
             spec = replace(spec, model=m, partner=self.models.get(m.denoise_partner or ""))
-        tile = int(sp["tile"].suggest(trial)) if "tile" in sp else p.tile
+        tile: int | str = int(sp["tile"].suggest(trial)) if "tile" in sp else p.tile
         denoise = p.denoise
         if "denoise" in sp and spec.model.denoise_partner and spec.partner is not None:
             denoise = float(sp["denoise"].suggest(trial))
@@ -261,7 +261,7 @@ class TrialRunner:
         blend = float(sp["blend"].suggest(trial)) if "blend" in sp else p.blend
         if blend > 0 and "blend_variant" in sp:
             spec = replace(spec, blend_variant=str(sp["blend_variant"].suggest(trial)))
-        if spec.overlap and tile and spec.overlap * 2 >= tile:
+        if spec.overlap and isinstance(tile, int) and tile and spec.overlap * 2 >= tile:
             spec = replace(spec, overlap=max(tile // 2 - 1, 0))
         return spec, Params(tile=tile, denoise=denoise, face_weight=face_weight, blend=blend)
 
@@ -312,7 +312,8 @@ class TrialRunner:
             item = self.dataset.items[idx]
             res = pipe.run(item.image, params)
             vals, extra = self.score(res, self.analysis(item, res, pipe))
-            row = {"image": item.name, "index": idx, **vals, **extra, "objective": self.objective.per_image(vals)}
+            row = {"image": item.name, "index": idx, "tile": res.tile, **vals, **extra,
+                   "objective": self.objective.per_image(vals)}
             rows.append(row)
             results.append(res)
             if report is not None:
@@ -411,17 +412,19 @@ def baseline_params(base: Params, base_spec: PipelineSpec, space: Mapping[str, K
     return {k: v for k, v in out.items() if k in space and v is not None}
 
 
-def study_identity(base: PipelineSpec, space: Mapping[str, Knob], objective_node: Any, names: list[str],
-                   dataset: Dataset) -> dict[str, Any]:
-    """What makes two runs of a study comparable; a resume must match it exactly."""
+def study_identity(base: PipelineSpec, base_params: Params, space: Mapping[str, Knob], objective_node: Any,
+                   names: list[str], iqa_max_side: int, dataset: Dataset) -> dict[str, Any]:
+    """What makes two runs of a study comparable; a resume must match it exactly.  (The device is
+    left out on purpose: CPU and GPU workers may share a study; their outputs agree to ~1 LSB.)"""
     return {"schema": SCHEMA, "model": base.model.name, "face": base.face.name if base.face else "none",
             "pipeline": {"tile_pad": base.tile_pad, "pre_pad": base.pre_pad, "overlap": base.overlap,
                          "outscale": base.outscale, "blend_variant": base.blend_variant,
                          "face_upsample": base.face_upsample, "detector": base.detector,
-                         "detection_threshold": base.detection_threshold},
+                         "detection_threshold": base.detection_threshold, "half": base.half},
+            "params": asdict(base_params),  # the knobs that are not searched stay at these values
             "dataset_hash": dataset.content_hash, "max_side": dataset.max_side,
             "space_def": {k: asdict(v) for k, v in sorted(space.items())},
-            "objective": objective_node, "metrics": list(names)}
+            "objective": objective_node, "metrics": list(names), "iqa_max_side": iqa_max_side}
 
 
 def check_resume(prev: Mapping[str, Any], now: Mapping[str, Any], name: str) -> None:
@@ -435,7 +438,7 @@ def check_resume(prev: Mapping[str, Any], now: Mapping[str, Any], name: str) -> 
     if diff:
         what = {"space_def": "search space", "objective": "objective", "metrics": "metric set",
                 "dataset_hash": "dataset", "max_side": "dataset.max_side", "model": "model", "face": "face",
-                "pipeline": "pipeline options"}
+                "pipeline": "pipeline options", "params": "fixed params", "iqa_max_side": "metrics.iqa_max_side"}
         raise ConfigError(
             f"study '{name}' exists with a different {', '.join(what.get(k, k) for k in diff)}: its trials would not "
             f"be comparable with new ones. Resume it with the same settings, or start a new study with a new "
@@ -454,6 +457,10 @@ def run_tune(cfg: Any) -> int:
     st = study_settings(cfg, run_dir)
     pc = pipeline_config(cfg)
     space = search_space(to_dict(cfg.search) or {})
+    if pc.params.tile == "auto":
+        raise ConfigError("params.tile=auto picks a tile per image from each machine's free memory, so a study's "
+                          "workers could score different tiles and its preset would not reproduce: give params.tile "
+                          "an integer (and search.params.tile choices)")
     objective = O.from_mapping(to_dict(cfg.objective) or {})
     names, iqa_side = metric_settings(cfg)
     names = list(dict.fromkeys([*names, *objective.metrics]))
@@ -475,7 +482,7 @@ def run_tune(cfg: Any) -> int:
                       uri=str(os.environ.get("MLFLOW_TRACKING_URI") or tracking.get("uri")
                               or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"),
                       experiment=str(tracking.get("experiment") or "tuner"))
-    ident = study_identity(base, space, to_dict(cfg.objective), names, dataset)
+    ident = study_identity(base, pc.params, space, to_dict(cfg.objective), names, iqa_side, dataset)
     with file_lock(lock_path) if lock_path else contextlib.nullcontext():
         # under the lock: two workers creating a fresh SQLite storage at once race on its schema tables
         storage = make_storage(st)
@@ -516,30 +523,38 @@ def storage_lock_path(url: str) -> Path | None:
     return None
 
 
-@dataclass(frozen=True)
-class Counts:
-    done: int  # COMPLETE + PRUNED: what counts towards n_trials
-    running: int
-    failed: int
-    trailing_failures: int  # FAIL trials at the end of the finished trials, in trial-number order
-    last_error: str
-
-
-def _counts(study: Any) -> Counts:
+def _counts(study: Any) -> tuple[int, int]:
+    """(done, running): COMPLETE + PRUNED trials count towards n_trials; failed ones do not."""
     from optuna.trial import TrialState
 
-    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    trials = study.get_trials(deepcopy=False, states=(*finished, TrialState.RUNNING))
-    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    running = sum(t.state == TrialState.RUNNING for t in trials)
-    fails = [t for t in trials if t.state == TrialState.FAIL]
-    trailing = 0
-    for t in sorted((t for t in trials if t.state in finished), key=lambda t: -t.number):
-        if t.state != TrialState.FAIL:
-            break
-        trailing += 1
-    last = max(fails, key=lambda t: t.number).user_attrs.get("reason", "no reason recorded") if fails else ""
-    return Counts(done, running, len(fails), trailing, str(last))
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    done = sum(t.state != TrialState.RUNNING for t in trials)
+    return done, len(trials) - done
+
+
+@dataclass
+class FailureTally:
+    """This worker's own failed trials in this run (a resumed study starts afresh, and another
+    worker's killed trial, failed by its heartbeat and re-queued, is not counted)."""
+
+    consecutive: int = 0
+    total: int = 0
+    last_error: str = ""
+
+    def add(self, failed: bool, reason: str, st: StudySettings) -> None:
+        """Count one finished trial; stop the study when the failures pass the caps."""
+        if not failed:
+            self.consecutive = 0
+            return
+        self.consecutive += 1
+        self.total += 1
+        self.last_error = reason or "no reason recorded"
+        if self.consecutive >= st.max_consecutive_failures:
+            raise StudyAborted(f"{self.consecutive} consecutive trials failed (study.max_consecutive_failures="
+                               f"{st.max_consecutive_failures}); last error: {self.last_error}")
+        if self.total >= st.max_failures:
+            raise StudyAborted(f"{self.total} trials failed in all in this run (study.max_failures="
+                               f"{st.max_failures}); last error: {self.last_error}")
 
 
 # Optuna's heartbeat thread and its "is this storage heartbeat-enabled" check live in the
@@ -569,42 +584,35 @@ def worker_loop(study: Any, storage: Any, runner: TrialRunner, st: StudySettings
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     hb = heartbeat_enabled(storage)
+    tally = FailureTally()
     bar = tqdm(total=st.n_trials, desc=f"study {st.name}", unit="trial")
     while True:
         with file_lock(lock_path) if lock_path else contextlib.nullcontext():
             if hb:
                 optuna.storages.fail_stale_trials(study)  # and re-queue them (RetryHeartbeatStaleTrialCallback)
-            c = _counts(study)
-            check_failures(c, st)
-            bar.n = c.done
+            done, running = _counts(study)
+            bar.n = done
             bar.refresh()
-            if c.done >= st.n_trials:
+            if done >= st.n_trials:
                 break
-            trial = None if c.done + c.running >= st.n_trials else study.ask()
+            trial = None if done + running >= st.n_trials else study.ask()
         if trial is None:  # the last trials run elsewhere (or in a killed worker, until its heartbeat lapses)
             if not hb:
                 log.warning("stopping: %d trial(s) still RUNNING and this storage has no heartbeats to fail them",
-                            c.running)
+                            running)
                 break
             time.sleep(max(1, min(st.heartbeat_interval, 5)))
             continue
         with _heartbeat(storage, study, trial) if hb else contextlib.nullcontext():
-            run_trial(study, trial, runner, objective, tracker, parent, run_dir, sheet_faces, st.n_startup_trials)
+            failed, reason = run_trial(study, trial, runner, objective, tracker, parent, run_dir, sheet_faces,
+                                       st.n_startup_trials)
+        tally.add(failed, reason, st)
     bar.close()
 
 
-def check_failures(c: Counts, st: StudySettings) -> None:
-    """Stop a study whose trials keep failing, instead of asking for new ones forever."""
-    if c.trailing_failures >= st.max_consecutive_failures:
-        raise StudyAborted(f"{c.trailing_failures} consecutive trials failed (study.max_consecutive_failures="
-                           f"{st.max_consecutive_failures}); last error: {c.last_error}")
-    if c.failed >= st.max_failures:
-        raise StudyAborted(f"{c.failed} trials failed in all (study.max_failures={st.max_failures}); "
-                           f"last error: {c.last_error}")
-
-
 def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objective, tracker: Tracker,
-              parent: str | None, run_dir: Path, sheet_faces: int, n_startup: int) -> None:
+              parent: str | None, run_dir: Path, sheet_faces: int, n_startup: int) -> tuple[bool, str]:
+    """Run one trial and tell the study; returns (failed, reason)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -645,6 +653,9 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
         means = O.means(rows, runner.metric_names)
         trial.set_user_attr("metrics", {k: (None if math.isnan(v) else round(v, 6)) for k, v in means.items()})
         trial.set_user_attr("per_image", per_image)
+        # what each gate saw: the worst image's value (reduce=worst), so MLflow shows what decided
+        trial.set_user_attr("gate_values", {f"gate.{c.metric}": (None if math.isnan(g.value) else round(g.value, 6))
+                                            for c, g in zip(objective.constraints, gates, strict=True)})
         trial.set_user_attr("constraints", cons)
         for c, v in zip(objective.constraints, cons, strict=True):
             trial.set_constraint(c.describe(), v)  # constraint-aware samplers (TPE, GP, NSGA-II) read these
@@ -662,6 +673,9 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
     except TunerError as e:
         reason = f"{e.__class__.__name__}: {e}"
         log.error("trial %d failed: %s", trial.number, reason)
+    except Exception as e:  # a bug or an unexpected library error: fail this trial loudly, with its traceback
+        reason = f"{e.__class__.__name__}: {e}"
+        log.exception("trial %d failed unexpectedly: %s", trial.number, reason)
     finally:
         if reason:
             with contextlib.suppress(Exception):
@@ -679,6 +693,8 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
     means = trial.user_attrs.get("metrics", {}) if state == TrialState.COMPLETE else {}
     tracker.log_trial(parent, number=trial.number, params=trial.params,
                       metrics={**{k: v for k, v in means.items() if v is not None},
+                               **{k: v for k, v in (trial.user_attrs.get("gate_values") or {}).items()
+                                  if v is not None and state == TrialState.COMPLETE},
                                **({"objective": values[0]} if values and len(values) == 1 else {}),
                                "seconds": elapsed},
                       tags={"state": state.name, "reason": reason[:500], "dataset_hash": runner.dataset.content_hash,
@@ -687,6 +703,7 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
                       artifacts=arts, status=state.name)
     log.info("trial %d %s in %.1fs %s %s", trial.number, state.name, elapsed, trial.params,
              "" if values is None else f"values={[round(v, 4) for v in values]}")
+    return state == TrialState.FAIL, reason
 
 
 def per_image_values(rows: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, float | None]]:
@@ -830,7 +847,7 @@ def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialR
     lines = [f"study: {st.name}", f"storage: {redact_url(st.storage)}", f"trials: {states}",
              f"dataset: {runner.dataset.root} ({len(runner.dataset.items)} images, max_side={runner.dataset.max_side})",
              f"searched: {sorted(runner.space)}",
-             "constraints: per image (every image must hold; the worst image is shown), unless reduce: mean"]
+             "constraints: per image (every image must hold; the worst image is shown) unless reduce: mean"]
     for d in study.user_attrs["tuner"].get("dropped_knobs", []):
         lines.append(f"DROPPED knob -- {d}")
     rc = 0
@@ -844,7 +861,8 @@ def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialR
             encode(res.image, run_dir / "best_outputs" / f"{item.name}.png")
         lines += [f"best trial: {trial.number} values={[round(v, 4) for v in trial.values]}",
                   f"params: {preset['params']}", f"constraints hold on every image: {_holds(gates)}"]
-        lines += [f"  {k}: worst {v['value']}" + (f" ({v['worst_image']})" if v.get("worst_image") else "")
+        lines += [f"  {k}: " + (f"worst {v['value']} ({v['worst_image']})" if v.get("worst_image")
+                                else f"{'mean' if 'mean' in v['reduce'] else 'worst'} {v['value']}")
                   + ("" if v["holds"] else "  VIOLATED") for k, v in preset["constraints"].items()]
         lines += ["metrics (image means): " + ", ".join(f"{k}={v:.3f}" for k, v in preset["metrics"].items()
                                                        if v is not None),

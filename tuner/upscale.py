@@ -51,6 +51,125 @@ class UpscaleOptions:
             raise ConfigError(f"upscale.outscale must be > 0, got {self.outscale}")
 
 
+def arch_scale(arch: Mapping[str, Any]) -> int:
+    """The network's integer scale factor (``scale`` for RRDBNet, ``upscale`` for SRVGGNetCompact)."""
+    return int(arch.get("scale") or arch.get("upscale") or 4)
+
+
+# Memory of the upscale stage, from measured peak RSS (`benchmarks/bench_memory.py --calibrate`,
+# torch 2.14 CPU, float32).  One forward pass of the network over a region of A input
+# pixels (a tile with its context, or the whole padded image) keeps at its peak about
+#   SRVGGNetCompact: 3 x max(num_feat, 3 s^2) floats per pixel (a conv's input, output and PReLU
+#                    output at num_feat channels; at the tail the last conv, the pixel shuffle and the
+#                    nearest-upsampled base at 3 s^2 channels): measured 131/195/384 at num_feat
+#                    32/64/128 (s = 4), 195 at num_feat 64, s = 2;
+#   RRDBNet:         3.6 x num_feat x s^2 floats per pixel (the two nearest-x2 upsamples and the convs
+#                    after them run num_feat channels at s^2 x the area): measured 3.5-3.9.
+# The constants below round those up; SR_FORWARD_OVERHEAD covers allocator fragmentation and
+# oneDNN scratch, which dominate small tiles (measured up to 35 MB at 128-276 px regions).
+_SRVGG_FLOATS = 3.25
+_RRDB_FLOATS = 4.0
+SR_FORWARD_OVERHEAD = 48 << 20
+# After the network: the output tensor, its clamped copy and the contiguous HWC array, 4 bytes
+# per value x 3 channels each (measured 37.6-40 bytes per output pixel at tile 32).
+_SR_TAIL_BYTES_PER_OUT_PX = 36
+# glibc serves blocks below its mmap threshold (at most 32 MiB on 64-bit) from the heap and keeps
+# them after they are freed, so a forward pass whose feature maps are all smaller than that (tiles
+# up to ~256 px) stays resident through the later stages: measured at tile 256 on a 512^2 input,
+# peak RSS 358 MB against 244 MB untiled.
+_HEAP_RETAINED_BELOW = 32 << 20
+# On CUDA (torch 2.11, H200, max_memory_allocated): SRVGGNetCompact keeps 1.25x and RRDBNet 1.06x
+# the CPU's activations, and cuDNN's workspace added up to ~540 MB at 532 px tiles (fp32 and fp16
+# alike).  CUDA_FACTOR and CUDA_WORKSPACE cover both.
+CUDA_FACTOR = 1.3
+CUDA_WORKSPACE = 1 << 30
+
+
+def network_bytes_per_px(arch: Mapping[str, Any], *, half: bool = False) -> float:
+    """Peak activation bytes per input pixel of one forward pass (fp32 unless ``half``)."""
+    s = arch_scale(arch)
+    feat = int(arch.get("num_feat", 64))
+    kind = arch.get("type")
+    if kind == "SRVGGNetCompact":
+        floats = _SRVGG_FLOATS * max(feat, 3 * s * s)
+    elif kind == "RRDBNet":
+        floats = _RRDB_FLOATS * feat * s * s
+    else:
+        raise ConfigError(f"unknown SR architecture type {kind!r}; use RRDBNet or SRVGGNetCompact")
+    return floats * (2 if half else 4)
+
+
+def _largest_map_values_per_px(arch: Mapping[str, Any]) -> int:
+    """Values per input pixel of the network's largest single feature map."""
+    s = arch_scale(arch)
+    feat = int(arch.get("num_feat", 64))
+    return max(feat, 3 * s * s) if arch.get("type") == "SRVGGNetCompact" else feat * s * s
+
+
+@dataclass(frozen=True)
+class UpscaleMemory:
+    """Estimated peak bytes of the upscale stage for one input (beyond the loaded model).
+
+    - ``network``: the largest forward pass (activations) on the CPU;
+    - ``network_cuda``: the same on CUDA (accelerator memory, cuDNN's workspace included);
+    - ``tiles_out``: the full-size output tensor the tiles are pasted into (0 at tile 0);
+    - ``tail``: host buffers after the network (output, clamped copy, HWC array, outscale resize);
+    - ``retained``: what the allocator keeps of the network's memory through the later stages;
+    - ``out_pixels``: pixels of the stage's output (after ``outscale``).
+    """
+
+    network: int
+    network_cuda: int
+    tiles_out: int
+    tail: int
+    retained: int
+    out_pixels: int
+
+    def host_peak(self, *, on_device: bool) -> int:
+        if on_device:
+            return self.tail
+        return max(self.network + self.tiles_out, self.tail)
+
+    def device_peak(self, *, on_device: bool) -> int:
+        return self.network_cuda + self.tiles_out if on_device else 0
+
+
+def upscale_memory(arch: Mapping[str, Any], size: tuple[int, int], opts: UpscaleOptions) -> UpscaleMemory:
+    """Peak memory of :meth:`Upscaler.__call__` on an input of ``size`` = (H, W) with ``opts``.
+
+    Pure arithmetic on sizes (nothing is allocated), so it can refuse or tile an input before
+    any work; compared with measured peak RSS in ``benchmarks/bench_memory.py``.
+    """
+    s = arch_scale(arch)
+    h, w = size
+    hp, wp = h + opts.pre_pad, w + opts.pre_pad
+    mod = {2: 2, 1: 4}.get(s)
+    if mod:
+        hp, wp = hp + (mod - hp % mod) % mod, wp + (mod - wp % mod) % mod
+    if opts.tile > 0:
+        ext = opts.tile + 2 * (opts.overlap + opts.tile_pad)
+        region = min(ext, hp) * min(ext, wp)
+    else:
+        region = hp * wp
+    half = opts.half
+    value = 2 if half else 4
+    padded_out = hp * s * wp * s
+    activations = network_bytes_per_px(arch, half=half) * region
+    network = int(activations) + SR_FORWARD_OVERHEAD
+    network_cuda = int(CUDA_FACTOR * activations) + SR_FORWARD_OVERHEAD + CUDA_WORKSPACE
+    small_maps = _largest_map_values_per_px(arch) * region * value < _HEAP_RETAINED_BELOW
+    retained = network if small_maps else SR_FORWARD_OVERHEAD
+    tiles_out = padded_out * (3 + (1 if opts.overlap else 0)) * value if opts.tile > 0 else 0
+    tail = _SR_TAIL_BYTES_PER_OUT_PX * padded_out
+    out_pixels = h * s * w * s
+    if opts.outscale is not None and opts.outscale != float(s):
+        out_pixels = int(w * opts.outscale) * int(h * opts.outscale)
+        # the x s result, cv2's resize, np.clip and the float32 copy of the resized image
+        tail = max(tail, 12 * h * s * w * s + 36 * out_pixels)
+    return UpscaleMemory(network=network, network_cuda=network_cuda, tiles_out=tiles_out, tail=tail,
+                         retained=retained, out_pixels=out_pixels)
+
+
 def build_network(arch: Mapping[str, Any]) -> Any:
     """Instantiate RRDBNet or SRVGGNetCompact from an ``arch`` mapping (type + hyper-parameters)."""
     import_basicsr_stack()
@@ -108,8 +227,7 @@ class Upscaler:
             net.load_state_dict(sd, strict=True)
         except RuntimeError as e:
             raise WeightsError(f"checkpoint does not fit architecture {dict(arch)}: {str(e).splitlines()[0]}") from e
-        scale = int(arch.get("scale") or arch.get("upscale") or 4)
-        return cls(net, scale=scale, device=device, half=half)
+        return cls(net, scale=arch_scale(arch), device=device, half=half)
 
     def __call__(self, rgb: np.ndarray, opts: UpscaleOptions = UpscaleOptions()) -> np.ndarray:
         """Upscale an RGB float32 (H, W, 3) image in [0, 1]; returns RGB float32 in [0, 1]."""

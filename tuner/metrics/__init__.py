@@ -106,8 +106,9 @@ def get(name: str) -> MetricInfo:
     if bare in nr:
         return _pyiqa_info(bare)
     close = difflib.get_close_matches(name, list(TABLE) + list(nr), n=3)
+    hint = "" if nr else " (pyiqa's metrics need the optional extra: pip install 'tuner[pyiqa]')"
     raise MetricError(f"unknown metric {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
-                      + " (`tuner metrics` lists them)")
+                      + " (`tuner metrics` lists them)" + hint)
 
 
 def check_available(name: str, *, probe: bool = False) -> tuple[bool, str]:

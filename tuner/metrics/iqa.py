@@ -68,11 +68,12 @@ def brisque(ctx: Context) -> float:
 
 
 def piqe(ctx: Context) -> float:
-    """PIQE (lower better, 0-100): MATLAB's piqe(), ported to numpy from pyiqa's; no weights.
+    """PIQE (lower better, 0-100): MATLAB's piqe(), a clean-room numpy implementation; no weights.
 
-    Reference: MATLAB IPT ``piqe()``; equal to its values in pyiqa's ResultsCalibra table to
-    their 2 decimals (tests/test_iqa.py).  Computed in float64 (pyiqa: float32, which flips a
-    threshold now and then: up to 0.12 apart on the bundled portraits).
+    Reference: MATLAB IPT ``piqe()`` (Venkatanath et al., NCC 2015); equal to MATLAB's values on
+    the calibration images to their 2 decimals (tests/test_iqa.py).  Written from the paper,
+    MathWorks' documentation and the MIT-licensed ``pypiqe`` (see tuner/metrics/nr_piqe.py),
+    not from pyiqa's non-commercial code.
     """
     return _not_applicable(ctx, "piqe", lambda: nr_piqe.piqe(ctx.iqa_image))
 

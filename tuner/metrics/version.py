@@ -1,10 +1,11 @@
 """Identity of the metric code, for cache keys: a stale metric value must never be served.
 
 ``METRICS_VERSION`` is bumped by hand whenever a metric's meaning changes in a way the
-code digest below cannot see (a shared helper outside ``tuner/metrics``, a parameter file).
-``code_digest`` hashes the source of every module that defines one of the named metrics,
-plus the shared context and the skin mask, so editing a metric's code is a cache miss
-even when nobody remembered to bump the version.
+digest below cannot see.  ``code_digest`` hashes every source and data file the metrics
+read (the whole ``tuner/metrics`` package with its model files, and the modules they take
+face geometry, luminance and the reference upscale from), plus the source of each named
+metric function as registered in the table, so editing any metric code, a shared helper
+or a model file is a cache miss even when nobody remembered to bump the version.
 """
 
 from __future__ import annotations
@@ -13,38 +14,53 @@ import functools
 import hashlib
 import inspect
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 METRICS_VERSION = "2"
+
+_PKG = Path(__file__).resolve().parent
+# modules outside tuner/metrics whose code the metrics run (faces: skin mask and face boxes;
+# images: luminance; blend: the reference upscale R)
+_SHARED = ("faces.py", "images.py", "blend.py")
+
+
+def metric_files() -> list[Path]:
+    """Every file whose content can change a metric value, in a stable order."""
+    files = sorted(p for p in _PKG.rglob("*") if p.is_file() and p.suffix in (".py", ".npz"))
+    return files + [_PKG.parent / name for name in _SHARED if (_PKG.parent / name).is_file()]
+
+
+def files_digest(files: Iterable[Path], root: Path) -> str:
+    """sha256 over (relative name, content) of ``files``."""
+    h = hashlib.sha256(METRICS_VERSION.encode())
+    for f in files:
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _package_digest() -> str:
+    return files_digest(metric_files(), _PKG.parent)
 
 
 def _source(fn: Callable[..., object]) -> str:
     fn = getattr(fn, "func", fn)  # functools.partial (pyiqa rows)
-    mod = inspect.getmodule(fn)
     try:
-        return inspect.getsource(fn) + (inspect.getsource(mod) if mod is not None else "")
+        return inspect.getsource(fn)
     except (OSError, TypeError):  # no source (frozen build): fall back to the qualified name
         return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-
-
-@functools.lru_cache(maxsize=64)
-def _digest(fns: tuple[Callable[..., object], ...]) -> str:
-    from ..faces import skin_mask
-    from . import context
-
-    h = hashlib.sha256(METRICS_VERSION.encode())
-    for fn in (*fns, context.InputAnalysis, skin_mask):
-        h.update(_source(fn).encode())
-    return h.hexdigest()
-
-
-def code_digest(names: Iterable[str]) -> str:
-    """sha256 over METRICS_VERSION and the source of the named metrics (order-independent)."""
-    from . import get
-
-    fns = tuple(sorted({get(n).fn for n in names}, key=_sort_key))
-    return _digest(fns)
 
 
 def _sort_key(fn: Callable[..., object]) -> tuple[str, str, str]:
     base = getattr(fn, "func", fn)
     return (getattr(base, "__module__", ""), getattr(base, "__qualname__", ""), repr(getattr(fn, "args", ())))
+
+
+def code_digest(names: Iterable[str]) -> str:
+    """sha256 over the metric files and the registered functions of ``names`` (order-independent)."""
+    from . import get
+
+    h = hashlib.sha256(_package_digest().encode())
+    for fn in sorted({get(n).fn for n in names}, key=_sort_key):
+        h.update(_source(fn).encode())
+    return h.hexdigest()
