@@ -8,7 +8,7 @@ Each case runs in a child process (like bench_upscale.py --rss-child): load the 
 32 px input, then reset the peak RSS (Linux /proc/self/clear_refs; else ru_maxrss) and run
 ``Pipeline.run`` (upscale, global blend 0.3) and the PNG encode on a portrait resized to size^2.
 "measured" is the peak RSS above the warmed-up process; "estimate" is
-``tuner.pipeline.estimate_memory(...).host`` for the same input, tile and settings, with the stage
+``tuner.memory.estimate_memory(...).host`` for the same input, tile and settings, with the stage
 that sets it.  The estimate should be >= measured (a budget guard), but not by much (ratio ~1-1.5).
 
 --calibrate measures what the constants are fitted on: bare ``net(x)`` forwards of random-weight
@@ -112,9 +112,10 @@ def child_post(c: dict[str, Any]) -> dict[str, Any]:
     """The stages after the upscale on a stand-in SR output (the SR array exists before the peak is reset)."""
     import numpy as np
 
-    from tuner.blend import blend, reference_upscale
-    from tuner.faces import Face, RestoredFace, paste_faces, skin_mask
-    from tuner.images import encode
+    from tuner.blend import blend
+    from tuner.facegeom import Face, skin_mask
+    from tuner.faces import RestoredFace, paste_faces
+    from tuner.images import encode, reference_upscale
 
     n = c["size"]
     image = _portrait(n)
@@ -168,7 +169,8 @@ def run_child(case: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 
 def estimate(case: dict[str, Any]) -> tuple[int, str]:
-    from tuner.pipeline import Params, PipelineSpec, estimate_memory
+    from tuner.memory import estimate_memory
+    from tuner.pipeline import Params, PipelineSpec
     from tuner.weights import catalogue
 
     spec = PipelineSpec(model=catalogue("model")[case["model"]], blend_variant=case["variant"])

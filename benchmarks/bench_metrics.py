@@ -18,9 +18,8 @@ import yaml
 from _common import PORTRAITS, ROOT, WEIGHTS, timeit
 
 from tuner import metrics as M
-from tuner.blend import reference_upscale
 from tuner.faces import FaceDetector
-from tuner.images import decode, resize
+from tuner.images import decode, reference_upscale, resize
 from tuner.upscale import UpscaleOptions, Upscaler
 from tuner.weights import catalogue, load_state_dict
 

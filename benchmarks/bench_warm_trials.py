@@ -24,12 +24,13 @@ from _common import ROOT, WEIGHTS, need_weights
 
 from tuner import metrics as M
 from tuner import objective as O
-from tuner.blend import blend, reference_upscale
+from tuner.blend import blend
 from tuner.cache import StageCache
 from tuner.dataset import load as load_dataset
 from tuner.faces import FaceDetector
-from tuner.images import decode, encode
+from tuner.images import decode, encode, reference_upscale
 from tuner.pipeline import Params, PipelineSpec
+from tuner.scoring import Scorer
 from tuner.study import TrialRunner
 from tuner.upscale import UpscaleOptions, Upscaler
 from tuner.weights import WeightStore, catalogue, load_state_dict
@@ -64,10 +65,11 @@ def main() -> None:
             outs.append(o)
         return outs
 
+    cache = StageCache(tmp / "cache")
+    scorer = Scorer(names, iqa_max_side=1024, detector="retinaface", detection_threshold=0.9, cache=cache)
     runner = TrialRunner(base=PipelineSpec(model=spec_m), base_params=Params(), space={}, objective=objective,
-                         dataset=ds, metric_names=names, iqa_max_side=1024,
-                         store=WeightStore(weights_dir=WEIGHTS, allow_download=False),
-                         cache=StageCache(tmp / "cache"))
+                         dataset=ds, scorer=scorer, store=WeightStore(weights_dir=WEIGHTS, allow_download=False),
+                         cache=cache)
     t = time.perf_counter()
     runner.evaluate(runner.base, Params(blend=0.05))  # the cold pass
     cold = time.perf_counter() - t

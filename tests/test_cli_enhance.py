@@ -117,7 +117,8 @@ def test_enhance_auto_tile_in_a_small_budget(tmp_path, run_cli):
     import torch
 
     from tuner.images import decode, fit_max_side
-    from tuner.pipeline import PipelineSpec, estimate_memory
+    from tuner.memory import estimate_memory
+    from tuner.pipeline import PipelineSpec
     from tuner.weights import ModelSpec
 
     torch.save(tiny_state_dict(TINY_RRDB, 3, "params_ema"), tmp_path / "mine.pth")

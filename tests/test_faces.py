@@ -6,7 +6,8 @@ import torch
 from conftest import PORTRAITS, TINY_GFPGAN, tiny_state_dict
 
 from tuner.errors import PipelineError
-from tuner.faces import FaceDetector, FaceRestorer, paste_faces, paste_masks, restore_faces, skin_mask
+from tuner.facegeom import skin_mask
+from tuner.faces import FaceDetector, FaceRestorer, paste_faces, paste_masks, restore_faces
 from tuner.images import decode, fit_max_side, resize
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from tuner import objective as O
 from tuner.errors import ConfigError
-from tuner.study import best_trial
+from tuner.export import best_trial
 
 
 def _rows(**per_metric):

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from conftest import PORTRAITS, SHARED_WEIGHTS, needs_shared_weights
 
-from tuner.blend import reference_upscale
-from tuner.images import decode, fit_max_side
+from tuner.images import decode, fit_max_side, reference_upscale
 from tuner.pipeline import Params, Pipeline, PipelineSpec
 from tuner.weights import WeightStore, catalogue
 

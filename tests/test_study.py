@@ -63,6 +63,8 @@ def test_tune_export_enhance_round_trip(tmp_path, tiny_weights, portraits, run_c
     kinds = dict(con.execute("select value, count(*) from tags where key='tuner.kind' group by value").fetchall())
     parents = {v for (v,) in con.execute("select value from tags where key='mlflow.parentRunId'")}
     assert kinds == {"study": 1, "trial": len(states)} and len(parents) == 1
+    # artifacts live beside mlflow.db in the run folder, not in ./mlruns of the working directory
+    assert any((run / "mlartifacts").rglob("metrics.csv")) and not (tmp_path / "mlruns").exists()
 
     # export reproduces the same preset; enhance with it reproduces the tuned outputs byte for byte
     r = run_cli("export", "study.name=rt", f"out={tmp_path / 'p.yaml'}", "allow_infeasible=true", cwd=tmp_path)
@@ -191,7 +193,8 @@ def test_every_config_composes():
     from tuner import objective as O
     from tuner.config import to_dict
     from tuner.evaluate import metric_settings
-    from tuner.study import search_space, study_settings
+    from tuner.search import search_space
+    from tuner.storage import study_settings
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         for name in ("enhance", "evaluate", "tune", "export", "weights", "metrics_table"):
@@ -217,24 +220,6 @@ def test_mlflow_failure_is_reported_and_the_study_completes(tmp_path, tiny_weigh
     assert "MLflow: start study run failed" in r.stdout + r.stderr
     st, states = _states(tmp_path / "runs" / "mlf" / "study.db", "mlf")
     assert states.count("COMPLETE") == 2
-
-
-@pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2", "random", "grid"])
-def test_every_sampler_draws_from_the_search_space(sampler, tmp_path):
-    from tuner.study import make_sampler, search_space, study_settings
-
-    space = search_space({"params": {"tile": {"type": "categorical", "choices": [0, 64]},
-                                     "blend": {"type": "float", "low": 0.0, "high": 0.8, "step": 0.4}}})
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.create({"study": {"name": "s", "n_trials": 3, "sampler": sampler, "n_startup_trials": 1}})
-    st = study_settings(cfg, tmp_path)
-    study = optuna.create_study(sampler=make_sampler(st, space))
-    for _ in range(3):
-        t = study.ask()
-        drawn = {k: knob.suggest(t) for k, knob in space.items()}
-        assert drawn["tile"] in (0, 64) and 0.0 <= drawn["blend"] <= 0.8
-        study.tell(t, drawn["blend"])
 
 
 # ------------------------------------------------------------------ correctness: loops, baselines, resumes
@@ -290,78 +275,6 @@ def test_study_names_cannot_leave_the_runs_folder(tmp_path, portraits, run_cli, 
     r = run_cli(*_tune_args(tmp_path, portraits, name), cwd=tmp_path)
     assert r.returncode == 1 and "study.name" in r.stderr
     assert not (tmp_path / "escape").exists() and not (tmp_path / "runs").exists()
-
-
-# ------------------------------------------------------------------ the metric cache never serves stale values
-def _scorer(tmp_path, threshold=0.9):
-    from tuner.cache import StageCache
-    from tuner.pipeline import Params, PipelineSpec
-    from tuner.study import TrialRunner
-    from tuner.weights import WeightStore, catalogue
-
-    spec = PipelineSpec(model=catalogue("model")["realesr-general-x4v3"], detection_threshold=threshold)
-    return TrialRunner(base=spec, base_params=Params(), space={}, objective=None, dataset=None,  # type: ignore[arg-type]
-                       metric_names=["crunch", "wax"], iqa_max_side=1024, store=WeightStore(),
-                       cache=StageCache(tmp_path / "cache"))
-
-
-def test_metric_cache_keys_on_input_faces_detector_and_metric_code(tmp_path, monkeypatch):
-    from dataclasses import replace
-
-    import cv2
-
-    from tuner import metrics as M
-    from tuner.faces import FaceDetector
-    from tuner.images import decode, fit_max_side, from_array
-    from tuner.pipeline import Result
-
-    hr = fit_max_side(decode(ROOT / "datasets" / "portraits" / "A13_flickr_ccby_05.jpg"), 256).rgb
-    h, w = hr.shape[0] // 4 * 4, hr.shape[1] // 4 * 4
-    hr = np.ascontiguousarray(hr[:h, :w])
-    inp = cv2.resize(hr, (w // 4, h // 4), interpolation=cv2.INTER_AREA)
-    out = np.clip(hr + 0.5 * (hr - cv2.GaussianBlur(hr, (0, 0), 1.5)), 0, 1)
-    res = Result(image=from_array(out), sr=out, reference=out, faces=[], face_mask=None, scale=4.0, tile=0)
-    faces = FaceDetector()(inp)
-    analysis = M.InputAnalysis(inp, faces, (h, w))
-
-    first, _ = _scorer(tmp_path).score(res, analysis)
-    again, extra = _scorer(tmp_path).score(res, analysis)  # a new process: served from the disk cache
-    assert again == first and extra == {"memo": True}
-
-    # another detector threshold, other faces, another input: each is a miss, never the old values
-    assert _scorer(tmp_path, 0.5).score(res, analysis)[1] != {"memo": True}
-    moved = [replace(f, box=tuple(np.asarray(f.box) + 2)) for f in faces]
-    assert _scorer(tmp_path).score(res, M.InputAnalysis(inp, moved, (h, w)))[1] != {"memo": True}
-    assert _scorer(tmp_path).score(res, M.InputAnalysis(np.ascontiguousarray(inp[::-1]), faces, (h, w)))[1] \
-        != {"memo": True}
-
-    # edit a metric's behaviour (its code): the cached value must not be served
-    def crunch_v2(ctx):
-        """Crunch, edited."""
-        return 42.0
-
-    monkeypatch.setitem(M.TABLE, "crunch", replace(M.TABLE["crunch"], fn=crunch_v2))
-    edited, extra = _scorer(tmp_path).score(res, analysis)
-    assert extra != {"memo": True} and edited["crunch"] == 42.0 and edited["wax"] == first["wax"]
-
-
-def test_metric_code_digest_covers_helpers_and_model_files(tmp_path):
-    """Editing a shared helper (not a metric function) or a model file changes the cache key's digest."""
-    import shutil
-
-    from tuner.metrics import version as V
-
-    pkg = ROOT / "tuner"
-    names = {f.relative_to(pkg).as_posix() for f in V.metric_files()}
-    assert {"metrics/nss.py", "metrics/skin.py", "metrics/data/niqe_live.npz", "faces.py"} <= names
-    copy = tmp_path / "tuner"
-    shutil.copytree(pkg, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    files = [copy / n for n in sorted(names)]
-    before = V.files_digest(files, copy)
-    assert before == V.files_digest([pkg / n for n in sorted(names)], pkg)
-    nss = copy / "metrics" / "nss.py"
-    nss.write_text(nss.read_text().replace("def mscn(", "def mscn(  ", 1))  # an edit to a helper only
-    assert V.files_digest(files, copy) != before
 
 
 def test_the_default_study_never_imports_pyiqa(tmp_path, tiny_weights, portraits):

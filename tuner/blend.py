@@ -1,4 +1,5 @@
-"""Output blends with a classic upscale R of the input (Lanczos), the honest anti-crunch knob.
+"""Output blends with a classic upscale R of the input (Lanczos, :func:`tuner.images.reference_upscale`),
+the honest anti-crunch knob.
 
 ``amount`` in [0, 1]: 0 returns the SR result unchanged, 1 returns R (within the mask).
 Variants:
@@ -15,14 +16,8 @@ import cv2
 import numpy as np
 
 from .errors import ConfigError
-from .images import resize
 
 VARIANTS = ("global", "skin", "frequency")
-
-
-def reference_upscale(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """R: Lanczos (cv2.INTER_LANCZOS4) upscale of the input to ``size`` = (H, W), clipped to [0, 1]."""
-    return resize(rgb, size, interpolation=cv2.INTER_LANCZOS4)
 
 
 def blend(sr: np.ndarray, ref: np.ndarray, *, amount: float, variant: str = "global",

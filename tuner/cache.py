@@ -1,6 +1,6 @@
 """Content-addressed on-disk cache of stage outputs (arrays only, never pickles).
 
-A key is the sha256 of a canonical JSON of everything that determines the output:
+A key (:func:`tuner.hashing.make_key`) is the sha256 of a canonical JSON of everything that determines the output:
 input content hash, model content hash(es), stage parameters and PIPELINE_VERSION.
 Writes are atomic (temporary file + ``os.replace``), so a crash never leaves a half
 entry; a size limit evicts least-recently-used entries.
@@ -8,32 +8,17 @@ entry; a size limit evicts least-recently-used entries.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .images import atomic_write_bytes
 
 log = logging.getLogger(__name__)
-
-
-def make_key(**parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def array_hash(a: np.ndarray) -> str:
-    h = hashlib.sha256()
-    h.update(str((a.dtype, a.shape)).encode())
-    h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
 
 
 class StageCache:

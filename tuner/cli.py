@@ -10,11 +10,10 @@ import difflib
 import logging
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from .errors import TunerError
-from .weights import CONF_DIR
+from .paths import conf_dir
 
 log = logging.getLogger("tuner")
 
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         rest = expand_preset(rest) if cmd in ("enhance", "evaluate") else rest
         for a in rest:  # before Hydra creates runs/<study.name>/: a name must not leave that folder
             if a.split("=", 1)[0].lstrip("+~") == "study.name" and "=" in a:
-                from .study import check_study_name
+                from .storage import check_study_name
 
                 check_study_name(a.split("=", 1)[1])
     except TunerError as e:
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     old_argv = sys.argv
     sys.argv = [f"tuner {cmd}", *rest]
     try:
-        hydra.main(config_path=str(Path(CONF_DIR)), config_name=CONFIG_NAMES.get(cmd, cmd), version_base="1.3")(app)()
+        hydra.main(config_path=str(conf_dir()), config_name=CONFIG_NAMES.get(cmd, cmd), version_base="1.3")(app)()
     except SystemExit as e:  # Hydra exits on bad overrides / --help
         return int(e.code or 0) if not isinstance(e.code, str) else 1
     finally:

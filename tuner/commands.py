@@ -165,6 +165,6 @@ def tune(cfg: Any) -> int:
 
 
 def export(cfg: Any) -> int:
-    from .study import run_export
+    from .export import run_export
 
     return run_export(cfg)

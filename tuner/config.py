@@ -14,16 +14,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .cache import StageCache
+from .dataset import Dataset
 from .errors import ConfigError
 from .images import Limits
-from .pipeline import (
-    DEFAULT_MAX_OUTPUT_PIXELS,
-    MemoryLimits,
-    Params,
-    PipelineSpec,
-    default_memory_budget,
-    dni_plan,
-)
+from .memory import DEFAULT_MAX_OUTPUT_PIXELS, MemoryLimits, default_memory_budget
+from .pipeline import Params, PipelineSpec, dni_plan
 from .weights import ModelSpec, WeightStore, catalogue, detect_arch, load_state_dict
 
 OUTPUT_FORMATS = ("same", "png", "jpg", "webp", "tif", "bmp")
@@ -61,7 +56,9 @@ def weight_store(cfg: Any) -> WeightStore:
     wd = cfg.get("weights_dir")
     if wd and not Path(str(wd)).expanduser().is_dir():
         raise ConfigError(f"weights_dir={wd} is not a folder")
-    return WeightStore(weights_dir=wd, allow_download=bool(cfg.get("allow_download", True)))
+    paths = cfg.get("paths")
+    cache = Path(str(paths.cache_dir)).expanduser() / "weights" if paths is not None and paths.get("cache_dir") else None
+    return WeightStore(weights_dir=wd, cache_dir=cache, allow_download=bool(cfg.get("allow_download", True)))
 
 
 def stage_cache(cfg: Any) -> StageCache | None:
@@ -187,3 +184,28 @@ def pipeline_config(cfg: Any) -> PipelineConfig:
     if isinstance(params.tile, int) and params.tile and spec.overlap * 2 >= params.tile:
         raise ConfigError(f"upscale.overlap={spec.overlap} must be less than half of params.tile={params.tile}")
     return PipelineConfig(spec=spec, params=params, store=store, cache=stage_cache(cfg))
+
+
+def metric_settings(cfg: Any) -> tuple[list[str], int]:
+    """``metrics.names`` (each checked against the metric table) and ``metrics.iqa_max_side``."""
+    from . import metrics
+
+    node = to_dict(cfg.metrics) or {}
+    check_keys(node, {"names", "iqa_max_side"}, "metrics")
+    names = list(node.get("names") or [])
+    if not names:
+        raise ConfigError("metrics.names is empty")
+    for n in names:
+        metrics.get(n)  # unknown names fail here, before any model loads
+    return names, int(node.get("iqa_max_side", 1024))
+
+
+def dataset_from_cfg(cfg: Any) -> Dataset:
+    """The ``dataset`` node: the portrait set at its analysis size."""
+    from . import dataset
+
+    d = to_dict(cfg.dataset) or {}
+    check_keys(d, {"path", "max_side", "limit", "on_error"}, "dataset")
+    ms = d.get("max_side")
+    return dataset.load(d.get("path"), max_side=None if ms is None else int(ms), limit=d.get("limit"),
+                        limits=limits(cfg), on_error=str(d.get("on_error", "skip")))

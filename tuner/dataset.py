@@ -7,13 +7,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import array_hash
 from .errors import ConfigError, ImageError
+from .hashing import array_hash
 from .images import Image, Limits, decode, fit_max_side, list_images
+from .paths import bundled_portraits
 
 log = logging.getLogger(__name__)
 
-BUNDLED = Path(__file__).resolve().parent.parent / "datasets" / "portraits"
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def load(path: str | Path | None, *, max_side: int | None = None, limit: int | N
         raise ConfigError(f"dataset.on_error must be skip or fail, got {on_error!r}")
     if max_side is not None and max_side < limits.min_side:
         raise ConfigError(f"dataset.max_side={max_side} is below limits.min_side={limits.min_side}")
-    root = BUNDLED if path in (None, "", "null") else Path(str(path)).expanduser()
+    root = bundled_portraits() if path in (None, "", "null") else Path(str(path)).expanduser()
     if not root.is_dir():
         raise ConfigError(f"dataset.path={root} is not a folder")
     files = list_images(root)

@@ -12,68 +12,22 @@ why a value is missing) and ``summary.csv`` (mean, median, p10, p90 per metric),
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from . import metrics as M
-from .config import limits, pipeline_config, to_dict
-from .dataset import Dataset, Item
-from .dataset import load as load_dataset
+from .config import dataset_from_cfg, limits, metric_settings, pipeline_config, to_dict
 from .errors import ConfigError, ImageError, PipelineError
 from .faces import FaceDetector
 from .images import atomic_write_bytes, decode, encode, list_images
+from .scoring import analysis_for, score_one, summarize
 
 log = logging.getLogger("tuner")
-
-
-def metric_settings(cfg: Any) -> tuple[list[str], int]:
-    node = to_dict(cfg.metrics) or {}
-    from .config import check_keys
-
-    check_keys(node, {"names", "iqa_max_side"}, "metrics")
-    names = list(node.get("names") or [])
-    if not names:
-        raise ConfigError("metrics.names is empty")
-    for n in names:
-        M.get(n)  # unknown names fail here, before any model loads
-    return names, int(node.get("iqa_max_side", 1024))
-
-
-def dataset_from_cfg(cfg: Any) -> Dataset:
-    d = to_dict(cfg.dataset) or {}
-    from .config import check_keys
-
-    check_keys(d, {"path", "max_side", "limit", "on_error"}, "dataset")
-    ms = d.get("max_side")
-    return load_dataset(d.get("path"), max_side=None if ms is None else int(ms), limit=d.get("limit"),
-                        limits=limits(cfg), on_error=str(d.get("on_error", "skip")))
-
-
-def summarize(df: pd.DataFrame, names: list[str]) -> pd.DataFrame:
-    rows = []
-    for n in names:
-        v = pd.to_numeric(df[n], errors="coerce").dropna() if n in df else pd.Series(dtype=float)
-        rows.append({"metric": n, "direction": M.get(n).direction, "n": int(v.size),
-                     "mean": v.mean() if v.size else math.nan, "median": v.median() if v.size else math.nan,
-                     "p10": v.quantile(0.1) if v.size else math.nan, "p90": v.quantile(0.9) if v.size else math.nan})
-    return pd.DataFrame(rows)
-
-
-def score_one(output: np.ndarray, analysis: M.InputAnalysis, names: list[str], *, tile: int,
-              face_mask: np.ndarray | None, iqa_max_side: int) -> tuple[dict[str, float], dict[str, Any]]:
-    ctx = M.Context(output, analysis, tile=tile, face_mask=face_mask, iqa_max_side=iqa_max_side)
-    vals = M.score(ctx, names)
-    extra = {"notes": "; ".join(f"{k}: {v}" for k, v in ctx.notes.items())}
-    if "identity_per_face" in ctx.extras:
-        extra["identity_per_face"] = json.dumps([round(x, 4) for x in ctx.extras["identity_per_face"]])
-    return vals, extra
 
 
 def detector_from_cfg(cfg: Any) -> FaceDetector:
@@ -196,9 +150,3 @@ def run_evaluate(cfg: Any) -> int:
     return EXIT_PARTIAL if failures else 0
 
 
-def analysis_for(item: Item, res: Any, pipe: Any) -> M.InputAnalysis:
-    """The input analysis for a pipeline result (faces from the pipeline's own detector cache)."""
-    faces = res.faces if res.faces else pipe.detect(item.image)
-    a = M.InputAnalysis(item.image.rgb, faces, res.image.rgb.shape[:2])
-    a.__dict__["reference"] = res.reference  # reuse R instead of recomputing it
-    return a

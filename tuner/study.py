@@ -17,218 +17,65 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import math
 import os
 import random
-import re
 import time
 import warnings
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from . import PIPELINE_VERSION, __version__
-from . import metrics as M
+from . import PIPELINE_VERSION, __version__, search
 from . import objective as O
 from . import preset as presets
-from .cache import StageCache, array_hash, make_key
-from .config import check_keys, pipeline_config, to_dict
-from .dataset import Dataset, Item
-from .errors import ConfigError, TunerError, WeightsError
-from .evaluate import analysis_for, dataset_from_cfg, metric_settings, score_one
+from .cache import StageCache
+from .config import check_keys, dataset_from_cfg, metric_settings, pipeline_config, to_dict
+from .dataset import Dataset
+from .errors import ConfigError, TunerError
+from .export import SCHEMA, _holds, best_trial, build_preset
 from .images import atomic_write_bytes, encode, from_array
-from .metrics.version import METRICS_VERSION, code_digest
 from .pipeline import Params, Pipeline, PipelineSpec, Result
+from .scoring import Scorer
+from .search import Knob, make_sampler, resolve_knobs, search_space
+from .storage import (
+    StudySettings,
+    file_lock,
+    heartbeat,
+    heartbeat_enabled,
+    make_storage,
+    redact_url,
+    storage_lock_path,
+    study_settings,
+)
 from .tracking import Tracker
 from .weights import WeightStore, catalogue, content_hash
 
 log = logging.getLogger("tuner")
 
-FACE_KNOBS = ("face_weight", "face_upsample")
-KNOB_NAMES = ("tile", "denoise", "face_weight", "blend", "blend_variant", "face_upsample", "model")
-
-
-# ---------------------------------------------------------------- search space
-@dataclass(frozen=True)
-class Knob:
-    name: str
-    type: str  # categorical | float | int
-    choices: tuple[Any, ...] = ()
-    low: float = 0.0
-    high: float = 1.0
-    step: float | None = None
-    log: bool = False
-
-    def suggest(self, trial: Any) -> Any:
-        if self.type == "categorical":
-            return trial.suggest_categorical(self.name, list(self.choices))
-        if self.type == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
-
-
-def search_space(node: Mapping[str, Any]) -> dict[str, Knob]:
-    """Validate ``conf/search/*.yaml``'s ``params`` mapping."""
-    check_keys(node, {"params", "description"}, "search")
-    out = {}
-    for name, k in (node.get("params") or {}).items():
-        if name not in KNOB_NAMES:
-            raise ConfigError(f"search.params.{name}: unknown knob; searchable: {KNOB_NAMES}")
-        if k is None:
-            continue  # removed by an experiment config
-        check_keys(k, {"type", "choices", "low", "high", "step", "log"}, f"search.params.{name}")
-        t = k.get("type")
-        if t == "categorical":
-            if not k.get("choices"):
-                raise ConfigError(f"search.params.{name}: categorical needs choices")
-            out[name] = Knob(name, t, tuple(k["choices"]))
-        elif t in ("float", "int"):
-            lo, hi = float(k.get("low", 0)), float(k.get("high", 1))
-            if lo > hi:
-                raise ConfigError(f"search.params.{name}: low {lo} > high {hi}")
-            if name in ("denoise", "face_weight", "blend") and not (0 <= lo and hi <= 1):
-                raise ConfigError(f"search.params.{name}: range must lie in [0, 1], got [{lo}, {hi}]")
-            out[name] = Knob(name, t, (), lo, hi, k.get("step"), bool(k.get("log", False)))
-        else:
-            raise ConfigError(f"search.params.{name}: type must be categorical, float or int, got {t!r}")
-    if "tile" in out and out["tile"].type == "categorical" and any(int(c) < 0 for c in out["tile"].choices):
-        raise ConfigError("search.params.tile: choices must be >= 0")
-    return out
-
-
-# ---------------------------------------------------------------- settings
-@dataclass(frozen=True)
-class StudySettings:
-    name: str
-    n_trials: int
-    storage: str
-    sampler: str
-    seed: int
-    n_startup_trials: int
-    pruner: bool
-    p_threshold: float
-    n_startup_steps: int
-    heartbeat_interval: int
-    grace_period: int
-    max_retry: int
-    strict: bool
-    allow_infeasible: bool
-    max_consecutive_failures: int
-    max_failures: int
-
-
-def study_settings(cfg: Any, run_dir: Path) -> StudySettings:
-    s = to_dict(cfg.study) or {}
-    check_keys(s, {"name", "n_trials", "storage", "sampler", "seed", "n_startup_trials", "pruner", "heartbeat",
-                   "max_retry", "strict", "allow_infeasible", "max_consecutive_failures", "max_failures"}, "study")
-    pr = s.get("pruner") or {}
-    check_keys(pr, {"enabled", "p_threshold", "n_startup_steps"}, "study.pruner")
-    hb = s.get("heartbeat") or {}
-    check_keys(hb, {"interval", "grace_period"}, "study.heartbeat")
-    sampler = str(s.get("sampler", "tpe"))
-    if sampler not in ("tpe", "gp", "nsga2", "random", "grid"):
-        raise ConfigError(f"study.sampler must be tpe, gp, nsga2, random or grid, got {sampler!r}")
-    n = int(s.get("n_trials", 0))
-    if n < 1:
-        raise ConfigError(f"study.n_trials must be >= 1, got {n}")
-    name = check_study_name(str(s.get("name") or ""))
-    max_consec, max_fail = int(s.get("max_consecutive_failures", 3)), int(s.get("max_failures", 10))
-    if max_consec < 1 or max_fail < 1:
-        raise ConfigError("study.max_consecutive_failures and study.max_failures must be >= 1")
-    storage = s.get("storage") or f"sqlite:///{(run_dir / 'study.db').resolve()}"
-    return StudySettings(name=name, n_trials=n, storage=str(storage), sampler=sampler, seed=int(s.get("seed", 0)),
-                         n_startup_trials=int(s.get("n_startup_trials", 8)), pruner=bool(pr.get("enabled", True)),
-                         p_threshold=float(pr.get("p_threshold", 0.1)), n_startup_steps=int(pr.get("n_startup_steps", 5)),
-                         heartbeat_interval=int(hb.get("interval", 30)), grace_period=int(hb.get("grace_period", 90)),
-                         max_retry=int(s.get("max_retry", 2)), strict=bool(s.get("strict", False)),
-                         allow_infeasible=bool(s.get("allow_infeasible", False)),
-                         max_consecutive_failures=max_consec, max_failures=max_fail)
-
-
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-def check_study_name(name: str) -> str:
-    """A study name is also a folder name under runs/: refuse anything that could leave it."""
-    if not _NAME_RE.fullmatch(name) or ".." in name:
-        raise ConfigError(f"study.name must be 1-128 characters of letters, digits, '.', '_' or '-' (starting with a "
-                          f"letter or digit, no '..'), got {name!r}")
-    return name
-
-
-def make_storage(st: StudySettings) -> Any:
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
-    url = st.storage
-    if url.startswith("journal://"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        path = url[len("journal://"):]
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(path))
-    if "://" not in url:
-        raise ConfigError(f"study.storage must be a URL (sqlite:///file.db, postgresql://..., journal:///path), got {url!r}")
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        kwargs = {"connect_args": {"timeout": 60}}
-        Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=st.heartbeat_interval,
-                          grace_period=st.grace_period,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=st.max_retry))
-    except (optuna.exceptions.StorageInternalError, ImportError, ValueError) as e:
-        raise ConfigError(f"cannot open study.storage={redact_url(url)}: {redact_url(str(e))}") from e
-
-
-def make_sampler(st: StudySettings, space: Mapping[str, Knob]) -> Any:
-    import optuna.samplers as S
-
-    if st.sampler == "tpe":
-        return S.TPESampler(seed=st.seed, n_startup_trials=st.n_startup_trials, multivariate=True, group=True)
-    if st.sampler == "gp":
-        return S.GPSampler(seed=st.seed, n_startup_trials=st.n_startup_trials)
-    if st.sampler == "nsga2":
-        return S.NSGAIISampler(seed=st.seed)
-    if st.sampler == "random":
-        return S.RandomSampler(seed=st.seed)
-    grid: dict[str, list[Any]] = {}
-    for k in space.values():
-        if k.type != "categorical":
-            if k.step is None:
-                raise ConfigError(f"sampler=grid needs a step for search.params.{k.name}")
-            grid[k.name] = [float(v) for v in np.arange(k.low, k.high + 1e-9, k.step).round(6)]
-        else:
-            grid[k.name] = list(k.choices)
-    return S.GridSampler(grid, seed=st.seed)
-
 
 # ---------------------------------------------------------------- the trial runner
 class TrialRunner:
-    """Evaluates one trial's settings over the dataset: pipeline -> metrics -> objective."""
+    """Evaluates one trial's settings over the dataset: pipeline -> scoring -> objective."""
 
     def __init__(self, *, base: PipelineSpec, base_params: Params, space: Mapping[str, Knob], objective: O.Objective,
-                 dataset: Dataset, metric_names: list[str], iqa_max_side: int, store: WeightStore,
-                 cache: StageCache | None) -> None:
+                 dataset: Dataset, scorer: Scorer, store: WeightStore, cache: StageCache | None) -> None:
         self.base = base
         self.base_params = base_params
         self.space = dict(space)
         self.objective = objective
         self.dataset = dataset
-        self.metric_names = metric_names
-        self.iqa_max_side = iqa_max_side
+        self.scorer = scorer
+        self.metric_names = scorer.names
         self.store = store
         self.cache = cache
         self._pipelines: dict[str, Pipeline] = {}
-        self._analyses: dict[tuple[str, tuple[int, int]], M.InputAnalysis] = {}
-        self._metric_memo: dict[str, dict[str, float]] = {}
         self.models = catalogue("model")
 
     def pipeline(self, spec: PipelineSpec) -> Pipeline:
@@ -238,70 +85,10 @@ class TrialRunner:
         return self._pipelines[key]
 
     def suggest(self, trial: Any) -> tuple[PipelineSpec, Params]:
-        """Draw this trial's settings; conditional knobs are drawn only where they act."""
-        spec, p = self.base, self.base_params
-        sp = self.space
-        if "model" in sp:
-            name = sp["model"].suggest(trial)
-            if name not in self.models:
-                raise ConfigError(f"search.params.model: unknown model {name!r}")
-            m = self.models[name]
-            spec = replace(spec, model=m, partner=self.models.get(m.denoise_partner or ""))
-        tile: int | str = int(sp["tile"].suggest(trial)) if "tile" in sp else p.tile
-        denoise = p.denoise
-        if "denoise" in sp and spec.model.denoise_partner and spec.partner is not None:
-            denoise = float(sp["denoise"].suggest(trial))
-        elif spec.model.denoise_partner is None:
-            denoise = None
-        face_weight = p.face_weight
-        if spec.face is not None and "face_weight" in sp:
-            face_weight = float(sp["face_weight"].suggest(trial))
-            if face_weight > 0 and "face_upsample" in sp:
-                spec = replace(spec, face_upsample=bool(sp["face_upsample"].suggest(trial)))
-        blend = float(sp["blend"].suggest(trial)) if "blend" in sp else p.blend
-        if blend > 0 and "blend_variant" in sp:
-            spec = replace(spec, blend_variant=str(sp["blend_variant"].suggest(trial)))
-        if spec.overlap and isinstance(tile, int) and tile and spec.overlap * 2 >= tile:
-            spec = replace(spec, overlap=max(tile // 2 - 1, 0))
-        return spec, Params(tile=tile, denoise=denoise, face_weight=face_weight, blend=blend)
+        return search.suggest(trial, self.space, self.base, self.base_params, self.models)
 
     def spec_for(self, trial: Any) -> PipelineSpec:
-        """The pipeline spec a finished trial used (structural knobs from its user attrs)."""
-        a = trial.user_attrs.get("spec", {})
-        spec = self.base
-        if a.get("model") and a["model"] != spec.model.name:
-            m = self.models[a["model"]]
-            spec = replace(spec, model=m, partner=self.models.get(m.denoise_partner or ""))
-        return replace(spec, **{k: a[k] for k in ("blend_variant", "face_upsample", "overlap") if k in a})
-
-    def analysis(self, item: Item, res: Result, pipe: Pipeline) -> M.InputAnalysis:
-        """The input's analysis, computed once per (input, output size) and reused by every trial."""
-        key = (item.content_hash, res.image.rgb.shape[:2])
-        if key not in self._analyses:
-            self._analyses[key] = analysis_for(item, res, pipe)
-        if not res.faces:
-            res.faces = self._analyses[key].faces  # for the contact sheet
-        return self._analyses[key]
-
-    def score(self, res: Result, analysis: M.InputAnalysis) -> tuple[dict[str, float], dict[str, Any]]:
-        """Metric values of one output; never recomputed for an output already scored."""
-        names = self.metric_names
-        key = metric_key(res, analysis, names, iqa_max_side=self.iqa_max_side, detector=self.base.detector,
-                         detection_threshold=self.base.detection_threshold)
-        if key in self._metric_memo:
-            return self._metric_memo[key], {"memo": True}
-        if self.cache is not None:
-            hit = self.cache.get("metrics", key)
-            if hit is not None:
-                vals = dict(zip(names, hit["values"].tolist(), strict=True))
-                self._metric_memo[key] = vals
-                return vals, {"memo": True}
-        vals, extra = score_one(res.image.rgb, analysis, names, tile=res.tile, face_mask=res.face_mask,
-                                iqa_max_side=self.iqa_max_side)
-        self._metric_memo[key] = vals
-        if self.cache is not None:
-            self.cache.put("metrics", key, {"values": np.array([vals[n] for n in names], dtype=np.float64)})
-        return vals, extra
+        return search.spec_for(trial, self.base, self.models)
 
     def evaluate(self, spec: PipelineSpec, params: Params, *, order: list[int] | None = None,
                  report: Any = None) -> tuple[list[dict[str, Any]], list[Result]]:
@@ -311,7 +98,7 @@ class TrialRunner:
         for idx in order if order is not None else range(len(self.dataset.items)):
             item = self.dataset.items[idx]
             res = pipe.run(item.image, params)
-            vals, extra = self.score(res, self.analysis(item, res, pipe))
+            vals, extra = self.scorer.score(res, self.scorer.analysis(item, res, pipe))
             row = {"image": item.name, "index": idx, "tile": res.tile, **vals, **extra,
                    "objective": self.objective.per_image(vals)}
             rows.append(row)
@@ -321,68 +108,7 @@ class TrialRunner:
         return rows, results
 
 
-def metric_key(res: Result, analysis: M.InputAnalysis, names: list[str], *, iqa_max_side: int, detector: str,
-               detection_threshold: float) -> str:
-    """Everything a metric value depends on: the output, the input, the faces the skin and
-    identity metrics read (and the detector settings that found them), the tile grid, the
-    paste mask, the analysis size, and the metric code itself (version + source digest)."""
-    faces = [[*map(float, f.box), *map(float, np.asarray(f.landmarks).ravel()), float(f.score)]
-             for f in analysis.faces]
-    return make_key(out=array_hash(res.image.rgb), input=array_hash(analysis.input), faces=faces,
-                    detector=detector, threshold=detection_threshold, names=names, tile=res.tile,
-                    mask="none" if res.face_mask is None else array_hash(res.face_mask), iqa=iqa_max_side,
-                    pipeline=PIPELINE_VERSION, metrics=METRICS_VERSION, code=code_digest(names))
-
-
 # ---------------------------------------------------------------- run
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def resolve_knobs(base: PipelineSpec, space: dict[str, Knob], store: WeightStore, strict: bool) -> tuple[
-        PipelineSpec, dict[str, Knob], list[str]]:
-    """Drop knobs whose weights cannot be had here (loudly), or fail with ``study.strict=true``."""
-    dropped: list[str] = []
-
-    def unavailable(knob: str, why: str) -> None:
-        msg = f"knob '{knob}' cannot be tuned here: {why}"
-        if strict:
-            raise ConfigError(msg + " (study.strict=true)")
-        log.warning("!!! %s -- dropped from the search space; recorded in the preset", msg)
-        dropped.append(f"{knob}: {why}")
-
-    if "denoise" in space:
-        if not base.model.denoise_partner or base.partner is None:
-            unavailable("denoise", f"model '{base.model.name}' has no interpolation partner")
-            space.pop("denoise")
-        else:
-            try:
-                store.resolve(base.partner)
-            except WeightsError as e:
-                unavailable("denoise", str(e))
-                space.pop("denoise")
-    face_knobs = [k for k in FACE_KNOBS if k in space]
-    if base.face is not None:
-        try:
-            store.resolve(base.face)
-        except WeightsError as e:
-            for k in face_knobs:
-                unavailable(k, str(e))
-                space.pop(k)
-            if not strict:
-                base = replace(base, face=None)
-    elif face_knobs:
-        for k in face_knobs:
-            unavailable(k, "face=none")
-            space.pop(k)
-    return base, space, dropped
 
 
 def versions() -> dict[str, str]:
@@ -397,9 +123,6 @@ def versions() -> dict[str, str]:
 
 class StudyAborted(TunerError):
     """The study stopped itself: trials keep failing (the message gives the last error)."""
-
-
-SCHEMA = 2  # of the study's ``tuner`` user attribute; a study written by another schema cannot be resumed
 
 
 def baseline_params(base: Params, base_spec: PipelineSpec, space: Mapping[str, Knob]) -> dict[str, Any]:
@@ -472,8 +195,10 @@ def run_tune(cfg: Any) -> int:
     base, space, dropped = resolve_knobs(pc.spec, space, pc.store, st.strict)
     log.info("study %s: %d image(s) at max_side=%s, searching %s", st.name, len(dataset.items), dataset.max_side,
              sorted(space))
+    scorer = Scorer(names, iqa_max_side=iqa_side, detector=base.detector,
+                    detection_threshold=base.detection_threshold, cache=pc.cache)
     runner = TrialRunner(base=base, base_params=pc.params, space=space, objective=objective, dataset=dataset,
-                         metric_names=names, iqa_max_side=iqa_side, store=pc.store, cache=pc.cache)
+                         scorer=scorer, store=pc.store, cache=pc.cache)
     multi = objective.mode == "multi"
     pruner = (optuna.pruners.WilcoxonPruner(p_threshold=st.p_threshold, n_startup_steps=st.n_startup_steps)
               if st.pruner and not multi else optuna.pruners.NopPruner())
@@ -481,14 +206,14 @@ def run_tune(cfg: Any) -> int:
     tracker = Tracker(enabled=bool(tracking.get("enabled", True)),
                       uri=str(os.environ.get("MLFLOW_TRACKING_URI") or tracking.get("uri")
                               or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"),
-                      experiment=str(tracking.get("experiment") or "tuner"))
+                      experiment=str(tracking.get("experiment") or "tuner"), artifact_dir=run_dir / "mlartifacts")
     ident = study_identity(base, pc.params, space, to_dict(cfg.objective), names, iqa_side, dataset)
     with file_lock(lock_path) if lock_path else contextlib.nullcontext():
         # under the lock: two workers creating a fresh SQLite storage at once race on its schema tables
         storage = make_storage(st)
         study = optuna.create_study(study_name=st.name, storage=storage, load_if_exists=True,
                                     directions=objective.directions,  # type: ignore[arg-type]
-                                    sampler=make_sampler(st, space),
+                                    sampler=make_sampler(st.sampler, space, seed=st.seed, n_startup_trials=st.n_startup_trials),
                                     pruner=pruner)
         prev = study.user_attrs.get("tuner")
         if not prev:
@@ -511,16 +236,6 @@ def run_tune(cfg: Any) -> int:
     worker_loop(study, storage, runner, st, objective, tracker, parent, lock_path, run_dir,
                 int(tracking.get("contact_sheet_faces", 6)))
     return finish(study, st, objective, runner, tracker, parent, run_dir)
-
-
-def storage_lock_path(url: str) -> Path | None:
-    """A lock file beside a local storage file (every process on this machine finds the same one);
-    None for server storages, where the count can overshoot by (workers - 1)."""
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):] + ".lock")
-    if url.startswith("journal://"):
-        return Path(url[len("journal://"):] + ".lock")
-    return None
 
 
 def _counts(study: Any) -> tuple[int, int]:
@@ -557,24 +272,6 @@ class FailureTally:
                                f"{st.max_failures}); last error: {self.last_error}")
 
 
-# Optuna's heartbeat thread and its "is this storage heartbeat-enabled" check live in the
-# private optuna.storages._heartbeat: Study.optimize uses them internally, but the worker
-# loop needs ask/tell (to hold our lock around ask), so they are reached here, and only here.
-def heartbeat_enabled(storage: Any) -> bool:
-    """Whether the storage fails the trials of silent workers (true for RDB storages with an interval)."""
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    return bool(is_heartbeat_enabled(storage))
-
-
-def _heartbeat(storage: Any, study: Any, trial: Any) -> Any:
-    from optuna.storages._heartbeat import get_heartbeat_thread
-
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
-                                                                trial.number)
-    return get_heartbeat_thread(trial_id, storage)
-
-
 def worker_loop(study: Any, storage: Any, runner: TrialRunner, st: StudySettings, objective: O.Objective,
                 tracker: Tracker, parent: str | None, lock_path: Path | None, run_dir: Path, sheet_faces: int) -> None:
     import optuna
@@ -603,7 +300,7 @@ def worker_loop(study: Any, storage: Any, runner: TrialRunner, st: StudySettings
                 break
             time.sleep(max(1, min(st.heartbeat_interval, 5)))
             continue
-        with _heartbeat(storage, study, trial) if hb else contextlib.nullcontext():
+        with heartbeat(storage, study, trial) if hb else contextlib.nullcontext():
             failed, reason = run_trial(study, trial, runner, objective, tracker, parent, run_dir, sheet_faces,
                                        st.n_startup_trials)
         tally.add(failed, reason, st)
@@ -752,92 +449,6 @@ def _trial_artifacts(tdir: Path, rows: list[dict[str, Any]], results: list[Resul
         encode(from_array(np.concatenate(crops, axis=1)), tdir / "faces.png")
 
 
-# ---------------------------------------------------------------- best trial, export
-def _rows_of(trial: Any) -> list[dict[str, Any]]:
-    """A finished trial's per-image rows for the gates, from its user attributes."""
-    per = trial.user_attrs.get("per_image") or {}
-    images = sorted({im for vals in per.values() for im in vals})
-    return [{"image": im, **{m: (math.nan if per[m].get(im) is None else per[m][im]) for m in per}} for im in images]
-
-
-def recheck(study: Any, objective: O.Objective) -> list[tuple[Any, list[O.Gate]]]:
-    """Completed trials with their per-image gates recomputed against the final baseline."""
-    from optuna.trial import TrialState
-
-    baseline = study.user_attrs.get("baseline")
-    out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        try:
-            out.append((t, objective.gates(_rows_of(t), baseline)))
-        except O.BaselineMissing as e:
-            raise ConfigError(f"study '{study.study_name}': {e}; run `tuner tune study.name={study.study_name}` "
-                              "again to compute it") from e
-    return out
-
-
-def _holds(gates: list[O.Gate]) -> bool:
-    return all(g.violation <= 0 for g in gates)
-
-
-def best_trial(study: Any, objective: O.Objective, *, allow_infeasible: bool,
-               number: int | None = None) -> tuple[Any, list[O.Gate]]:
-    trials = recheck(study, objective)
-    if number is not None:
-        for t, g in trials:
-            if t.number == number:
-                if not _holds(g) and not allow_infeasible:
-                    bad = [f"{c.describe()}: {x.value:.4g}" + (f" on {x.image}" if x.image else "")
-                           for c, x in zip(objective.constraints, g, strict=True) if x.violation > 0]
-                    raise ConfigError(f"trial {number} violates {bad}; pass allow_infeasible=true to export it")
-                return t, g
-        raise ConfigError(f"trial {number} is not a completed trial of study '{study.study_name}'")
-    feasible = [(t, g) for t, g in trials if _holds(g)]
-    pool = feasible if feasible else (trials if allow_infeasible else [])
-    if not pool:
-        raise ConfigError(
-            f"study '{study.study_name}' has no completed trial that satisfies the constraints on every image "
-            f"({len(trials)} completed); run more trials, relax conf/objective, or pass allow_infeasible=true"
-        )
-    if objective.mode == "composite":
-        return min(pool, key=lambda tg: tg[0].values[0])
-    # multi-objective: rank the feasible Pareto front by the sum of min-max normalised objectives
-    vals = np.array([[v if d == "minimize" else -v for v, d in zip(t.values, objective.directions, strict=True)]
-                     for t, _ in pool])
-    norm = (vals - vals.min(0)) / np.maximum(vals.max(0) - vals.min(0), 1e-12)
-    return pool[int(np.argmin(norm.sum(1)))]
-
-
-def build_preset(study: Any, trial: Any, gates: list[O.Gate], objective: O.Objective) -> dict[str, Any]:
-    info = study.user_attrs["tuner"]
-    models = catalogue("model")
-    faces = catalogue("face")
-    spec_attrs = trial.user_attrs.get("spec", {})
-    model = models[spec_attrs.get("model", info["model"])]
-    face = faces.get(info["face"]) if info["face"] != "none" else None
-    pipe = dict(info["pipeline"])
-    pipe.update({k: spec_attrs[k] for k in ("blend_variant", "face_upsample", "overlap") if k in spec_attrs})
-    spec = PipelineSpec(model=model, face=face, tile_pad=pipe["tile_pad"], pre_pad=pipe["pre_pad"],
-                        overlap=pipe["overlap"], outscale=pipe["outscale"], blend_variant=pipe["blend_variant"],
-                        face_upsample=pipe["face_upsample"], detector=pipe["detector"],
-                        detection_threshold=pipe["detection_threshold"])
-    params = Params.from_mapping(trial.user_attrs["params_full"])
-    ident = [tuple(x) for x in trial.user_attrs.get("model_identity", [])]
-    constraints = {c.describe(): {"reduce": "every image (worst shown)" if c.reduce == "worst" else "image mean",
-                                  "value": None if math.isnan(g.value) else round(g.value, 6),
-                                  **({"worst_image": g.image} if g.image else {}), "holds": g.violation <= 0}
-                   for c, g in zip(objective.constraints, gates, strict=True)}
-    return presets.build(
-        spec, params, model_identity=ident,  # type: ignore[arg-type]
-        face_sha256=trial.user_attrs.get("face_sha256"), metrics=trial.user_attrs.get("metrics") or {}, constraints=constraints,
-        max_side=info.get("max_side"),
-        provenance={"study": study.study_name, "trial": trial.number, "values": list(trial.values),
-                    "dataset": info.get("dataset"), "dataset_hash": info.get("dataset_hash"),
-                    "n_images": info.get("n_images"), "tuned_at_max_side": info.get("max_side"),
-                    "dropped_knobs": info.get("dropped_knobs", []), "versions": info.get("versions", {}),
-                    "all_constraints_hold": _holds(gates)},
-    )
-
-
 def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialRunner, tracker: Tracker,
            parent: str | None, run_dir: Path) -> int:
     from optuna.trial import TrialState
@@ -880,33 +491,3 @@ def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialR
     return rc
 
 
-def redact_url(url: str) -> str:
-    """A storage URL with any password replaced by ***, for logs and summaries."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
-
-
-def run_export(cfg: Any) -> int:
-    import optuna
-
-    st_node = to_dict(cfg.study) or {}
-    run_dir = Path(str(cfg.get("runs_dir", "runs"))) / str(st_node.get("name"))
-    st = study_settings(cfg, run_dir)
-    if st.storage.startswith("sqlite") and not Path(st.storage.split("///", 1)[-1]).exists():
-        raise ConfigError(f"no study storage at {st.storage}; run `tuner tune study.name={st.name}` first")
-    try:
-        study = optuna.load_study(study_name=st.name, storage=make_storage(st))
-    except KeyError as e:
-        raise ConfigError(f"study '{st.name}' not found in {st.storage}") from e
-    info = study.user_attrs.get("tuner") or {}
-    if info.get("schema") != SCHEMA:
-        raise ConfigError(f"study '{st.name}' was written by another tuner version (schema {info.get('schema')}, "
-                          f"this is {SCHEMA}); re-run it under a new study.name")
-    objective = O.from_mapping(info["objective"])
-    number = cfg.get("trial")
-    trial, gates = best_trial(study, objective, allow_infeasible=bool(cfg.get("allow_infeasible", False)),
-                              number=None if number is None else int(number))
-    out = Path(str(cfg.out))
-    presets.save(build_preset(study, trial, gates, objective), out)
-    log.info("exported trial %d of study %s to %s (constraints hold on every image: %s)", trial.number, st.name,
-             out, _holds(gates))
-    return 0

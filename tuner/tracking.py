@@ -36,10 +36,14 @@ def tracking_errors() -> tuple[type[BaseException], ...]:
 
 
 class Tracker:
-    def __init__(self, *, enabled: bool, uri: str, experiment: str) -> None:
+    def __init__(self, *, enabled: bool, uri: str, experiment: str, artifact_dir: Path | None = None) -> None:
+        """``artifact_dir``: where a newly created experiment keeps its artifacts (for a local
+        store, beside the database in the run folder; MLflow's default is ./mlruns of whatever
+        folder the command ran in).  A tracking server keeps its own artifact root."""
         self.enabled = enabled
         self.uri = uri
         self.experiment = experiment
+        self.artifact_dir = artifact_dir
         self.failures = 0
         self._mlflow: Any = None
         self._client: Any = None
@@ -66,7 +70,10 @@ class Tracker:
         self._mlflow = mlflow
         self._client = MlflowClient(tracking_uri=self.uri)
         exp = self._client.get_experiment_by_name(self.experiment)
-        self._exp_id = exp.experiment_id if exp else self._client.create_experiment(self.experiment)
+        local = self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
+        where = self.artifact_dir.resolve().as_uri() if self.artifact_dir is not None and local else None
+        self._exp_id = exp.experiment_id if exp else self._client.create_experiment(self.experiment,
+                                                                                    artifact_location=where)
 
     def start_study(self, existing_run_id: str | None, *, name: str, params: Mapping[str, Any],
                     tags: Mapping[str, str]) -> str | None:

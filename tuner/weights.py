@@ -35,7 +35,6 @@ from .errors import ConfigError, WeightsError
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def user_cache_dir() -> Path:
@@ -162,7 +161,9 @@ def folder_declarations(folder: Path) -> dict[str, tuple[str, str]]:
 def catalogue(group: str = "model") -> dict[str, ModelSpec]:
     """Every model described in ``conf/<group>/*.yaml`` (group = model or face), by name."""
     out: dict[str, ModelSpec] = {}
-    for f in sorted((CONF_DIR / group).glob("*.yaml")):
+    from .paths import conf_dir
+
+    for f in sorted((conf_dir() / group).glob("*.yaml")):
         m = yaml.safe_load(f.read_text()) or {}
         if m.get("name") in (None, "none") or m.get("path") == "???":
             continue  # face=none, and model=custom (a path given on the command line)

@@ -15,9 +15,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..blend import reference_upscale
-from ..faces import Face, skin_mask
-from ..images import luminance
+from ..facegeom import Face, skin_mask
+from ..images import luminance, reference_upscale
 
 
 def bbox(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MetricError
-from ..faces import Face
+from ..facegeom import Face
 from .context import Context
 
 CHIP_FACE_PX = 160  # faces are cropped and resized so the box is about this wide before dlib sees them

@@ -1,7 +1,7 @@
 """Skin-texture metrics: crunch (over-sharpening) and wax (over-smoothing).
 
 All are computed on luminance Y inside the skin mask (face ellipse minus eyes, brows and
-mouth, intersected with a skin-colour model; see :func:`tuner.faces.skin_mask`), at full
+mouth, intersected with a skin-colour model; see :func:`tuner.facegeom.skin_mask`), at full
 output resolution but only on the crop around the skin, and always relative to
 R = a Lanczos upscale of the input to the output size.  With upscale factor s, the input's
 Nyquist frequency is f_c = 1/(2s) cycles per output pixel: everything above f_c in the

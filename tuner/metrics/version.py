@@ -19,9 +19,9 @@ from pathlib import Path
 METRICS_VERSION = "2"
 
 _PKG = Path(__file__).resolve().parent
-# modules outside tuner/metrics whose code the metrics run (faces: skin mask and face boxes;
-# images: luminance; blend: the reference upscale R)
-_SHARED = ("faces.py", "images.py", "blend.py")
+# modules outside tuner/metrics whose code the metrics run (facegeom: skin mask and face boxes;
+# images: luminance and the reference upscale R)
+_SHARED = ("facegeom.py", "images.py")
 
 
 def metric_files() -> list[Path]:
