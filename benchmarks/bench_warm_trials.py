@@ -31,7 +31,7 @@ from tuner.faces import FaceDetector
 from tuner.images import decode, encode, reference_upscale
 from tuner.pipeline import Params, PipelineSpec
 from tuner.scoring import Scorer
-from tuner.study import TrialRunner
+from tuner.trials import TrialRunner
 from tuner.upscale import UpscaleOptions, Upscaler
 from tuner.weights import WeightStore, catalogue, load_state_dict
 

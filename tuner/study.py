@@ -1,17 +1,13 @@
-"""`tuner tune` / `tuner export`: an Optuna study over the pipeline's knobs, driven directly.
+"""`tuner tune`: an Optuna study over the pipeline's knobs, driven directly (ask/tell).
 
-- search space from ``conf/search/*.yaml`` (categorical / float / int, conditionals);
-- one worker loop (ask/tell) that any number of processes or machines can run against
-  one storage: SQLite (default, in the run directory), any RDB URL, or a Journal file;
-- on local storages a file lock makes "count finished + running, then ask" atomic, so
-  the study stops at exactly ``study.n_trials`` finished trials;
-- heartbeats (RDB storages) fail the trials of killed workers, and
-  RetryFailedTrialCallback re-queues them;
-- per-image pruning with WilcoxonPruner (images in a per-trial shuffled order, reported
-  under their fixed dataset index);
-- the stage cache + per-input analyses + a metric memo make warm trials cheap;
-- every trial is logged to MLflow (nested under the study's parent run);
-- the best feasible trial is exported as a preset.
+This module is the study's frame: validate the config, open (or resume) the study with its
+identity and baseline trial, run the worker loop, and finish with the summary and the preset.
+Its parts live one floor down: ``search`` (knobs, samplers), ``storage`` (storage URL, lock,
+heartbeats), ``trials`` (one trial: pipeline -> scoring -> gates -> tell), ``export`` (best
+trial -> preset).  Any number of processes or machines can run the loop against one storage;
+on local storages a file lock makes "count finished + running, then ask" atomic, so the study
+stops at exactly ``study.n_trials`` finished trials; heartbeats fail a killed worker's trial
+and re-queue it.
 """
 
 from __future__ import annotations
@@ -19,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
-import random
 import time
 import warnings
 from collections.abc import Mapping
@@ -29,19 +23,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
-from . import PIPELINE_VERSION, __version__, search
+from . import PIPELINE_VERSION, __version__
 from . import objective as O
 from . import preset as presets
-from .cache import StageCache
 from .config import check_keys, dataset_from_cfg, metric_settings, pipeline_config, to_dict
 from .dataset import Dataset
 from .errors import ConfigError, TunerError
 from .export import SCHEMA, _holds, best_trial, build_preset
-from .images import atomic_write_bytes, encode, from_array
-from .pipeline import Params, Pipeline, PipelineSpec, Result
+from .images import atomic_write_bytes, encode
+from .pipeline import Params, PipelineSpec
 from .scoring import Scorer
 from .search import Knob, make_sampler, resolve_knobs, search_space
 from .storage import (
@@ -55,57 +45,9 @@ from .storage import (
     study_settings,
 )
 from .tracking import Tracker
-from .weights import WeightStore, catalogue, content_hash
+from .trials import TrialRunner, run_trial
 
 log = logging.getLogger("tuner")
-
-
-# ---------------------------------------------------------------- the trial runner
-class TrialRunner:
-    """Evaluates one trial's settings over the dataset: pipeline -> scoring -> objective."""
-
-    def __init__(self, *, base: PipelineSpec, base_params: Params, space: Mapping[str, Knob], objective: O.Objective,
-                 dataset: Dataset, scorer: Scorer, store: WeightStore, cache: StageCache | None) -> None:
-        self.base = base
-        self.base_params = base_params
-        self.space = dict(space)
-        self.objective = objective
-        self.dataset = dataset
-        self.scorer = scorer
-        self.metric_names = scorer.names
-        self.store = store
-        self.cache = cache
-        self._pipelines: dict[str, Pipeline] = {}
-        self.models = catalogue("model")
-
-    def pipeline(self, spec: PipelineSpec) -> Pipeline:
-        key = json.dumps(asdict(spec), sort_keys=True, default=str)
-        if key not in self._pipelines:
-            self._pipelines[key] = Pipeline(spec, store=self.store, cache=self.cache)
-        return self._pipelines[key]
-
-    def suggest(self, trial: Any) -> tuple[PipelineSpec, Params]:
-        return search.suggest(trial, self.space, self.base, self.base_params, self.models)
-
-    def spec_for(self, trial: Any) -> PipelineSpec:
-        return search.spec_for(trial, self.base, self.models)
-
-    def evaluate(self, spec: PipelineSpec, params: Params, *, order: list[int] | None = None,
-                 report: Any = None) -> tuple[list[dict[str, Any]], list[Result]]:
-        """Run and score every image (in ``order``); ``report(value, index)`` may raise TrialPruned."""
-        pipe = self.pipeline(spec)
-        rows, results = [], []
-        for idx in order if order is not None else range(len(self.dataset.items)):
-            item = self.dataset.items[idx]
-            res = pipe.run(item.image, params)
-            vals, extra = self.scorer.score(res, self.scorer.analysis(item, res, pipe))
-            row = {"image": item.name, "index": idx, "tile": res.tile, **vals, **extra,
-                   "objective": self.objective.per_image(vals)}
-            rows.append(row)
-            results.append(res)
-            if report is not None:
-                report(row["objective"], idx)
-        return rows, results
 
 
 # ---------------------------------------------------------------- run
@@ -305,148 +247,6 @@ def worker_loop(study: Any, storage: Any, runner: TrialRunner, st: StudySettings
                                        st.n_startup_trials)
         tally.add(failed, reason, st)
     bar.close()
-
-
-def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objective, tracker: Tracker,
-              parent: str | None, run_dir: Path, sheet_faces: int, n_startup: int) -> tuple[bool, str]:
-    """Run one trial and tell the study; returns (failed, reason)."""
-    import optuna
-    from optuna.trial import TrialState
-
-    t0 = time.perf_counter()
-    tdir = run_dir / "trials" / f"{trial.number:04d}"
-    state, values, reason = TrialState.FAIL, None, ""
-    rows: list[dict[str, Any]] = []
-    try:
-        spec, params = runner.suggest(trial)
-        order = list(range(len(runner.dataset.items)))
-        random.Random(trial.number).shuffle(order)
-        multi = objective.mode == "multi"
-
-        reported = [0]
-        # no pruning until the sampler's startup trials have completed: a lone early best trial
-        # would otherwise prune every exploratory trial and starve the sampler of full results
-        n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        is_baseline = bool(trial.user_attrs.get("baseline"))
-        may_prune = not multi and not is_baseline and n_complete >= n_startup
-
-        def report(v: float, idx: int) -> None:
-            if multi or math.isnan(v):
-                return
-            trial.report(v, step=idx)
-            reported[0] += 1
-            if may_prune and trial.should_prune():
-                raise optuna.TrialPruned(f"WilcoxonPruner: worse than the best trial after {reported[0]} image(s)")
-
-        rows, results = runner.evaluate(spec, params, order=order, report=report)
-        values = objective.values(rows)
-        if any(math.isnan(v) for v in values):
-            raise TunerError("objective is NaN on every image (no metric applied); check objective.terms")
-        per_image = per_image_values(rows, [c.metric for c in objective.constraints])
-        if is_baseline:
-            study.set_user_attr("baseline", per_image)
-        gates = objective.gates(rows, ensure_baseline(study, runner, objective))
-        cons = [g.violation for g in gates]
-        means = O.means(rows, runner.metric_names)
-        trial.set_user_attr("metrics", {k: (None if math.isnan(v) else round(v, 6)) for k, v in means.items()})
-        trial.set_user_attr("per_image", per_image)
-        # what each gate saw: the worst image's value (reduce=worst), so MLflow shows what decided
-        trial.set_user_attr("gate_values", {f"gate.{c.metric}": (None if math.isnan(g.value) else round(g.value, 6))
-                                            for c, g in zip(objective.constraints, gates, strict=True)})
-        trial.set_user_attr("constraints", cons)
-        for c, v in zip(objective.constraints, cons, strict=True):
-            trial.set_constraint(c.describe(), v)  # constraint-aware samplers (TPE, GP, NSGA-II) read these
-        trial.set_user_attr("feasible", all(c <= 0 for c in cons))
-        trial.set_user_attr("spec", {"model": spec.model.name, "blend_variant": spec.blend_variant,
-                                     "face_upsample": spec.face_upsample, "overlap": spec.overlap})
-        trial.set_user_attr("params_full", {"tile": params.tile, "denoise": params.denoise,
-                                            "face_weight": params.face_weight, "blend": params.blend})
-        trial.set_user_attr("model_identity", runner.pipeline(spec).model_identity(params.denoise))
-        trial.set_user_attr("face_sha256", content_hash(runner.store.resolve(spec.face)) if spec.face else None)
-        state = TrialState.COMPLETE
-        _trial_artifacts(tdir, rows, results, sheet_faces)
-    except optuna.TrialPruned as e:
-        state, reason = TrialState.PRUNED, str(e)
-    except TunerError as e:
-        reason = f"{e.__class__.__name__}: {e}"
-        log.error("trial %d failed: %s", trial.number, reason)
-    except Exception as e:  # a bug or an unexpected library error: fail this trial loudly, with its traceback
-        reason = f"{e.__class__.__name__}: {e}"
-        log.exception("trial %d failed unexpectedly: %s", trial.number, reason)
-    finally:
-        if reason:
-            with contextlib.suppress(Exception):
-                trial.set_user_attr("reason", reason)
-        elapsed = time.perf_counter() - t0
-        with contextlib.suppress(Exception):
-            trial.set_user_attr("seconds", round(elapsed, 3))
-        if state == TrialState.COMPLETE:
-            study.tell(trial, values)
-        else:
-            study.tell(trial, state=state)
-    if rows:
-        atomic_write_bytes(tdir / "metrics.csv", pd.DataFrame(rows).to_csv(index=False).encode())
-    arts = [p for p in (tdir / "metrics.csv", tdir / "faces.png") if p.exists()]
-    means = trial.user_attrs.get("metrics", {}) if state == TrialState.COMPLETE else {}
-    tracker.log_trial(parent, number=trial.number, params=trial.params,
-                      metrics={**{k: v for k, v in means.items() if v is not None},
-                               **{k: v for k, v in (trial.user_attrs.get("gate_values") or {}).items()
-                                  if v is not None and state == TrialState.COMPLETE},
-                               **({"objective": values[0]} if values and len(values) == 1 else {}),
-                               "seconds": elapsed},
-                      tags={"state": state.name, "reason": reason[:500], "dataset_hash": runner.dataset.content_hash,
-                            "model_sha256": ",".join(s for _, s, _ in trial.user_attrs.get("model_identity", [])),
-                            "feasible": str(trial.user_attrs.get("feasible", ""))},
-                      artifacts=arts, status=state.name)
-    log.info("trial %d %s in %.1fs %s %s", trial.number, state.name, elapsed, trial.params,
-             "" if values is None else f"values={[round(v, 4) for v in values]}")
-    return state == TrialState.FAIL, reason
-
-
-def per_image_values(rows: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, float | None]]:
-    """{metric: {image: value}} (None for NaN: JSON has no NaN) -- what the per-image gates read."""
-    out: dict[str, dict[str, float | None]] = {}
-    for n in dict.fromkeys(names):
-        out[n] = {}
-        for r in rows:
-            v = r.get(n)
-            out[n][str(r["image"])] = None if v is None or math.isnan(float(v)) else round(float(v), 6)
-    return out
-
-
-def ensure_baseline(study: Any, runner: TrialRunner, objective: O.Objective) -> dict[str, Any] | None:
-    """The baseline trial's per-image values; recomputed (from cached stages) when trial 0 has
-    not finished, failed or was lost, so a relative gate is never silently off."""
-    baseline = study.user_attrs.get("baseline")
-    if baseline is not None or not objective.needs_baseline():
-        return baseline
-    bp = {**asdict(runner.base_params), **study.user_attrs.get("baseline_params", {})}
-    log.info("baseline values missing (trial 0 not finished); computing them with %s", bp)
-    rows, _ = runner.evaluate(runner.base, Params.from_mapping(bp))
-    baseline = per_image_values(rows, [c.metric for c in objective.constraints])
-    study.set_user_attr("baseline", baseline)
-    return baseline
-
-
-def _trial_artifacts(tdir: Path, rows: list[dict[str, Any]], results: list[Result], n_faces: int) -> None:
-    """A contact sheet of 100% face crops (output pixels, no resampling)."""
-    crops: list[np.ndarray] = []
-    # dataset order (not the trial's shuffled order), so sheets of different trials line up
-    for _, res in sorted(zip([r["index"] for r in rows], results, strict=True), key=lambda p: p[0]):
-        if len(crops) >= n_faces or not res.faces:
-            continue
-        f = res.faces[0].scaled(res.scale)
-        cx, cy = int((f.box[0] + f.box[2]) / 2), int((f.box[1] + f.box[3]) / 2)
-        h, w = res.image.rgb.shape[:2]
-        s = 128
-        x0, y0 = min(max(cx - s // 2, 0), max(w - s, 0)), min(max(cy - s // 2, 0), max(h - s, 0))
-        c = np.zeros((s, s, 3), np.float32)
-        part = res.image.rgb[y0 : y0 + s, x0 : x0 + s]
-        c[: part.shape[0], : part.shape[1]] = part
-        crops.append(c)
-    if crops:
-        tdir.mkdir(parents=True, exist_ok=True)
-        encode(from_array(np.concatenate(crops, axis=1)), tdir / "faces.png")
 
 
 def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialRunner, tracker: Tracker,
