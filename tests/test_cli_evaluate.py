@@ -125,7 +125,7 @@ def test_a_failed_write_leaves_the_previous_tables_intact(tmp_path, monkeypatch,
 
     from hydra import compose, initialize_config_dir
 
-    from tuner.evaluate import run_evaluate
+    from tuner.commands import evaluate as run_evaluate
 
     d = copy_portraits(["A02_usnavy_grace_hopper.jpg"], "mine")
     out = tmp_path / "eval"

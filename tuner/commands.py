@@ -153,9 +153,38 @@ def metrics(cfg: Any) -> int:
 
 
 def evaluate(cfg: Any) -> int:
-    from .evaluate import run_evaluate
+    """Score the pipeline on a set, existing outputs against their inputs, or any folder (NR-only)."""
+    import pandas as pd
 
-    return run_evaluate(cfg)
+    from . import scoring
+    from .config import dataset_from_cfg, detector_from_cfg, metric_settings
+
+    names, iqa_side = metric_settings(cfg)
+    out = Path(str(cfg.out)).expanduser()
+    outputs = Path(str(cfg.outputs)).expanduser() if cfg.get("outputs") else None
+    if outputs is not None and not outputs.is_dir():
+        raise ConfigError(f"outputs={outputs} is not a folder")
+    if outputs is not None and (to_dict(cfg.get("dataset")) or {}).get("path") in (None, "", "null"):
+        rows, failures = scoring.score_folder(outputs, names, iqa_max_side=iqa_side, limits=limits(cfg))
+    elif outputs is not None:
+        rows, failures = scoring.score_outputs(dataset_from_cfg(cfg), outputs, names, detector=detector_from_cfg(cfg),
+                                               tile=int(cfg.get("tile") or 0), iqa_max_side=iqa_side,
+                                               limits=limits(cfg))
+    else:
+        from .pipeline import Pipeline
+
+        ds = dataset_from_cfg(cfg)
+        pc = pipeline_config(cfg)
+        rows, failures = scoring.score_pipeline(ds, Pipeline(pc.spec, store=pc.store, cache=pc.cache), pc.params,
+                                                names, iqa_max_side=iqa_side,
+                                                save_dir=out / "images" if cfg.get("save_outputs") else None)
+    summary = scoring.write_tables(rows, names, out)
+    with pd.option_context("display.width", 160, "display.max_columns", 10):
+        log.info("summary over %d image(s):\n%s", len(rows), summary.to_string(index=False, float_format="%.3f"))
+    for f, why in failures:
+        log.error("FAILED %s: %s", f, why)
+    log.info("wrote %s and %s", out / "metrics.csv", out / "summary.csv")
+    return EXIT_PARTIAL if failures else 0
 
 
 def tune(cfg: Any) -> int:

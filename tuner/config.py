@@ -13,13 +13,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from . import archs
 from .cache import StageCache
 from .dataset import Dataset
 from .errors import ConfigError
 from .images import Limits
 from .memory import DEFAULT_MAX_OUTPUT_PIXELS, MemoryLimits, default_memory_budget
 from .pipeline import Params, PipelineSpec, dni_plan
-from .weights import ModelSpec, WeightStore, catalogue, detect_arch, load_state_dict
+from .weights import ModelSpec, WeightStore, catalogue, load_state_dict
 
 OUTPUT_FORMATS = ("same", "png", "jpg", "webp", "tif", "bmp")
 
@@ -116,14 +117,13 @@ def model_spec(node: Mapping[str, Any]) -> ModelSpec:
         p = Path(str(m["path"])).expanduser()
         if not p.is_file():
             raise ConfigError(f"model.path={p} does not exist")
-        arch = detect_arch(load_state_dict(p, m.get("key")))
+        arch = archs.detect(load_state_dict(p, m.get("key")))
         m["arch"] = arch
         m["scale"] = arch["scale"]
         if m.get("name") in (None, "custom"):
             m["name"] = p.stem
     spec = ModelSpec.from_mapping(m)
-    if spec.arch.get("type") not in ("RRDBNet", "SRVGGNetCompact"):
-        raise ConfigError(f"model '{spec.name}': arch.type must be RRDBNet or SRVGGNetCompact")
+    archs.validate(spec.arch, kind="sr", where=f"model '{spec.name}'")
     return spec
 
 
@@ -131,8 +131,7 @@ def face_spec(node: Mapping[str, Any] | None) -> ModelSpec | None:
     if not node or node.get("name") in (None, "none"):
         return None
     spec = ModelSpec.from_mapping(node)
-    if spec.arch.get("type") not in ("GFPGANv1Clean", "RestoreFormer"):
-        raise ConfigError(f"face '{spec.name}': arch.type must be GFPGANv1Clean or RestoreFormer")
+    archs.validate(spec.arch, kind="face", where=f"face '{spec.name}'")
     return spec
 
 
@@ -209,3 +208,22 @@ def dataset_from_cfg(cfg: Any) -> Dataset:
     ms = d.get("max_side")
     return dataset.load(d.get("path"), max_side=None if ms is None else int(ms), limit=d.get("limit"),
                         limits=limits(cfg), on_error=str(d.get("on_error", "skip")))
+
+
+def detector_from_cfg(cfg: Any) -> Any:
+    """The face detector the config names (``face.detector``, ``face.detection_threshold``)."""
+    from .faces import FaceDetector
+    from .weights import catalogue
+
+    face = to_dict(cfg.get("face")) or {}
+    name = str(face.get("detector", "retinaface"))
+    threshold = float(face.get("detection_threshold", 0.9))
+    if not 0 < threshold <= 1:
+        raise ConfigError(f"face.detection_threshold must be in (0, 1], got {threshold}")
+    path = None
+    if name == "retinaface_resnet50":
+        spec = catalogue("detector").get(name)
+        if spec is None:
+            raise ConfigError("face.detector=retinaface_resnet50 needs conf/detector/retinaface_resnet50.yaml")
+        path = weight_store(cfg).resolve(spec)
+    return FaceDetector(name, threshold=threshold, resnet50_path=path)

@@ -27,6 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from . import archs
 from .compat import import_basicsr_stack
 from .errors import ConfigError, PipelineError, WeightsError
 from .facegeom import Face
@@ -114,21 +115,8 @@ def warp_face(rgb: np.ndarray, m: np.ndarray, face_size: int) -> np.ndarray:
 
 
 def build_face_network(arch: Mapping[str, Any]) -> Any:
-    import_basicsr_stack()
-    a = dict(arch)
-    kind = a.pop("type", None)
-    try:
-        if kind == "GFPGANv1Clean":
-            from gfpgan.archs.gfpganv1_clean_arch import GFPGANv1Clean
-
-            return GFPGANv1Clean(**a)
-        if kind == "RestoreFormer":
-            from gfpgan.archs.restoreformer_arch import RestoreFormer
-
-            return RestoreFormer(**a)
-    except TypeError as e:
-        raise ConfigError(f"bad hyper-parameters for {kind}: {e}") from e
-    raise ConfigError(f"unknown face architecture {kind!r}; use GFPGANv1Clean or RestoreFormer")
+    """Instantiate GFPGANv1Clean or RestoreFormer from an ``arch`` mapping (see :mod:`tuner.archs`)."""
+    return archs.build(arch, kind="face")
 
 
 class FaceRestorer:

@@ -10,7 +10,10 @@ everything a value depends on).
 from __future__ import annotations
 
 import json
+import logging
 import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,9 +22,15 @@ import pandas as pd
 from . import PIPELINE_VERSION
 from . import metrics as M
 from .cache import StageCache
-from .dataset import Item
+from .dataset import Dataset, Item
+from .errors import ConfigError, ImageError, PipelineError
 from .hashing import array_hash, make_key
+from .images import Limits, atomic_write_bytes, decode, encode, list_images
 from .metrics.version import METRICS_VERSION, code_digest
+
+log = logging.getLogger("tuner")
+
+Failures = list[tuple[Path, str]]  # (file, why) of every input or output that could not be scored
 
 
 def summarize(df: pd.DataFrame, names: list[str]) -> pd.DataFrame:
@@ -107,3 +116,96 @@ class Scorer:
         if self.cache is not None:
             self.cache.put("metrics", key, {"values": np.array([vals[n] for n in names], dtype=np.float64)})
         return vals, extra
+
+
+# ---------------------------------------------------------------- scoring a set (tuner evaluate)
+def _skip(failures: Failures, f: Path, why: str) -> None:
+    failures.append((f, why))
+    log.error("skipped: %s", why)
+
+
+def score_pipeline(ds: Dataset, pipe: Any, params: Any, names: list[str], *, iqa_max_side: int,
+                   save_dir: Path | None = None) -> tuple[list[dict[str, Any]], Failures]:
+    """Run the pipeline on every image of ``ds`` and score it (optionally writing the outputs)."""
+    from tqdm import tqdm
+
+    rows, failures = [], list(ds.failures)
+    for it in tqdm(ds.items, desc="evaluate", unit="img"):
+        try:
+            res = pipe.run(it.image, params)
+        except PipelineError as e:
+            _skip(failures, it.path, str(e))
+            continue
+        if save_dir is not None:
+            encode(res.image, save_dir / f"{it.name}.png")
+        vals, extra = score_one(res.image.rgb, analysis_for(it, res, pipe), names, tile=res.tile,
+                                face_mask=res.face_mask, iqa_max_side=iqa_max_side)
+        rows.append({"image": it.name, **vals, **extra})
+    return rows, failures
+
+
+def score_outputs(ds: Dataset, outputs: Path, names: list[str], *, detector: Any, tile: int, iqa_max_side: int,
+                  limits: Limits) -> tuple[list[dict[str, Any]], Failures]:
+    """Score existing outputs, matched to the inputs of ``ds`` by file stem."""
+    from tqdm import tqdm
+
+    by_stem = {p.stem: p for p in list_images(outputs)}
+    rows, failures = [], list(ds.failures)
+    for it in tqdm(ds.items, desc="evaluate", unit="img"):
+        if it.name not in by_stem:
+            _skip(failures, it.path, f"no output named {it.name}.* in {outputs}")
+            continue
+        try:
+            o = decode(by_stem[it.name], limits=limits).rgb
+        except ImageError as e:
+            _skip(failures, by_stem[it.name], str(e))
+            continue
+        ih, iw = it.image.size
+        if abs((o.shape[0] / ih) / (o.shape[1] / iw) - 1) > 0.02:
+            _skip(failures, by_stem[it.name],
+                  f"{by_stem[it.name]}: {o.shape[1]}x{o.shape[0]} is not an upscale of {it.path.name} "
+                  f"({iw}x{ih} after dataset.max_side={ds.max_side}); with outputs= use dataset.max_side=null")
+            continue
+        analysis = M.InputAnalysis(it.image.rgb, detector(it.image.rgb), o.shape[:2])
+        vals, extra = score_one(o, analysis, names, tile=tile, face_mask=None, iqa_max_side=iqa_max_side)
+        rows.append({"image": it.name, **vals, **extra})
+    return rows, failures
+
+
+def score_folder(folder: Path, names: list[str], *, iqa_max_side: int,
+                 limits: Limits) -> tuple[list[dict[str, Any]], Failures]:
+    """NR-only: score every image in ``folder`` with the metrics that need no input; the others are
+    NaN with the note "needs input"."""
+    from tqdm import tqdm
+
+    nr = [n for n in names if not M.get(n).needs]
+    if not nr:
+        raise ConfigError(f"outputs= without dataset.path scores no-reference metrics only, and none of {names} is "
+                          "one (niqe, brisque, piqe, ...); give dataset.path=INPUTS to score against the inputs")
+    log.info("no dataset.path: NR-only scoring of %s with %s (give dataset.path=INPUTS for the other metrics)",
+             folder, nr)
+    rows: list[dict[str, Any]] = []
+    failures: Failures = []
+    for f in tqdm(list_images(folder), desc="evaluate", unit="img"):
+        try:
+            o = decode(f, limits=limits).rgb
+        except ImageError as e:
+            _skip(failures, f, str(e))
+            continue
+        # NR metrics read only the output: an analysis of the output itself stands in for the input
+        ctx = M.Context(o, M.InputAnalysis(o, [], o.shape[:2]), iqa_max_side=iqa_max_side)
+        vals = {n: (M.score(ctx, [n])[n] if n in nr else math.nan) for n in names}
+        notes = {**ctx.notes, **{n: "needs input" for n in names if n not in nr}}
+        rows.append({"image": f.stem, **vals, "notes": "; ".join(f"{k}: {v}" for k, v in notes.items())})
+    return rows, failures
+
+
+def write_tables(rows: Sequence[dict[str, Any]], names: list[str], out: Path) -> pd.DataFrame:
+    """Write ``metrics.csv`` (a row per image) and ``summary.csv`` (per metric) atomically; returns the summary."""
+    if not rows:
+        raise ConfigError("no image could be scored; see the errors above")
+    df = pd.DataFrame(list(rows))
+    atomic_write_bytes(out / "metrics.csv", df.to_csv(index=False).encode())
+    summary = summarize(df, names)
+    atomic_write_bytes(out / "summary.csv", summary.to_csv(index=False).encode())
+    return summary

@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .compat import import_basicsr_stack
+from . import archs
 from .errors import ConfigError, PipelineError, WeightsError
 
 log = logging.getLogger(__name__)
@@ -87,15 +87,15 @@ CUDA_WORKSPACE = 1 << 30
 
 def network_bytes_per_px(arch: Mapping[str, Any], *, half: bool = False) -> float:
     """Peak activation bytes per input pixel of one forward pass (fp32 unless ``half``)."""
+    kind = archs.get(arch.get("type"), kind="sr").name  # an unknown type fails here, naming close ones
     s = arch_scale(arch)
     feat = int(arch.get("num_feat", 64))
-    kind = arch.get("type")
     if kind == "SRVGGNetCompact":
         floats = _SRVGG_FLOATS * max(feat, 3 * s * s)
     elif kind == "RRDBNet":
         floats = _RRDB_FLOATS * feat * s * s
-    else:
-        raise ConfigError(f"unknown SR architecture type {kind!r}; use RRDBNet or SRVGGNetCompact")
+    else:  # a new row of the architecture table needs its own calibration (benchmarks/bench_memory.py)
+        raise ConfigError(f"no memory estimate for SR architecture {kind}; calibrate it in tuner/upscale.py")
     return floats * (2 if half else 4)
 
 
@@ -171,24 +171,8 @@ def upscale_memory(arch: Mapping[str, Any], size: tuple[int, int], opts: Upscale
 
 
 def build_network(arch: Mapping[str, Any]) -> Any:
-    """Instantiate RRDBNet or SRVGGNetCompact from an ``arch`` mapping (type + hyper-parameters)."""
-    import_basicsr_stack()
-    a = dict(arch)
-    kind = a.pop("type", None)
-    if kind == "SRVGGNetCompact":
-        a.pop("scale", None)  # SRVGGNetCompact calls it `upscale`
-    try:
-        if kind == "RRDBNet":
-            from basicsr.archs.rrdbnet_arch import RRDBNet
-
-            return RRDBNet(**a)
-        if kind == "SRVGGNetCompact":
-            from realesrgan.archs.srvgg_arch import SRVGGNetCompact
-
-            return SRVGGNetCompact(**a)
-    except TypeError as e:
-        raise ConfigError(f"bad hyper-parameters for {kind}: {e}") from e
-    raise ConfigError(f"unknown SR architecture type {kind!r}; use RRDBNet or SRVGGNetCompact")
+    """Instantiate RRDBNet or SRVGGNetCompact from an ``arch`` mapping (type + hyper-parameters; see :mod:`tuner.archs`)."""
+    return archs.build(arch, kind="sr")
 
 
 def interpolate(state_dicts: Sequence[Mapping[str, Any]], weights: Sequence[float]) -> dict[str, Any]:

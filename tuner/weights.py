@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from . import archs
 from .errors import ConfigError, WeightsError
 
 log = logging.getLogger(__name__)
@@ -337,37 +338,5 @@ def load_state_dict(path: Path, key: str | None = None) -> dict[str, Any]:
 
 
 def detect_arch(sd: Mapping[str, Any]) -> dict[str, Any]:
-    """Architecture of a bare Real-ESRGAN state dict: RRDBNet or SRVGGNetCompact, with sizes and scale."""
-    if "conv_first.weight" in sd and any(k.startswith("body.") and ".rdb1." in k for k in sd):
-        num_feat = int(sd["conv_first.weight"].shape[0])
-        in_ch = int(sd["conv_first.weight"].shape[1])
-        num_block = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("body.") and ".rdb1." in k)
-        num_grow_ch = int(sd["body.0.rdb1.conv1.weight"].shape[0])
-        out_ch = int(sd["conv_last.weight"].shape[0])
-        # RRDBNet pixel-unshuffles RGB input for scale 2 (x4 channels) and scale 1 (x16).
-        scale, unshuffle = {3: (4, 1), 12: (2, 4), 48: (1, 16)}.get(in_ch, (None, None))
-        if scale is None or unshuffle is None:
-            raise WeightsError(f"RRDBNet with {in_ch} input channels: cannot infer its scale")
-        return {"type": "RRDBNet", "num_in_ch": in_ch // unshuffle, "num_out_ch": out_ch,
-                "num_feat": num_feat, "num_block": num_block, "num_grow_ch": num_grow_ch, "scale": scale}
-    if "body.0.weight" in sd:
-        idx = sorted({int(k.split(".")[1]) for k in sd if k.startswith("body.")})
-        last = sd[f"body.{idx[-1]}.weight"]
-        first = sd["body.0.weight"]
-        num_feat = int(first.shape[0])
-        in_ch = int(first.shape[1])
-        convs = [i for i in idx if sd[f"body.{i}.weight"].ndim == 4]
-        prelu = any(sd[f"body.{i}.weight"].ndim == 1 for i in idx)
-        out_ch_total = int(last.shape[0])
-        num_conv = len(convs) - 2
-        # the last conv emits num_out_ch * upscale^2 channels; RGB out assumed
-        up2 = out_ch_total // 3
-        upscale = int(round(up2**0.5))
-        if upscale * upscale * 3 != out_ch_total:
-            raise WeightsError(f"SRVGGNetCompact with {out_ch_total} output channels: cannot infer its scale")
-        return {"type": "SRVGGNetCompact", "num_in_ch": in_ch, "num_out_ch": 3, "num_feat": num_feat,
-                "num_conv": num_conv, "upscale": upscale, "act_type": "prelu" if prelu else "relu", "scale": upscale}
-    raise WeightsError(
-        "cannot detect the architecture of this state dict: it is neither RRDBNet nor SRVGGNetCompact; "
-        "describe it in conf/model/<name>.yaml instead"
-    )
+    """Architecture of a bare Real-ESRGAN state dict; the detectors are rows of :mod:`tuner.archs`."""
+    return archs.detect(sd)
