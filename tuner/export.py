@@ -14,13 +14,12 @@ from . import objective as O
 from . import preset as presets
 from .config import to_dict
 from .errors import ConfigError
-from .pipeline import Params, PipelineSpec
+from .settings import Settings
 from .storage import make_storage, study_settings
-from .weights import catalogue
 
 log = logging.getLogger("tuner")
 
-SCHEMA = 2  # of the study's ``tuner`` user attribute; a study written by another schema cannot be resumed
+SCHEMA = 3  # of the study's ``tuner`` user attribute; a study written by another schema cannot be resumed
 
 
 def _rows_of(trial: Any) -> list[dict[str, Any]]:
@@ -79,25 +78,14 @@ def best_trial(study: Any, objective: O.Objective, *, allow_infeasible: bool,
 
 def build_preset(study: Any, trial: Any, gates: list[O.Gate], objective: O.Objective) -> dict[str, Any]:
     info = study.user_attrs["tuner"]
-    models = catalogue("model")
-    faces = catalogue("face")
-    spec_attrs = trial.user_attrs.get("spec", {})
-    model = models[spec_attrs.get("model", info["model"])]
-    face = faces.get(info["face"]) if info["face"] != "none" else None
-    pipe = dict(info["pipeline"])
-    pipe.update({k: spec_attrs[k] for k in ("blend_variant", "face_upsample", "overlap") if k in spec_attrs})
-    spec = PipelineSpec(model=model, face=face, tile_pad=pipe["tile_pad"], pre_pad=pipe["pre_pad"],
-                        overlap=pipe["overlap"], outscale=pipe["outscale"], blend_variant=pipe["blend_variant"],
-                        face_upsample=pipe["face_upsample"], detector=pipe["detector"],
-                        detection_threshold=pipe["detection_threshold"])
-    params = Params.from_mapping(trial.user_attrs["params_full"])
+    settings = Settings.from_dict(trial.user_attrs["settings"], where=f"trial {trial.number}")
     ident = [tuple(x) for x in trial.user_attrs.get("model_identity", [])]
     constraints = {c.describe(): {"reduce": "every image (worst shown)" if c.reduce == "worst" else "image mean",
                                   "value": None if math.isnan(g.value) else round(g.value, 6),
                                   **({"worst_image": g.image} if g.image else {}), "holds": g.violation <= 0}
                    for c, g in zip(objective.constraints, gates, strict=True)}
     return presets.build(
-        spec, params, model_identity=ident,  # type: ignore[arg-type]
+        settings, model_identity=ident,  # type: ignore[arg-type]
         face_sha256=trial.user_attrs.get("face_sha256"), metrics=trial.user_attrs.get("metrics") or {}, constraints=constraints,
         max_side=info.get("max_side"),
         provenance={"study": study.study_name, "trial": trial.number, "values": list(trial.values),

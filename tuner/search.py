@@ -162,13 +162,3 @@ def suggest(trial: Any, space: Mapping[str, Knob], base: PipelineSpec, base_para
     if spec.overlap and isinstance(tile, int) and tile and spec.overlap * 2 >= tile:
         spec = replace(spec, overlap=max(tile // 2 - 1, 0))
     return spec, Params(tile=tile, denoise=denoise, face_weight=face_weight, blend=blend)
-
-
-def spec_for(trial: Any, base: PipelineSpec, models: Mapping[str, ModelSpec]) -> PipelineSpec:
-    """The pipeline spec a finished trial used (structural knobs from its user attrs)."""
-    a = trial.user_attrs.get("spec", {})
-    spec = base
-    if a.get("model") and a["model"] != spec.model.name:
-        m = models[a["model"]]
-        spec = replace(spec, model=m, partner=models.get(m.denoise_partner or ""))
-    return replace(spec, **{k: a[k] for k in ("blend_variant", "face_upsample", "overlap") if k in a})

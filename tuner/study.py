@@ -267,7 +267,7 @@ def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialR
         preset = build_preset(study, trial, gates, objective)
         path = presets.save(preset, run_dir / "best_preset.yaml")
         # the tuned outputs themselves (stage-cache hits): what `tuner enhance preset=...` must reproduce
-        _, results = runner.evaluate(runner.spec_for(trial), Params.from_mapping(trial.user_attrs["params_full"]))
+        _, results = runner.evaluate(*runner.settings_of(trial))
         for item, res in zip(runner.dataset.items, results, strict=True):
             encode(res.image, run_dir / "best_outputs" / f"{item.name}.png")
         lines += [f"best trial: {trial.number} values={[round(v, 4) for v in trial.values]}",

@@ -30,6 +30,7 @@ from .images import atomic_write_bytes, encode, from_array
 from .pipeline import Params, Pipeline, PipelineSpec, Result
 from .scoring import Scorer
 from .search import Knob
+from .settings import Settings
 from .tracking import Tracker
 from .weights import WeightStore, catalogue, content_hash
 
@@ -52,6 +53,7 @@ class TrialRunner:
         self.cache = cache
         self._pipelines: dict[str, Pipeline] = {}
         self.models = catalogue("model")
+        self.faces = catalogue("face")
 
     def pipeline(self, spec: PipelineSpec) -> Pipeline:
         key = json.dumps(asdict(spec), sort_keys=True, default=str)
@@ -62,8 +64,10 @@ class TrialRunner:
     def suggest(self, trial: Any) -> tuple[PipelineSpec, Params]:
         return search.suggest(trial, self.space, self.base, self.base_params, self.models)
 
-    def spec_for(self, trial: Any) -> PipelineSpec:
-        return search.spec_for(trial, self.base, self.models)
+    def settings_of(self, trial: Any) -> tuple[PipelineSpec, Params]:
+        """The pipeline spec and params a finished trial used, from its recorded settings."""
+        st = Settings.from_dict(trial.user_attrs["settings"], where=f"trial {trial.number}")
+        return st.spec(self.base, self.models, self.faces), st.params
 
     def evaluate(self, spec: PipelineSpec, params: Params, *, order: list[int] | None = None,
                  report: Any = None) -> tuple[list[dict[str, Any]], list[Result]]:
@@ -133,10 +137,7 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
         for c, v in zip(objective.constraints, cons, strict=True):
             trial.set_constraint(c.describe(), v)  # constraint-aware samplers (TPE, GP, NSGA-II) read these
         trial.set_user_attr("feasible", all(c <= 0 for c in cons))
-        trial.set_user_attr("spec", {"model": spec.model.name, "blend_variant": spec.blend_variant,
-                                     "face_upsample": spec.face_upsample, "overlap": spec.overlap})
-        trial.set_user_attr("params_full", {"tile": params.tile, "denoise": params.denoise,
-                                            "face_weight": params.face_weight, "blend": params.blend})
+        trial.set_user_attr("settings", Settings.of(spec, params).to_dict())  # the one schema a preset takes
         trial.set_user_attr("model_identity", runner.pipeline(spec).model_identity(params.denoise))
         trial.set_user_attr("face_sha256", content_hash(runner.store.resolve(spec.face)) if spec.face else None)
         state = TrialState.COMPLETE

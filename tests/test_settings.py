@@ -1,0 +1,57 @@
+"""The one settings schema: a dict round trip, a Hydra round trip, and the pipeline's types."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT
+
+from tuner.errors import PresetError
+from tuner.settings import Settings
+
+TUNED = Settings(model="RealESRGAN_x4plus", face="gfpgan_v1.4", tile=128, denoise=0.3, face_weight=0.6, blend=0.25,
+                 blend_variant="skin", face_upsample=True, tile_pad=12, pre_pad=0, overlap=8, outscale=3.5,
+                 half=False, detector="retinaface", detection_threshold=0.8)
+
+
+def test_dict_round_trip():
+    d = TUNED.to_dict()
+    assert set(d) == {"model", "face", "params", "pipeline"}
+    assert Settings.from_dict(d) == TUNED
+    assert Settings.from_dict({"model": "realesr-general-x4v3", "params": {"tile": "auto"}}).tile == "auto"
+
+
+@pytest.mark.parametrize("settings", [TUNED, Settings(model="realesr-general-x4v3", blend=0.7, detection_threshold=0.7)])
+def test_hydra_overrides_compose_into_the_same_pipeline(settings, monkeypatch, tmp_path):
+    """What `tuner enhance preset=...` applies is exactly what the study recorded."""
+    from hydra import compose, initialize_config_dir
+
+    from tuner.config import pipeline_config
+
+    monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="enhance", overrides=["input=x", "output=y", *settings.overrides()])
+    pc = pipeline_config(cfg)
+    assert Settings.of(pc.spec, pc.params) == settings
+
+
+def test_spec_keeps_the_base_machine_settings():
+    from tuner.pipeline import PipelineSpec
+    from tuner.weights import catalogue
+
+    models, faces = catalogue("model"), catalogue("face")
+    base = PipelineSpec(model=models["realesr-general-x4v3"], device="cpu")
+    spec = TUNED.spec(base, models, faces)
+    assert spec.device == "cpu" and spec.model.name == "RealESRGAN_x4plus"
+    assert spec.partner is not None and spec.partner.name == "RealESRNet_x4plus"  # the new model's DNI partner
+    assert Settings.of(spec, TUNED.params) == TUNED
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"model": "nope"}, "not in the catalogue"),
+    ({"model": "realesr-general-x4v3", "params": {"tile": -1}}, "params.tile"),
+    ({"model": "realesr-general-x4v3", "pipeline": {"tile_pad": 1.5}}, "integer"),
+    ({"model": "realesr-general-x4v3", "pipeline": {"device": "cuda"}}, "pipeline must be a mapping of"),
+])
+def test_bad_settings_are_refused(bad, message):
+    with pytest.raises(PresetError, match=message):
+        Settings.from_dict(bad)
