@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,14 +12,24 @@ from conftest import ROOT, SRVGG_OVERRIDES
 
 
 def test_a_wheel_runs_tuner_tune_from_another_directory(tmp_path, tiny_weights):
+    # build from a copy of the source (what git tracks or would track), never from a stale build/ folder
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout.split()
+    src = tmp_path / "src"
+    for rel in listed:
+        if (ROOT / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, src / rel)
     wheels = tmp_path / "wheels"
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(wheels), str(ROOT)], capture_output=True, text=True, timeout=300)
+                        str(wheels), str(src)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     (whl,) = wheels.glob("tuner-*.whl")
-    names = zipfile.ZipFile(whl).namelist()
-    assert {"tuner/conf/tune.yaml", "tuner/conf/model/realesr-general-x4v3.yaml", "tuner/conf/hydra/study.yaml",
-            "tuner/datasets/portraits/MANIFEST.csv", "tuner/metrics/data/niqe_live.npz"} <= set(names)
+    names = set(zipfile.ZipFile(whl).namelist())
+    # every config, portrait and metric model file of the source is in the wheel, under tuner/
+    want = {f"tuner/{rel}" for rel in listed if rel.startswith(("conf/", "datasets/"))}
+    want |= {rel for rel in listed if rel.startswith("tuner/metrics/data/")}
+    assert want and want <= names, sorted(want - names)
     target = tmp_path / "site"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(whl)],
                        capture_output=True, text=True, timeout=300)

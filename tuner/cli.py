@@ -97,10 +97,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tuner {cmd}: error: {e}", file=sys.stderr)
             status["rc"] = 1
 
+    try:
+        config_path = str(conf_dir())
+    except TunerError as e:  # an incomplete installation: say so, no traceback
+        print(f"tuner {cmd}: error: {e}", file=sys.stderr)
+        return 1
     old_argv = sys.argv
     sys.argv = [f"tuner {cmd}", *rest]
     try:
-        hydra.main(config_path=str(conf_dir()), config_name=CONFIG_NAMES.get(cmd, cmd), version_base="1.3")(app)()
+        hydra.main(config_path=config_path, config_name=CONFIG_NAMES.get(cmd, cmd), version_base="1.3")(app)()
     except SystemExit as e:  # Hydra exits on bad overrides / --help
         return int(e.code or 0) if not isinstance(e.code, str) else 1
     finally:

@@ -115,7 +115,9 @@ def check_identity(preset: dict[str, Any], pipe: Any, *, allow_mismatch: bool = 
 def weights(cfg: Any) -> int:
     from .weights import WeightStore, catalogue, content_hash
 
-    store = WeightStore(weights_dir=cfg.get("weights_dir"), allow_download=False)
+    paths = cfg.get("paths")
+    store = WeightStore(weights_dir=cfg.get("weights_dir"), allow_download=False,
+                        cache_dir=Path(str(paths.cache_dir)).expanduser() / "weights" if paths is not None else None)
     rows = []
     for group in ("model", "face", "detector"):
         for name, spec in catalogue(group).items():

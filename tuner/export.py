@@ -44,7 +44,7 @@ def recheck(study: Any, objective: O.Objective) -> list[tuple[Any, list[O.Gate]]
     return out
 
 
-def _holds(gates: list[O.Gate]) -> bool:
+def holds(gates: list[O.Gate]) -> bool:
     return all(g.violation <= 0 for g in gates)
 
 
@@ -54,13 +54,13 @@ def best_trial(study: Any, objective: O.Objective, *, allow_infeasible: bool,
     if number is not None:
         for t, g in trials:
             if t.number == number:
-                if not _holds(g) and not allow_infeasible:
+                if not holds(g) and not allow_infeasible:
                     bad = [f"{c.describe()}: {x.value:.4g}" + (f" on {x.image}" if x.image else "")
                            for c, x in zip(objective.constraints, g, strict=True) if x.violation > 0]
                     raise ConfigError(f"trial {number} violates {bad}; pass allow_infeasible=true to export it")
                 return t, g
         raise ConfigError(f"trial {number} is not a completed trial of study '{study.study_name}'")
-    feasible = [(t, g) for t, g in trials if _holds(g)]
+    feasible = [(t, g) for t, g in trials if holds(g)]
     pool = feasible if feasible else (trials if allow_infeasible else [])
     if not pool:
         raise ConfigError(
@@ -92,7 +92,7 @@ def build_preset(study: Any, trial: Any, gates: list[O.Gate], objective: O.Objec
                     "dataset": info.get("dataset"), "dataset_hash": info.get("dataset_hash"),
                     "n_images": info.get("n_images"), "tuned_at_max_side": info.get("max_side"),
                     "dropped_knobs": info.get("dropped_knobs", []), "versions": info.get("versions", {}),
-                    "all_constraints_hold": _holds(gates)},
+                    "all_constraints_hold": holds(gates)},
     )
 
 
@@ -100,7 +100,7 @@ def run_export(cfg: Any) -> int:
     import optuna
 
     st_node = to_dict(cfg.study) or {}
-    run_dir = Path(str(cfg.paths.runs_dir)).expanduser() / str(st_node.get("name"))
+    run_dir = Path(str(cfg.paths.runs_dir)) / str(st_node.get("name"))  # as tune's run folder (no ~ expansion)
     st = study_settings(cfg, run_dir)
     if st.storage.startswith("sqlite") and not Path(st.storage.split("///", 1)[-1]).exists():
         raise ConfigError(f"no study storage at {st.storage}; run `tuner tune study.name={st.name}` first")
@@ -119,5 +119,5 @@ def run_export(cfg: Any) -> int:
     out = Path(str(cfg.out))
     presets.save(build_preset(study, trial, gates, objective), out)
     log.info("exported trial %d of study %s to %s (constraints hold on every image: %s)", trial.number, st.name,
-             out, _holds(gates))
+             out, holds(gates))
     return 0

@@ -29,7 +29,7 @@ from . import preset as presets
 from .config import check_keys, dataset_from_cfg, metric_settings, pipeline_config, to_dict
 from .dataset import Dataset
 from .errors import ConfigError, TunerError
-from .export import SCHEMA, _holds, best_trial, build_preset
+from .export import SCHEMA, best_trial, build_preset, holds
 from .images import atomic_write_bytes, encode
 from .pipeline import Params, PipelineSpec
 from .scoring import Scorer
@@ -271,7 +271,7 @@ def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialR
         for item, res in zip(runner.dataset.items, results, strict=True):
             encode(res.image, run_dir / "best_outputs" / f"{item.name}.png")
         lines += [f"best trial: {trial.number} values={[round(v, 4) for v in trial.values]}",
-                  f"params: {preset['params']}", f"constraints hold on every image: {_holds(gates)}"]
+                  f"params: {preset['params']}", f"constraints hold on every image: {holds(gates)}"]
         lines += [f"  {k}: " + (f"worst {v['value']} ({v['worst_image']})" if v.get("worst_image")
                                 else f"{'mean' if 'mean' in v['reduce'] else 'worst'} {v['value']}")
                   + ("" if v["holds"] else "  VIOLATED") for k, v in preset["constraints"].items()]
