@@ -89,6 +89,36 @@ def main() -> None:
     print(f"{a.model}, {len(ds.items)} portraits at max_side {a.max_side}, {a.trials} trials (blend {blends})")
     print(f"cold first pass {cold:.2f}s; naive trial median {n:.2f}s; warm trial median {w:.3f}s")
     print(f"naive / warm = {n / w:.1f}x (goal >= 20); outputs identical: yes")
+    stage_shares(runner, blends[-1] + 0.05)
+
+
+def stage_shares(runner: TrialRunner, b: float) -> None:
+    """Where a warm trial's time goes: one more warm trial under cProfile, cumulative time per stage."""
+    import cProfile
+    import pstats
+
+    from tuner import metrics as M
+
+    prof = cProfile.Profile()
+    t = time.perf_counter()
+    prof.enable()
+    runner.evaluate(runner.base, Params(blend=b))
+    prof.disable()
+    total = time.perf_counter() - t
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+
+    def cum(module_suffix: str, func: str) -> float:
+        return sum(v[3] for (f, _, name), v in stats.items() if f.endswith(module_suffix) and name == func)
+
+    stages = {"pipeline (cached SR + blend)": cum("tuner/pipeline.py", "run"),
+              "cache keys (output/input hashes)": cum("tuner/scoring.py", "metric_key")}
+    for name in runner.scorer.names:
+        fn = getattr(M.get(name).fn, "func", M.get(name).fn)
+        stages[f"metric {name}"] = cum(fn.__code__.co_filename.split("/tuner/")[-1], fn.__name__)
+    print(f"warm trial under the profiler: {total:.3f}s; share per stage:")
+    for k, v in sorted(stages.items(), key=lambda kv: -kv[1]):
+        if v > 0:
+            print(f"  {k:<36} {v:6.3f}s  {100 * v / total:5.1f}%")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,13 @@ def code_digest(names: Iterable[str]) -> str:
     """sha256 over the metric files and the registered functions of ``names`` (order-independent)."""
     from . import get
 
+    return _functions_digest(tuple(sorted({get(n).fn for n in names}, key=_sort_key)))
+
+
+@functools.lru_cache(maxsize=64)
+def _functions_digest(fns: tuple[Callable[..., object], ...]) -> str:
+    # keyed on the function objects themselves: a metric replaced in the table is a new key
     h = hashlib.sha256(_package_digest().encode())
-    for fn in sorted({get(n).fn for n in names}, key=_sort_key):
+    for fn in fns:
         h.update(_source(fn).encode())
     return h.hexdigest()
