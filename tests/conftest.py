@@ -34,12 +34,11 @@ GFPGAN_OVERRIDES = ["face.arch.out_size=64", "face.arch.num_style_feat=64", "fac
 
 def tiny_state_dict(arch: dict, seed: int, key: str = "params") -> dict:
     """Random weights for a tiny network, scaled so outputs stay image-like."""
-    import_basicsr_stack()
-    from tuner.faces import build_face_network
-    from tuner.upscale import build_network
+    from tuner import archs
 
+    import_basicsr_stack()
     torch.manual_seed(seed)
-    net = build_face_network(arch) if arch["type"] in ("GFPGANv1Clean", "RestoreFormer") else build_network(arch)
+    net = archs.build(arch)
     return {key: {k: v.clone() for k, v in net.state_dict().items()}}
 
 

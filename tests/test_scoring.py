@@ -62,7 +62,8 @@ def test_metric_code_digest_covers_helpers_and_model_files(tmp_path):
 
     pkg = ROOT / "tuner"
     names = {f.relative_to(pkg).as_posix() for f in V.metric_files()}
-    assert {"metrics/nss.py", "metrics/skin.py", "metrics/data/niqe_live.npz", "facegeom.py"} <= names
+    # images.py holds luminance and the reference upscale R the skin metrics compare against
+    assert {"metrics/nss.py", "metrics/skin.py", "metrics/data/niqe_live.npz", "facegeom.py", "images.py"} <= names
     copy = tmp_path / "tuner"
     shutil.copytree(pkg, copy, ignore=shutil.ignore_patterns("__pycache__"))
     files = [copy / n for n in sorted(names)]

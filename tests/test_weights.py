@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_WEIGHTS, TINY_RRDB, TINY_SRVGG, needs_shared_weights, tiny_state_dict
+from conftest import SHARED_WEIGHTS, needs_shared_weights
 
 from tuner.errors import WeightsError
-from tuner.weights import ModelSpec, WeightStore, catalogue, detect_arch, load_state_dict
+from tuner.weights import ModelSpec, WeightStore, catalogue, load_state_dict
 
 
 def _spec(**kw):
@@ -93,20 +93,6 @@ def test_load_picks_key_and_strips_module_prefix(tmp_path):
     assert list(load_state_dict(tmp_path / "x.pth", "params")) == ["a"]
     with pytest.raises(WeightsError, match="key 'nope'"):
         load_state_dict(tmp_path / "x.pth", "nope")
-
-
-@pytest.mark.parametrize("arch", [TINY_RRDB, {**TINY_RRDB, "scale": 2, "num_block": 3}, TINY_SRVGG,
-                                  {**TINY_SRVGG, "act_type": "relu", "num_conv": 5}])
-def test_detect_arch(arch):
-    sd = tiny_state_dict(arch, 0)["params"]
-    got = detect_arch(sd)
-    for k, v in arch.items():
-        assert got[k] == v, k
-
-
-def test_detect_arch_rejects_unknown():
-    with pytest.raises(WeightsError, match="neither"):
-        detect_arch({"foo.weight": torch.zeros(1)})
 
 
 # ------------------------------------------------------------------ pinned hashes and accepted copies

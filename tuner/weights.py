@@ -31,7 +31,6 @@ from typing import Any
 
 import yaml
 
-from . import archs
 from .errors import ConfigError, WeightsError
 
 log = logging.getLogger(__name__)
@@ -335,8 +334,3 @@ def load_state_dict(path: Path, key: str | None = None) -> dict[str, Any]:
     if not isinstance(sd, Mapping) or not sd:
         raise WeightsError(f"{path}: no parameters found")
     return {k.removeprefix("module."): v for k, v in sd.items()}
-
-
-def detect_arch(sd: Mapping[str, Any]) -> dict[str, Any]:
-    """Architecture of a bare Real-ESRGAN state dict; the detectors are rows of :mod:`tuner.archs`."""
-    return archs.detect(sd)
