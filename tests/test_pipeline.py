@@ -9,8 +9,9 @@ from conftest import PORTRAITS, TINY_GFPGAN, TINY_RRDB, TINY_SRVGG
 from tuner.cache import StageCache
 from tuner.errors import ConfigError, PipelineError
 from tuner.images import decode, fit_max_side
-from tuner.memory import MemoryLimits, estimate_memory
+from tuner.memory import estimate_memory
 from tuner.pipeline import Params, Pipeline, PipelineSpec, dni_plan
+from tuner.spec import MemoryLimits
 from tuner.weights import ModelSpec, WeightStore
 
 

@@ -32,7 +32,7 @@ def test_real_model_output_is_sane(name, tmp_path):
 @pytest.mark.weights
 @needs_shared_weights("RealESRGAN_x4plus.pth")
 def test_x4plus_is_crunchier_than_its_lanczos_blend():
-    """The crunch acceptance check on real weights, run in CI (about 15 s at 128 px on 2 cores):
+    """The crunch acceptance check on real weights, run in CI (6.8 s at 128 px on 2 cores, pytest --durations):
     blending 50 % Lanczos lowers crunch and edge halo."""
     from tuner.faces import FaceDetector
     from tuner.metrics import Context, InputAnalysis, score

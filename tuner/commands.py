@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .config import limits, pipeline_config, to_dict
+from .config import OUTPUT_FORMATS, limits, pipeline_config, to_dict
 from .errors import EXIT_PARTIAL, ConfigError, ImageError, PipelineError, PresetError
 from .images import decode, encode, fit_max_side, list_images
 
@@ -33,6 +33,7 @@ def input_files(path: str | Path) -> list[Path]:
 
 
 def enhance(cfg: Any) -> int:
+    from .memory import budget_bytes
     from .pipeline import Pipeline
     from .preset import load as load_preset
 
@@ -40,8 +41,8 @@ def enhance(cfg: Any) -> int:
     files = input_files(cfg.input)
     out_dir = Path(str(cfg.output)).expanduser()
     fmt = str(cfg.get("output_format", "same"))
-    if fmt not in ("same", "png", "jpg", "webp", "tif", "bmp"):
-        raise ConfigError(f"output_format must be same, png, jpg, webp, tif or bmp, got {fmt!r}")
+    if fmt not in OUTPUT_FORMATS:
+        raise ConfigError(f"output_format must be one of {OUTPUT_FORMATS}, got {fmt!r}")
     on_error = str(cfg.get("on_error", "skip"))
     if on_error not in ("skip", "fail"):
         raise ConfigError(f"on_error must be skip or fail, got {on_error!r}")
@@ -51,7 +52,7 @@ def enhance(cfg: Any) -> int:
     pipe = Pipeline(pc.spec, store=pc.store, cache=pc.cache, reference_memo_bytes=0)
     mem = pc.spec.memory
     log.info("memory budget %.1f GB per image (limits.max_memory_gb), outputs up to %d pixels "
-             "(limits.max_output_pixels), params.tile=%s", mem.budget() / 2**30, mem.max_output_pixels, pc.params.tile)
+             "(limits.max_output_pixels), params.tile=%s", budget_bytes(mem) / 2**30, mem.max_output_pixels, pc.params.tile)
     if cfg.get("preset"):
         preset = load_preset(cfg.preset)
         check_identity(preset, pipe, allow_mismatch=bool(cfg.get("allow_weights_mismatch", False)))

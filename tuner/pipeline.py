@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
 
 import cv2
 import numpy as np
@@ -31,78 +29,12 @@ from .facegeom import Face, faces_from_array, faces_to_array, skin_mask
 from .faces import FaceDetector, FaceRestorer, RestoredFace, paste_faces, paste_masks, restore_faces
 from .hashing import array_hash, make_key
 from .images import Image, reference_upscale, resize
-from .memory import TILE_AUTO, MemoryLimits, Plan, format_gb, make_plan, output_size
+from .memory import Plan, format_gb, make_plan, output_size
+from .spec import TILE_AUTO, Params, PipelineSpec
 from .upscale import UpscaleOptions, Upscaler, interpolate
 from .weights import ModelSpec, WeightStore, content_hash, load_state_dict
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Params:
-    """The four tuned knobs.
-
-    - ``tile``: Real-ESRGAN tile size in input px (0 = whole image), or ``"auto"``: the largest
-      of :data:`tuner.memory.TILE_LADDER` whose estimated peak memory fits ``limits.max_memory_gb`` (the
-      tile chosen is in :attr:`Result.tile`); memory/speed/seams only;
-    - ``denoise``: DNI weight in [0, 1] with the model's partner (None = the model as is);
-    - ``face_weight``: [0, 1] alpha of restored faces over the upscaled faces;
-    - ``blend``: [0, 1] share of a Lanczos upscale mixed into the result.
-    """
-
-    tile: int | str = 0
-    denoise: float | None = None
-    face_weight: float = 0.0
-    blend: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.tile != TILE_AUTO and (not isinstance(self.tile, int) or isinstance(self.tile, bool) or self.tile < 0):
-            raise ConfigError(f"params.tile must be an integer >= 0 or 'auto', got {self.tile!r}")
-        if self.denoise is not None and not 0.0 <= float(self.denoise) <= 1.0:
-            raise ConfigError(f"params.denoise must be in [0, 1] or null, got {self.denoise}")
-        for k in ("face_weight", "blend"):
-            v = getattr(self, k)
-            if not 0.0 <= float(v) <= 1.0:
-                raise ConfigError(f"params.{k} must be in [0, 1], got {v}")
-
-    @classmethod
-    def from_mapping(cls, m: Mapping[str, Any]) -> Params:
-        unknown = set(m) - {"tile", "denoise", "face_weight", "blend"}
-        if unknown:
-            raise ConfigError(f"unknown params {sorted(unknown)}; the knobs are tile, denoise, face_weight, blend")
-        den = m.get("denoise")
-        return cls(tile=_tile(m.get("tile", 0)), denoise=None if den is None else float(den),
-                   face_weight=float(m.get("face_weight", 0.0) or 0.0), blend=float(m.get("blend", 0.0) or 0.0))
-
-
-def _tile(v: Any) -> int | str:
-    if isinstance(v, str) and v.strip().lower() == TILE_AUTO:
-        return TILE_AUTO
-    try:
-        return int(v or 0)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"params.tile must be an integer >= 0 or 'auto', got {v!r}") from e
-
-
-@dataclass(frozen=True)
-class PipelineSpec:
-    """Everything structural about a pipeline (what stays fixed within a study)."""
-
-    model: ModelSpec
-    face: ModelSpec | None = None
-    partner: ModelSpec | None = None  # DNI partner of ``model``
-    tile_pad: int = 10
-    pre_pad: int = 10
-    overlap: int = 0
-    outscale: float | None = None
-    half: bool = False
-    blend_variant: str = "global"
-    face_upsample: bool = False
-    detector: str = "retinaface"
-    detector_model: ModelSpec | None = None  # weights of facexlib's detector when detector=retinaface_resnet50
-    detection_threshold: float = 0.9
-    device: str = "cpu"
-    memory: MemoryLimits = MemoryLimits()  # output/memory guards and the params.tile=auto budget
 
 
 @dataclass

@@ -68,7 +68,9 @@ def metric_key(output: np.ndarray, analysis: M.InputAnalysis, names: list[str], 
     paste mask, the analysis size, and the metric code itself (version + source digest)."""
     faces = [[*map(float, f.box), *map(float, np.asarray(f.landmarks).ravel()), float(f.score)]
              for f in analysis.faces]
-    return make_key(out=array_hash(output), input=array_hash(analysis.input), faces=faces,
+    if "input_hash" not in analysis.memo:  # the input never changes between trials: hash it once
+        analysis.memo["input_hash"] = array_hash(analysis.input)
+    return make_key(out=array_hash(output), input=analysis.memo["input_hash"], faces=faces,
                     detector=detector, threshold=detection_threshold, names=names, tile=tile,
                     mask="none" if face_mask is None else array_hash(face_mask), iqa=iqa_max_side,
                     pipeline=PIPELINE_VERSION, metrics=METRICS_VERSION, code=code_digest(names))

@@ -20,14 +20,16 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from .blend import VARIANTS
 from .errors import PresetError
+from .faces import DETECTORS
 from .pipeline import Params, PipelineSpec
 from .weights import ModelSpec
 
 PARAM_KEYS = ("tile", "denoise", "face_weight", "blend")
-PIPELINE_KEYS = ("tile_pad", "pre_pad", "overlap", "outscale", "half", "blend_variant", "face_upsample", "detector",
-                 "detection_threshold")
-_CHOICES = {"blend_variant": ("global", "skin", "frequency"), "detector": ("retinaface", "retinaface_resnet50")}
+UPSCALE_KEYS = ("tile_pad", "pre_pad", "overlap", "outscale", "half")  # conf's `upscale` node
+PIPELINE_KEYS = (*UPSCALE_KEYS, "blend_variant", "face_upsample", "detector", "detection_threshold")
+_CHOICES = {"blend_variant": VARIANTS, "detector": DETECTORS}
 _SAFE_STR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
@@ -109,7 +111,7 @@ class Settings:
         """Hydra overrides that turn a composed config into these settings."""
         out = [f"model={self.model}", f"face={self.face}"]
         out += [f"params.{k}={_hydra(getattr(self, k))}" for k in PARAM_KEYS]
-        out += [f"upscale.{k}={_hydra(getattr(self, k))}" for k in ("tile_pad", "pre_pad", "overlap", "outscale", "half")]
+        out += [f"upscale.{k}={_hydra(getattr(self, k))}" for k in UPSCALE_KEYS]
         out.append(f"blend_variant={self.blend_variant}")
         add = "+" if self.face == "none" else ""  # face=none has no detector keys to override
         out += [f"{add}face.detector={self.detector}", f"{add}face.detection_threshold={_hydra(self.detection_threshold)}"]

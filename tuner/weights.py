@@ -17,6 +17,7 @@ executed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -142,6 +143,14 @@ def folder_declarations(folder: Path) -> dict[str, tuple[str, str]]:
     p = folder / DECLARATIONS
     if not p.is_file():
         return {}
+    st = p.stat()
+    return dict(_read_declarations(str(p), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=16)
+def _read_declarations(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, tuple[str, str]], ...]:
+    """Parsed once per version of the file (resolve runs for every image of every trial)."""
+    p = Path(path)
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
@@ -155,7 +164,7 @@ def folder_declarations(folder: Path) -> dict[str, tuple[str, str]]:
                 or not d.get("provenance"):
             raise WeightsError(f"{p}: entry {name!r} needs a plain file name, a sha256 (64 hex digits) and a provenance")
         out[str(name)] = (str(d["sha256"]).lower(), str(d["provenance"]))
-    return out
+    return tuple(out.items())
 
 
 def catalogue(group: str = "model") -> dict[str, ModelSpec]:

@@ -112,6 +112,3 @@ def pyiqa_score(name: str, ctx: Context) -> float:
         return float(m(t.to(m.device)).item())
 
 
-def pyiqa_lower_better(name: str) -> bool:
-    return bool(pyiqa_metric(name).lower_better)
-
