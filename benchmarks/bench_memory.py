@@ -76,7 +76,7 @@ def child_pipeline(c: dict[str, Any]) -> dict[str, Any]:
     from tuner.weights import WeightStore, catalogue
 
     spec = PipelineSpec(model=catalogue("model")[c["model"]], blend_variant=c["variant"])
-    pipe = Pipeline(spec, store=WeightStore(weights_dir=WEIGHTS, allow_download=False), reference_memo_bytes=0)
+    pipe = Pipeline(spec, store=WeightStore(weights_dir=WEIGHTS, allow_download=False), memo_limit_bytes=0)
     params = Params(tile=c["tile"], blend=c["blend"])
     out = Path(tempfile.mkdtemp()) / "out.png"
     pipe.run(_portrait(32), params)  # load the model, initialise oneDNN: not part of the peak

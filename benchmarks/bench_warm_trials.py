@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--max-side", type=int, default=256)
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--model", default="realesr-general-x4v3")
+    ap.add_argument("--threads", type=int, default=2, help="TrialRunner score_threads (study.score_threads)")
     a = ap.parse_args()
     spec_m = catalogue("model")[a.model]
     need_weights(spec_m.file_name)
@@ -69,7 +70,7 @@ def main() -> None:
     scorer = Scorer(names, iqa_max_side=1024, detector="retinaface", detection_threshold=0.9, cache=cache)
     runner = TrialRunner(base=PipelineSpec(model=spec_m), base_params=Params(), space={}, objective=objective,
                          dataset=ds, scorer=scorer, store=WeightStore(weights_dir=WEIGHTS, allow_download=False),
-                         cache=cache)
+                         cache=cache, score_threads=a.threads)
     t = time.perf_counter()
     runner.evaluate(runner.base, Params(blend=0.05))  # the cold pass
     cold = time.perf_counter() - t

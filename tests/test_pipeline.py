@@ -155,8 +155,22 @@ def test_plan_of_a_6000px_photo_allocates_nothing():
         x4plus.plan((2048, 2048), Params(tile=0))
 
 
-def test_reference_memo_is_bounded_in_bytes(tiny_weights, image):
+def test_the_memo_is_bounded_in_bytes_and_serves_later_calls(tiny_weights, image, tmp_path):
     pipe = Pipeline(_spec(tiny_weights, face=False), store=WeightStore(weights_dir=tiny_weights),
-                    reference_memo_bytes=0)
+                    memo_limit_bytes=0)
     pipe.run(image, Params())
     assert pipe.memo_bytes() == 0
+    # with room: the second call with the same SR key reads neither the network nor the disk cache
+    cache = StageCache(tmp_path / "cache")
+    pipe = Pipeline(_spec(tiny_weights, face=False), store=WeightStore(weights_dir=tiny_weights), cache=cache)
+    first = pipe.run(image, Params(blend=0.2))
+    assert pipe.memo_bytes() == first.sr.nbytes + first.reference.nbytes
+    hits = cache.hits
+    second = pipe.run(image, Params(blend=0.5))
+    assert second.cached["sr"] and cache.hits == hits
+    assert second.sr is first.sr and not second.sr.flags.writeable  # shared, so nobody may write into it
+    # a bound smaller than both arrays keeps the newest that fits, dropping the oldest
+    small = Pipeline(_spec(tiny_weights, face=False), store=WeightStore(weights_dir=tiny_weights),
+                     memo_limit_bytes=first.sr.nbytes)
+    small.run(image, Params())
+    assert small.memo_bytes() <= first.sr.nbytes

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class StageCache:
         self.hits = 0
         self.misses = 0
         self._total: int | None = None  # bytes on disk, scanned once, then kept up to date
+        self._lock = threading.Lock()
 
     def _path(self, stage: str, key: str) -> Path:
         return self.root / stage / key[:2] / f"{key}.npz"
@@ -55,14 +57,18 @@ class StageCache:
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]
         path = self._path(stage, key)
-        old = path.stat().st_size if path.exists() else 0
-        atomic_write_bytes(path, buf.getvalue())
-        if self._total is None:
-            self._total = self.size_bytes()
-        else:
-            self._total += len(buf.getvalue()) - old
-        if self._total > self.max_bytes:
-            self._evict()
+        with self._lock:  # scoring threads write metric entries at once
+            try:
+                old = path.stat().st_size
+            except FileNotFoundError:
+                old = 0
+            atomic_write_bytes(path, buf.getvalue())
+            if self._total is None:
+                self._total = self.size_bytes()
+            else:
+                self._total += len(buf.getvalue()) - old
+            if self._total > self.max_bytes:
+                self._evict()
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*.npz")) if self.root.exists() else 0

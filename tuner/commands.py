@@ -49,7 +49,7 @@ def enhance(cfg: Any) -> int:
     lim = limits(cfg)
     max_side = cfg.get("max_side")
     # each input is seen once: keep no R between inputs (the memo is for studies)
-    pipe = Pipeline(pc.spec, store=pc.store, cache=pc.cache, reference_memo_bytes=0)
+    pipe = Pipeline(pc.spec, store=pc.store, cache=pc.cache, memo_limit_bytes=0)
     mem = pc.spec.memory
     log.info("memory budget %.1f GB per image (limits.max_memory_gb), outputs up to %d pixels "
              "(limits.max_output_pixels), params.tile=%s", budget_bytes(mem) / 2**30, mem.max_output_pixels, pc.params.tile)

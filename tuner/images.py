@@ -14,6 +14,7 @@ Conversion to BGR, uint8/uint16, CHW tensors and so on happens only at the edges
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import tempfile
@@ -313,6 +314,14 @@ def encode(image: Image, path: str | Path) -> Path:
     return p
 
 
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process umask, read once: reading it means setting it, which other threads would see."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temporary file in the same folder and ``os.replace``: never a half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -322,9 +331,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual mode
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

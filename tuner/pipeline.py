@@ -75,9 +75,10 @@ class Pipeline:
     """Runs the three stages for a fixed :class:`PipelineSpec` and per-call :class:`Params`."""
 
     def __init__(self, spec: PipelineSpec, *, store: WeightStore, cache: StageCache | None = None,
-                 reference_memo_bytes: int = 2 << 30) -> None:
-        """``reference_memo_bytes`` bounds the R kept between calls (a study reuses it every trial;
-        a one-pass folder run passes 0)."""
+                 memo_limit_bytes: int = 2 << 30) -> None:
+        """``memo_limit_bytes`` bounds the arrays kept in RAM between calls, R and the SR outputs
+        (a study reuses them every trial instead of re-reading the stage cache; a one-pass
+        folder run passes 0)."""
         self.spec = spec
         self.store = store
         self.cache = cache
@@ -85,24 +86,28 @@ class Pipeline:
         self._restorer: FaceRestorer | None = None
         self._detector: FaceDetector | None = None
         self._detect_memo: dict[str, list[Face]] = {}
-        self._reference_memo: dict[tuple[str, int, int], np.ndarray] = {}  # R per (input, output size)
-        self._reference_memo_bytes = int(reference_memo_bytes)
+        # R per (input, output size) and SR outputs per stage key, oldest dropped first
+        self._memo: dict[tuple[str, ...], np.ndarray] = {}
+        self._memo_limit = int(memo_limit_bytes)
+
+    def _remember(self, key: tuple[str, ...], a: np.ndarray) -> None:
+        if a.nbytes <= self._memo_limit:
+            while self._memo and self.memo_bytes() + a.nbytes > self._memo_limit:
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[key] = a
 
     def reference(self, image: Image, ihash: str, size: tuple[int, int]) -> np.ndarray:
         """R, the Lanczos upscale of the input: the same for every trial, so computed once per input."""
-        key = (ihash, *size)
-        if key in self._reference_memo:
-            return self._reference_memo[key]
-        ref = reference_upscale(image.rgb, size)
-        if ref.nbytes <= self._reference_memo_bytes:
-            while self._reference_memo and self.memo_bytes() + ref.nbytes > self._reference_memo_bytes:
-                self._reference_memo.pop(next(iter(self._reference_memo)))  # oldest first
-            self._reference_memo[key] = ref
-        return ref
+        key = ("R", ihash, *map(str, size))
+        if key not in self._memo:
+            ref = reference_upscale(image.rgb, size)
+            self._remember(key, ref)
+            return ref
+        return self._memo[key]
 
     def memo_bytes(self) -> int:
-        """RAM held by the R memo between calls."""
-        return sum(r.nbytes for r in self._reference_memo.values())
+        """RAM held between calls (R and SR outputs)."""
+        return sum(r.nbytes for r in self._memo.values())
 
     # ------------------------------------------------------------ memory plan
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
@@ -179,13 +184,18 @@ class Pipeline:
         models = [(sha, w) for _, sha, w in self.model_identity(params.denoise)]
         key = make_key(stage="sr", input=ihash, models=models, opts=asdict(opts), arch=dict(s.model.arch),
                        device=s.device.split(":")[0], version=PIPELINE_VERSION)
+        if ("sr", key) in self._memo:
+            return self._memo["sr", key], key, True
         hit = self.cache.get("sr", key) if self.cache else None
         if hit is not None:
-            return hit["rgb"], key, True
-        out = self.upscaler(params.denoise)(image.rgb, opts)
-        if self.cache:
-            self.cache.put("sr", key, {"rgb": out})
-        return out, key, False
+            out, cached = hit["rgb"], True
+        else:
+            out, cached = self.upscaler(params.denoise)(image.rgb, opts), False
+            if self.cache:
+                self.cache.put("sr", key, {"rgb": out})
+        out.setflags(write=False)  # shared by every later call with the same key
+        self._remember(("sr", key), out)
+        return out, key, cached
 
     def _restore(self, image: Image, ihash: str, faces: list[Face], params: Params, sr_key: str) -> tuple[list[RestoredFace], bool]:
         face = self.spec.face
@@ -219,7 +229,7 @@ class Pipeline:
                 "%s: tile %d (params.tile=%s; estimated peak %s of the %s memory budget)", name, plan.tile,
                 params.tile, format_gb(plan.estimate.host), format_gb(plan.budget))
         if plan.estimate.host + self.memo_bytes() > plan.budget:
-            self._reference_memo.clear()  # a cache: make room before this input rather than after
+            self._memo.clear()  # a cache: make room before this input rather than after
         params = replace(params, tile=plan.tile)
         t0 = time.perf_counter()
         timings: dict[str, float] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,12 +39,14 @@ class StudySettings:
     allow_infeasible: bool
     max_consecutive_failures: int
     max_failures: int
+    score_threads: int = 1
 
 
 def study_settings(cfg: Any, run_dir: Path) -> StudySettings:
     s = to_dict(cfg.study) or {}
     check_keys(s, {"name", "n_trials", "storage", "sampler", "seed", "n_startup_trials", "pruner", "heartbeat",
-                   "max_retry", "strict", "allow_infeasible", "max_consecutive_failures", "max_failures"}, "study")
+                   "max_retry", "strict", "allow_infeasible", "max_consecutive_failures", "max_failures",
+                   "score_threads"}, "study")
     pr = s.get("pruner") or {}
     check_keys(pr, {"enabled", "p_threshold", "n_startup_steps"}, "study.pruner")
     hb = s.get("heartbeat") or {}
@@ -59,13 +62,18 @@ def study_settings(cfg: Any, run_dir: Path) -> StudySettings:
     if max_consec < 1 or max_fail < 1:
         raise ConfigError("study.max_consecutive_failures and study.max_failures must be >= 1")
     storage = s.get("storage") or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    threads = s.get("score_threads", "auto")
+    if threads == "auto":
+        threads = min(len(os.sched_getaffinity(0)), 4)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"study.score_threads must be an integer >= 1 or auto, got {threads!r}")
     return StudySettings(name=name, n_trials=n, storage=str(storage), sampler=sampler, seed=int(s.get("seed", 0)),
                          n_startup_trials=int(s.get("n_startup_trials", 8)), pruner=bool(pr.get("enabled", True)),
                          p_threshold=float(pr.get("p_threshold", 0.1)), n_startup_steps=int(pr.get("n_startup_steps", 5)),
                          heartbeat_interval=int(hb.get("interval", 30)), grace_period=int(hb.get("grace_period", 90)),
                          max_retry=int(s.get("max_retry", 2)), strict=bool(s.get("strict", False)),
                          allow_infeasible=bool(s.get("allow_infeasible", False)),
-                         max_consecutive_failures=max_consec, max_failures=max_fail)
+                         max_consecutive_failures=max_consec, max_failures=max_fail, score_threads=threads)
 
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -140,7 +140,7 @@ def run_tune(cfg: Any) -> int:
     scorer = Scorer(names, iqa_max_side=iqa_side, detector=base.detector,
                     detection_threshold=base.detection_threshold, cache=pc.cache)
     runner = TrialRunner(base=base, base_params=pc.params, space=space, objective=objective, dataset=dataset,
-                         scorer=scorer, store=pc.store, cache=pc.cache)
+                         scorer=scorer, store=pc.store, cache=pc.cache, score_threads=st.score_threads)
     multi = objective.mode == "multi"
     pruner = (optuna.pruners.WilcoxonPruner(p_threshold=st.p_threshold, n_startup_steps=st.n_startup_steps)
               if st.pruner and not multi else optuna.pruners.NopPruner())
@@ -175,9 +175,12 @@ def run_tune(cfg: Any) -> int:
                                                                                     versions().items()}})
         if parent and not study.user_attrs.get("mlflow_parent_run_id"):
             study.set_user_attr("mlflow_parent_run_id", parent)
-    worker_loop(study, storage, runner, st, objective, tracker, parent, lock_path, run_dir,
-                int(tracking.get("contact_sheet_faces", 6)))
-    return finish(study, st, objective, runner, tracker, parent, run_dir)
+    try:
+        worker_loop(study, storage, runner, st, objective, tracker, parent, lock_path, run_dir,
+                    int(tracking.get("contact_sheet_faces", 6)))
+        return finish(study, st, objective, runner, tracker, parent, run_dir)
+    finally:
+        runner.close()
 
 
 def _counts(study: Any) -> tuple[int, int]:

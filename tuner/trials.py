@@ -13,7 +13,9 @@ import logging
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from . import objective as O
 from . import search
 from .cache import StageCache
 from .dataset import Dataset
-from .errors import TunerError
+from .errors import ConfigError, TunerError
 from .images import atomic_write_bytes, encode, from_array
 from .pipeline import Params, Pipeline, PipelineSpec, Result
 from .scoring import Scorer
@@ -41,7 +43,8 @@ class TrialRunner:
     """Evaluates one trial's settings over the dataset: pipeline -> scoring -> objective."""
 
     def __init__(self, *, base: PipelineSpec, base_params: Params, space: Mapping[str, Knob], objective: O.Objective,
-                 dataset: Dataset, scorer: Scorer, store: WeightStore, cache: StageCache | None) -> None:
+                 dataset: Dataset, scorer: Scorer, store: WeightStore, cache: StageCache | None,
+                 score_threads: int = 1) -> None:
         self.base = base
         self.base_params = base_params
         self.space = dict(space)
@@ -54,6 +57,10 @@ class TrialRunner:
         self._pipelines: dict[str, Pipeline] = {}
         self.models = catalogue("model")
         self.faces = catalogue("face")
+        if score_threads < 1:
+            raise ConfigError(f"study.score_threads must be >= 1, got {score_threads}")
+        self.score_threads = score_threads
+        self._pool = ThreadPoolExecutor(score_threads, thread_name_prefix="score") if score_threads > 1 else None
 
     def pipeline(self, spec: PipelineSpec) -> Pipeline:
         key = json.dumps(asdict(spec), sort_keys=True, default=str)
@@ -71,20 +78,54 @@ class TrialRunner:
 
     def evaluate(self, spec: PipelineSpec, params: Params, *, order: list[int] | None = None,
                  report: Any = None) -> tuple[list[dict[str, Any]], list[Result]]:
-        """Run and score every image (in ``order``); ``report(value, index)`` may raise TrialPruned."""
+        """Run and score every image (in ``order``); ``report(value, index)`` may raise TrialPruned.
+
+        The pipeline runs one image at a time (its memory plan is per image); with
+        ``score_threads`` > 1 up to that many finished outputs are scored at once in threads
+        (numpy, OpenCV and torch release the GIL), and results are taken in ``order``, so rows,
+        reports and pruning are the same as with one thread.
+        """
         pipe = self.pipeline(spec)
         rows, results = [], []
-        for idx in order if order is not None else range(len(self.dataset.items)):
-            item = self.dataset.items[idx]
-            res = pipe.run(item.image, params)
-            vals, extra = self.scorer.score(res, self.scorer.analysis(item, res, pipe))
-            row = {"image": item.name, "index": idx, "tile": res.tile, **vals, **extra,
+        pending: deque[tuple[int, Result, Future[Any]]] = deque()
+
+        def take() -> None:
+            idx, res, fut = pending.popleft()
+            vals, extra = fut.result()
+            row = {"image": self.dataset.items[idx].name, "index": idx, "tile": res.tile, **vals, **extra,
                    "objective": self.objective.per_image(vals)}
             rows.append(row)
             results.append(res)
             if report is not None:
                 report(row["objective"], idx)
+
+        try:
+            for idx in order if order is not None else range(len(self.dataset.items)):
+                item = self.dataset.items[idx]
+                fut: Future[Any] = Future()
+                try:
+                    res = pipe.run(item.image, params)
+                    analysis = self.scorer.analysis(item, res, pipe)
+                    if self._pool is None:
+                        fut.set_result(self.scorer.score(res, analysis))
+                    else:
+                        fut = self._pool.submit(self.scorer.score, res, analysis)
+                except Exception as e:  # raised when its turn comes: an earlier image may prune the trial first
+                    fut.set_exception(e)
+                    res = None  # type: ignore[assignment]
+                pending.append((idx, res, fut))
+                while len(pending) >= self.score_threads:
+                    take()
+            while pending:
+                take()
+        finally:
+            for _, _, fut in pending:  # pruned or failed: do not leave work running
+                fut.cancel()
         return rows, results
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objective, tracker: Tracker,

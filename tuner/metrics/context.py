@@ -8,15 +8,37 @@ so a warm trial pays only for what depends on the output.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import cv2
 import numpy as np
 
 from ..facegeom import Face, skin_mask
 from ..images import luminance, reference_upscale
+
+
+T = TypeVar("T")
+
+
+class cached_property(Generic[T]):  # noqa: N801 (named as the functools one it replaces)
+    """``functools.cached_property`` without Python 3.11's class-wide lock (removed in 3.12):
+    under that lock, outputs scored in parallel threads compute their analyses one at a time.
+    Two threads reading the same missing value may both compute it (same value, stored once)."""
+
+    def __init__(self, fn: Callable[[Any], T]) -> None:
+        self.fn, self.name, self.__doc__ = fn, fn.__name__, fn.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, cls: type | None = None) -> T:
+        if obj is None:
+            return self  # type: ignore[return-value]
+        value = self.fn(obj)
+        obj.__dict__[self.name] = value
+        return value
 
 
 def bbox(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:

@@ -118,7 +118,10 @@ def _filter(img: np.ndarray, g: np.ndarray, padding: str) -> np.ndarray:
 def _local_range(img: np.ndarray, size: int, padding: str) -> np.ndarray:
     k = np.ones((size, size), np.uint8)
     b = _BORDER[padding]
-    return (cv2.dilate(img, k, borderType=b, borderValue=0.0)
+    lo, hi = float(img.min()), float(img.max())
+    if lo >= 0.0 and hi <= 255.0 and np.array_equal(img, np.floor(img)):
+        img = img.astype(np.uint8)  # 8-bit grey levels (the usual case): the same range, 8x less to move
+    return (cv2.dilate(img, k, borderType=b, borderValue=0.0).astype(np.float64)
             - cv2.erode(img, k, borderType=b, borderValue=0.0))
 
 
