@@ -75,9 +75,9 @@ def child_pipeline(c: dict[str, Any]) -> dict[str, Any]:
     from tuner.pipeline import Params, Pipeline, PipelineSpec
     from tuner.weights import WeightStore, catalogue
 
-    spec = PipelineSpec(model=catalogue("model")[c["model"]], blend_variant=c["variant"])
+    spec = PipelineSpec(model=catalogue("model")[c["model"]])
     pipe = Pipeline(spec, store=WeightStore(weights_dir=WEIGHTS, allow_download=False), memo_limit_bytes=0)
-    params = Params(tile=c["tile"], blend=c["blend"])
+    params = Params(tile=c["tile"], blend=c["blend"], blend_variant=c["variant"])
     out = Path(tempfile.mkdtemp()) / "out.png"
     pipe.run(_portrait(32), params)  # load the model, initialise oneDNN: not part of the peak
     image = _portrait(c["size"])
@@ -173,8 +173,9 @@ def estimate(case: dict[str, Any]) -> tuple[int, str]:
     from tuner.pipeline import Params, PipelineSpec
     from tuner.weights import catalogue
 
-    spec = PipelineSpec(model=catalogue("model")[case["model"]], blend_variant=case["variant"])
-    e = estimate_memory(spec, (case["size"], case["size"]), case["tile"], params=Params(blend=case["blend"]))
+    spec = PipelineSpec(model=catalogue("model")[case["model"]])
+    e = estimate_memory(spec, (case["size"], case["size"]), case["tile"],
+                        params=Params(blend=case["blend"], blend_variant=case["variant"]))
     return e.host, max(e.stages, key=lambda k: e.stages[k])
 
 

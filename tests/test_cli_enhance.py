@@ -50,7 +50,7 @@ def test_enhance_preset_round_trip_is_byte_exact(tmp_path, tiny_weights, run_cli
     d = _inputs(tmp_path)
     args = [f"weights_dir={tiny_weights}", *SRVGG_OVERRIDES]
     r = run_cli("enhance", f"input={d / GOOD[1]}", f"output={tmp_path / 'a'}", *args, "params.denoise=0.6",
-                "params.blend=0.3", "blend_variant=frequency", "output_format=png")
+                "params.blend=0.3", "params.blend_variant=frequency", "output_format=png")
     assert r.returncode == 0, r.stderr
     preset = {"model": "realesr-general-x4v3", "face": "none",
               "params": {"tile": 0, "denoise": 0.6, "face_weight": 0.0, "blend": 0.3},

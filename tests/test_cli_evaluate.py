@@ -113,7 +113,7 @@ def test_evaluate_outputs_uses_the_configured_detector(tmp_path, run_cli):
     assert r.returncode == 0, r.stderr[-2000:]
     assert not np.isnan(pd.read_csv(tmp_path / "a" / "metrics.csv")["crunch"][0])
     # a threshold no detection reaches: the face is not found, so crunch has no skin to read
-    r = run_cli(*args, f"out={tmp_path / 'b'}", "+face.detection_threshold=0.99999")
+    r = run_cli(*args, f"out={tmp_path / 'b'}", "detection.threshold=0.99999")
     assert r.returncode == 0, r.stderr[-2000:]
     row = pd.read_csv(tmp_path / "b" / "metrics.csv").iloc[0]
     assert np.isnan(row["crunch"]) and "no face" in row["notes"]

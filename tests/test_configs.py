@@ -10,9 +10,8 @@ def test_every_config_composes():
     from hydra import compose, initialize_config_dir
 
     from tuner import objective as O
-    from tuner.config import metric_settings, to_dict
+    from tuner.config import metric_settings, study_settings, to_dict
     from tuner.search import search_space
-    from tuner.storage import study_settings
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         for name in ("enhance", "evaluate", "tune", "export", "weights", "metrics_table"):

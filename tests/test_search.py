@@ -5,8 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from tuner.config import study_settings
 from tuner.search import make_sampler, search_space
-from tuner.storage import study_settings
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2", "random", "grid"])

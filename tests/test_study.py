@@ -173,6 +173,10 @@ def test_bad_images_are_skipped_and_empty_dataset_is_an_error(tmp_path, tiny_wei
     ("+study.n_trails=3", "did you mean 'n_trials'"),
     ("objective.terms.0.metric=crunchy", "unknown metric"),
     ("params.tile=auto", "params.tile=auto"),
+    ("study.score_threads=0", "study.score_threads"),
+    ("params.blend_variant=sharp", "blend_variant must be one of"),
+    ("+face.upsample=true", "face.upsample is now params.face_upsample"),
+    ("detection.threshold=1.5", "detection.threshold"),
 ])
 def test_config_errors_before_any_model_loads(tmp_path, portraits, override, message, run_cli):
     r = run_cli(*_tune_args(tmp_path, portraits, "cfg", override), cwd=tmp_path)  # no weights in tmp_path

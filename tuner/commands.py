@@ -191,12 +191,19 @@ def evaluate(cfg: Any) -> int:
 
 
 def tune(cfg: Any) -> int:
+    from hydra.core.hydra_config import HydraConfig
+
+    from .config import tune_job
     from .study import run_tune
 
-    return run_tune(cfg)
+    return run_tune(tune_job(cfg, Path(HydraConfig.get().runtime.output_dir)))
 
 
 def export(cfg: Any) -> int:
+    from .config import study_run_dir, study_settings
     from .export import run_export
 
-    return run_export(cfg)
+    number = cfg.get("trial")
+    return run_export(study_settings(cfg, study_run_dir(cfg)), Path(str(cfg.out)),
+                      number=None if number is None else int(number),
+                      allow_infeasible=bool(cfg.get("allow_infeasible", False)))

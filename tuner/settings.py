@@ -56,13 +56,14 @@ class Settings:
     def of(cls, spec: PipelineSpec, params: Params) -> Settings:
         return cls(model=spec.model.name, face=spec.face.name if spec.face else "none", tile=params.tile,
                    denoise=params.denoise, face_weight=params.face_weight, blend=params.blend,
-                   blend_variant=spec.blend_variant, face_upsample=spec.face_upsample, tile_pad=spec.tile_pad,
+                   blend_variant=params.blend_variant, face_upsample=params.face_upsample, tile_pad=spec.tile_pad,
                    pre_pad=spec.pre_pad, overlap=spec.overlap, outscale=spec.outscale, half=spec.half,
                    detector=spec.detector, detection_threshold=spec.detection_threshold)
 
     @property
     def params(self) -> Params:
-        return Params(tile=self.tile, denoise=self.denoise, face_weight=self.face_weight, blend=self.blend)
+        return Params(tile=self.tile, denoise=self.denoise, face_weight=self.face_weight, blend=self.blend,
+                      blend_variant=self.blend_variant, face_upsample=self.face_upsample)
 
     def spec(self, base: PipelineSpec, models: Mapping[str, ModelSpec], faces: Mapping[str, ModelSpec]) -> PipelineSpec:
         """``base`` (device, memory limits, detector weights) with these settings' structure."""
@@ -72,8 +73,7 @@ class Settings:
         partner = base.partner if model is base.model else models.get(model.denoise_partner or "")
         return replace(base, model=model, partner=partner, face=face,
                        tile_pad=self.tile_pad, pre_pad=self.pre_pad, overlap=self.overlap, outscale=self.outscale,
-                       half=self.half, blend_variant=self.blend_variant, face_upsample=self.face_upsample,
-                       detector=self.detector, detection_threshold=self.detection_threshold)
+                       half=self.half, detector=self.detector, detection_threshold=self.detection_threshold)
 
     # ------------------------------------------------------------ the one dict shape
     def to_dict(self) -> dict[str, Any]:
@@ -110,13 +110,9 @@ class Settings:
     def overrides(self) -> list[str]:
         """Hydra overrides that turn a composed config into these settings."""
         out = [f"model={self.model}", f"face={self.face}"]
-        out += [f"params.{k}={_hydra(getattr(self, k))}" for k in PARAM_KEYS]
+        out += [f"params.{k}={_hydra(getattr(self, k))}" for k in (*PARAM_KEYS, "blend_variant", "face_upsample")]
         out += [f"upscale.{k}={_hydra(getattr(self, k))}" for k in UPSCALE_KEYS]
-        out.append(f"blend_variant={self.blend_variant}")
-        add = "+" if self.face == "none" else ""  # face=none has no detector keys to override
-        out += [f"{add}face.detector={self.detector}", f"{add}face.detection_threshold={_hydra(self.detection_threshold)}"]
-        if self.face != "none":
-            out.append(f"face.upsample={_hydra(self.face_upsample)}")
+        out += [f"detection.detector={self.detector}", f"detection.threshold={_hydra(self.detection_threshold)}"]
         return out
 
 

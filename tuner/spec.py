@@ -2,16 +2,18 @@
 
 - :class:`PipelineSpec`: everything structural about a pipeline (models, pipeline options,
   device, memory limits);
-- :class:`Params`: the four knobs a trial or a call sets;
+- :class:`Params`: what a trial or a call sets: the four tuned knobs and the two options a
+  study may search with them (``blend_variant``, ``face_upsample``);
 - :class:`MemoryLimits`: the output-size and memory guards checked before any work.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
+from .blend import VARIANTS
 from .errors import ConfigError
 from .weights import ModelSpec
 
@@ -46,20 +48,25 @@ class MemoryLimits:
 
 @dataclass(frozen=True)
 class Params:
-    """The four tuned knobs.
+    """The tuned knobs, set per call: one :class:`Pipeline` (and its memos) serves every trial.
 
     - ``tile``: Real-ESRGAN tile size in input px (0 = whole image), or ``"auto"``: the largest
       of :data:`tuner.memory.TILE_LADDER` whose estimated peak memory fits ``limits.max_memory_gb`` (the
       tile chosen is in :attr:`Result.tile`); memory/speed/seams only;
     - ``denoise``: DNI weight in [0, 1] with the model's partner (None = the model as is);
     - ``face_weight``: [0, 1] alpha of restored faces over the upscaled faces;
-    - ``blend``: [0, 1] share of a Lanczos upscale mixed into the result.
+    - ``blend``: [0, 1] share of a Lanczos upscale mixed into the result;
+    - ``blend_variant``: how the blend mixes (:data:`VARIANTS`, see :mod:`tuner.blend`);
+    - ``face_upsample``: restore faces from an SR-upscaled crop (GFPGAN's ``--upscale`` path)
+      instead of the input crop.
     """
 
     tile: int | str = 0
     denoise: float | None = None
     face_weight: float = 0.0
     blend: float = 0.0
+    blend_variant: str = "global"
+    face_upsample: bool = False
 
     def __post_init__(self) -> None:
         if self.tile != TILE_AUTO and (not isinstance(self.tile, int) or isinstance(self.tile, bool) or self.tile < 0):
@@ -70,15 +77,21 @@ class Params:
             v = getattr(self, k)
             if not 0.0 <= float(v) <= 1.0:
                 raise ConfigError(f"params.{k} must be in [0, 1], got {v}")
+        if self.blend_variant not in VARIANTS:
+            raise ConfigError(f"blend_variant must be one of {VARIANTS}, got {self.blend_variant!r}")
+        if not isinstance(self.face_upsample, bool):
+            raise ConfigError(f"params.face_upsample must be true or false, got {self.face_upsample!r}")
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> Params:
-        unknown = set(m) - {"tile", "denoise", "face_weight", "blend"}
+        """A config's ``params`` node."""
+        unknown = set(m) - {f.name for f in fields(cls)}
         if unknown:
-            raise ConfigError(f"unknown params {sorted(unknown)}; the knobs are tile, denoise, face_weight, blend")
+            raise ConfigError(f"unknown params {sorted(unknown)}; they are {[f.name for f in fields(cls)]}")
         den = m.get("denoise")
         return cls(tile=_tile(m.get("tile", 0)), denoise=None if den is None else float(den),
-                   face_weight=float(m.get("face_weight", 0.0) or 0.0), blend=float(m.get("blend", 0.0) or 0.0))
+                   face_weight=float(m.get("face_weight", 0.0) or 0.0), blend=float(m.get("blend", 0.0) or 0.0),
+                   blend_variant=str(m.get("blend_variant", "global")), face_upsample=m.get("face_upsample", False))
 
 
 def _tile(v: Any) -> int | str:
@@ -92,7 +105,8 @@ def _tile(v: Any) -> int | str:
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    """Everything structural about a pipeline (what stays fixed within a study)."""
+    """Everything structural about a pipeline: models, stage options, device, limits (fixed
+    within a study; what a trial changes is in :class:`Params`)."""
 
     model: ModelSpec
     face: ModelSpec | None = None
@@ -102,8 +116,6 @@ class PipelineSpec:
     overlap: int = 0
     outscale: float | None = None
     half: bool = False
-    blend_variant: str = "global"
-    face_upsample: bool = False
     detector: str = "retinaface"
     detector_model: ModelSpec | None = None  # weights of facexlib's detector when detector=retinaface_resnet50
     detection_threshold: float = 0.9

@@ -1,23 +1,20 @@
 """Study storage and its settings: the Optuna storage URL, the local lock, heartbeats.
 
-Optuna's heartbeat thread and its "is this storage heartbeat-enabled" check live in the
-private ``optuna.storages._heartbeat``: ``Study.optimize`` uses them internally, but the
-worker loop needs ask/tell (to hold a lock around ``ask``), so they are reached here, and
-only here.
+Optuna's heartbeat thread lives in the private ``optuna.storages._heartbeat``:
+``Study.optimize`` starts it internally, but the worker loop needs ask/tell (to hold a lock
+around ``ask``), so it is reached here, in :func:`heartbeat`, and nowhere else.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import check_keys, to_dict
 from .errors import ConfigError
 
 
@@ -40,40 +37,6 @@ class StudySettings:
     max_consecutive_failures: int
     max_failures: int
     score_threads: int = 1
-
-
-def study_settings(cfg: Any, run_dir: Path) -> StudySettings:
-    s = to_dict(cfg.study) or {}
-    check_keys(s, {"name", "n_trials", "storage", "sampler", "seed", "n_startup_trials", "pruner", "heartbeat",
-                   "max_retry", "strict", "allow_infeasible", "max_consecutive_failures", "max_failures",
-                   "score_threads"}, "study")
-    pr = s.get("pruner") or {}
-    check_keys(pr, {"enabled", "p_threshold", "n_startup_steps"}, "study.pruner")
-    hb = s.get("heartbeat") or {}
-    check_keys(hb, {"interval", "grace_period"}, "study.heartbeat")
-    sampler = str(s.get("sampler", "tpe"))
-    if sampler not in ("tpe", "gp", "nsga2", "random", "grid"):
-        raise ConfigError(f"study.sampler must be tpe, gp, nsga2, random or grid, got {sampler!r}")
-    n = int(s.get("n_trials", 0))
-    if n < 1:
-        raise ConfigError(f"study.n_trials must be >= 1, got {n}")
-    name = check_study_name(str(s.get("name") or ""))
-    max_consec, max_fail = int(s.get("max_consecutive_failures", 3)), int(s.get("max_failures", 10))
-    if max_consec < 1 or max_fail < 1:
-        raise ConfigError("study.max_consecutive_failures and study.max_failures must be >= 1")
-    storage = s.get("storage") or f"sqlite:///{(run_dir / 'study.db').resolve()}"
-    threads = s.get("score_threads", "auto")
-    if threads == "auto":
-        threads = min(len(os.sched_getaffinity(0)), 4)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ConfigError(f"study.score_threads must be an integer >= 1 or auto, got {threads!r}")
-    return StudySettings(name=name, n_trials=n, storage=str(storage), sampler=sampler, seed=int(s.get("seed", 0)),
-                         n_startup_trials=int(s.get("n_startup_trials", 8)), pruner=bool(pr.get("enabled", True)),
-                         p_threshold=float(pr.get("p_threshold", 0.1)), n_startup_steps=int(pr.get("n_startup_steps", 5)),
-                         heartbeat_interval=int(hb.get("interval", 30)), grace_period=int(hb.get("grace_period", 90)),
-                         max_retry=int(s.get("max_retry", 2)), strict=bool(s.get("strict", False)),
-                         allow_infeasible=bool(s.get("allow_infeasible", False)),
-                         max_consecutive_failures=max_consec, max_failures=max_fail, score_threads=threads)
 
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -134,13 +97,15 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def heartbeat_enabled(storage: Any) -> bool:
-    """Whether the storage fails the trials of silent workers (true for RDB storages with an interval)."""
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    return bool(is_heartbeat_enabled(storage))
+    """Whether the storage fails the trials of silent workers (RDB storages built with an interval;
+    ``get_heartbeat_interval`` is RDBStorage's public method)."""
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return callable(interval) and interval() is not None
 
 
 def heartbeat(storage: Any, study: Any, trial: Any) -> Any:
+    """A context that beats for ``trial`` while it runs.  Optuna's only private API in tuner:
+    ``Study.optimize`` starts this thread itself, but ask/tell has no public way to."""
     from optuna.storages._heartbeat import get_heartbeat_thread
 
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),

@@ -1,6 +1,7 @@
 """`tuner tune`: an Optuna study over the pipeline's knobs, driven directly (ask/tell).
 
-This module is the study's frame: validate the config, open (or resume) the study with its
+This module is the study's frame: take a validated :class:`TuneJob` (built from the config
+by :func:`tuner.config.tune_job`), open (or resume) the study with its
 identity and baseline trial, run the worker loop, and finish with the summary and the preset.
 Its parts live one floor down: ``search`` (knobs, samplers), ``storage`` (storage URL, lock,
 heartbeats), ``trials`` (one trial: pipeline -> scoring -> gates -> tell), ``export`` (best
@@ -15,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 import warnings
 from collections.abc import Mapping
@@ -26,14 +26,14 @@ from typing import Any
 from . import PIPELINE_VERSION, __version__
 from . import objective as O
 from . import preset as presets
-from .config import check_keys, dataset_from_cfg, metric_settings, pipeline_config, to_dict
+from .cache import StageCache
 from .dataset import Dataset
 from .errors import ConfigError, TunerError
 from .export import SCHEMA, best_trial, build_preset, holds
 from .images import atomic_write_bytes, encode
 from .pipeline import Params, PipelineSpec
 from .scoring import Scorer
-from .search import Knob, make_sampler, resolve_knobs, search_space
+from .search import Knob, make_sampler, resolve_knobs
 from .storage import (
     StudySettings,
     file_lock,
@@ -42,10 +42,10 @@ from .storage import (
     make_storage,
     redact_url,
     storage_lock_path,
-    study_settings,
 )
 from .tracking import Tracker
 from .trials import TrialRunner, run_trial
+from .weights import WeightStore
 
 log = logging.getLogger("tuner")
 
@@ -61,6 +61,28 @@ def versions() -> dict[str, str]:
         with contextlib.suppress(md.PackageNotFoundError):
             out[pkg] = md.version(pkg)
     return out
+
+
+@dataclass(frozen=True)
+class TuneJob:
+    """Everything one `tuner tune` worker needs, validated (the config is read only at the edge)."""
+
+    study: StudySettings
+    spec: PipelineSpec  # the base pipeline; a trial may change the model and its options
+    params: Params  # the knobs' values where they are not searched
+    space: dict[str, Knob]
+    objective: O.Objective
+    objective_node: Any  # the objective as configured: part of the study's identity
+    metric_names: list[str]
+    iqa_max_side: int
+    dataset: Dataset
+    store: WeightStore
+    cache: StageCache | None
+    run_dir: Path
+    tracking_enabled: bool = True
+    tracking_uri: str = ""  # "" = sqlite mlflow.db in run_dir
+    experiment: str = "tuner"
+    contact_sheet_faces: int = 6
 
 
 class StudyAborted(TunerError):
@@ -83,10 +105,11 @@ def study_identity(base: PipelineSpec, base_params: Params, space: Mapping[str, 
     left out on purpose: CPU and GPU workers may share a study; their outputs agree to ~1 LSB.)"""
     return {"schema": SCHEMA, "model": base.model.name, "face": base.face.name if base.face else "none",
             "pipeline": {"tile_pad": base.tile_pad, "pre_pad": base.pre_pad, "overlap": base.overlap,
-                         "outscale": base.outscale, "blend_variant": base.blend_variant,
-                         "face_upsample": base.face_upsample, "detector": base.detector,
+                         "outscale": base.outscale, "blend_variant": base_params.blend_variant,
+                         "face_upsample": base_params.face_upsample, "detector": base.detector,
                          "detection_threshold": base.detection_threshold, "half": base.half},
-            "params": asdict(base_params),  # the knobs that are not searched stay at these values
+            # the knobs that are not searched stay at these values
+            "params": {k: getattr(base_params, k) for k in ("tile", "denoise", "face_weight", "blend")},
             "dataset_hash": dataset.content_hash, "max_side": dataset.max_side,
             "space_def": {k: asdict(v) for k, v in sorted(space.items())},
             "objective": objective_node, "metrics": list(names), "iqa_max_side": iqa_max_side}
@@ -111,45 +134,33 @@ def check_resume(prev: Mapping[str, Any], now: Mapping[str, Any], name: str) -> 
         )
 
 
-def run_tune(cfg: Any) -> int:
+def run_tune(job: TuneJob) -> int:
     import optuna
-    from hydra.core.hydra_config import HydraConfig
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # WilcoxonPruner, heartbeat
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    # ---- validate everything before any model loads
-    st = study_settings(cfg, run_dir)
-    pc = pipeline_config(cfg)
-    space = search_space(to_dict(cfg.search) or {})
-    if pc.params.tile == "auto":
+    st, run_dir, objective, dataset = job.study, job.run_dir, job.objective, job.dataset
+    if job.params.tile == "auto":
         raise ConfigError("params.tile=auto picks a tile per image from each machine's free memory, so a study's "
                           "workers could score different tiles and its preset would not reproduce: give params.tile "
                           "an integer (and search.params.tile choices)")
-    objective = O.from_mapping(to_dict(cfg.objective) or {})
-    names, iqa_side = metric_settings(cfg)
-    names = list(dict.fromkeys([*names, *objective.metrics]))
-    tracking = to_dict(cfg.tracking) or {}
-    check_keys(tracking, {"enabled", "uri", "experiment", "contact_sheet_faces"}, "tracking")
+    names = list(dict.fromkeys([*job.metric_names, *objective.metrics]))
     if objective.mode == "multi" and st.sampler in ("tpe", "gp") and st.pruner:
         log.info("multi-objective study: pruning is off (WilcoxonPruner is single-objective)")
-    dataset = dataset_from_cfg(cfg)
-    base, space, dropped = resolve_knobs(pc.spec, space, pc.store, st.strict)
+    base, space, dropped = resolve_knobs(job.spec, dict(job.space), job.store, st.strict)
     log.info("study %s: %d image(s) at max_side=%s, searching %s", st.name, len(dataset.items), dataset.max_side,
              sorted(space))
-    scorer = Scorer(names, iqa_max_side=iqa_side, detector=base.detector,
-                    detection_threshold=base.detection_threshold, cache=pc.cache)
-    runner = TrialRunner(base=base, base_params=pc.params, space=space, objective=objective, dataset=dataset,
-                         scorer=scorer, store=pc.store, cache=pc.cache, score_threads=st.score_threads)
+    scorer = Scorer(names, iqa_max_side=job.iqa_max_side, detector=base.detector,
+                    detection_threshold=base.detection_threshold, cache=job.cache)
+    runner = TrialRunner(base=base, base_params=job.params, space=space, objective=objective, dataset=dataset,
+                         scorer=scorer, store=job.store, cache=job.cache, score_threads=st.score_threads)
     multi = objective.mode == "multi"
     pruner = (optuna.pruners.WilcoxonPruner(p_threshold=st.p_threshold, n_startup_steps=st.n_startup_steps)
               if st.pruner and not multi else optuna.pruners.NopPruner())
     lock_path = storage_lock_path(st.storage)
-    tracker = Tracker(enabled=bool(tracking.get("enabled", True)),
-                      uri=str(os.environ.get("MLFLOW_TRACKING_URI") or tracking.get("uri")
-                              or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"),
-                      experiment=str(tracking.get("experiment") or "tuner"), artifact_dir=run_dir / "mlartifacts")
-    ident = study_identity(base, pc.params, space, to_dict(cfg.objective), names, iqa_side, dataset)
+    tracker = Tracker(enabled=job.tracking_enabled, uri=job.tracking_uri or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}",
+                      experiment=job.experiment, artifact_dir=run_dir / "mlartifacts")
+    ident = study_identity(base, job.params, space, job.objective_node, names, job.iqa_max_side, dataset)
     with file_lock(lock_path) if lock_path else contextlib.nullcontext():
         # under the lock: two workers creating a fresh SQLite storage at once race on its schema tables
         storage = make_storage(st)
@@ -162,7 +173,7 @@ def run_tune(cfg: Any) -> int:
             study.set_user_attr("tuner", {**ident, "dataset": str(dataset.root), "n_images": len(dataset.items),
                                           "dropped_knobs": dropped, "space": sorted(space), "versions": versions()})
             # trial 0 = the baseline: the configured params with the model exactly as shipped
-            bp = baseline_params(pc.params, base, space)
+            bp = baseline_params(job.params, base, space)
             study.set_user_attr("baseline_params", bp)
             study.enqueue_trial(bp, user_attrs={"baseline": True}, skip_if_exists=True)
         else:
@@ -177,7 +188,7 @@ def run_tune(cfg: Any) -> int:
             study.set_user_attr("mlflow_parent_run_id", parent)
     try:
         worker_loop(study, storage, runner, st, objective, tracker, parent, lock_path, run_dir,
-                    int(tracking.get("contact_sheet_faces", 6)))
+                    job.contact_sheet_faces)
         return finish(study, st, objective, runner, tracker, parent, run_dir)
     finally:
         runner.close()

@@ -87,11 +87,12 @@ class TrialRunner:
         """
         pipe = self.pipeline(spec)
         rows, results = [], []
-        pending: deque[tuple[int, Result, Future[Any]]] = deque()
+        pending: deque[tuple[int, Result | None, Future[Any]]] = deque()
 
         def take() -> None:
             idx, res, fut = pending.popleft()
-            vals, extra = fut.result()
+            vals, extra = fut.result()  # raises this image's failure, in order
+            assert res is not None
             row = {"image": self.dataset.items[idx].name, "index": idx, "tile": res.tile, **vals, **extra,
                    "objective": self.objective.per_image(vals)}
             rows.append(row)
@@ -112,7 +113,7 @@ class TrialRunner:
                         fut = self._pool.submit(self.scorer.score, res, analysis)
                 except Exception as e:  # raised when its turn comes: an earlier image may prune the trial first
                     fut.set_exception(e)
-                    res = None  # type: ignore[assignment]
+                    res = None
                 pending.append((idx, res, fut))
                 while len(pending) >= self.score_threads:
                     take()
@@ -240,7 +241,7 @@ def ensure_baseline(study: Any, runner: TrialRunner, objective: O.Objective) -> 
         return baseline
     bp = {**asdict(runner.base_params), **study.user_attrs.get("baseline_params", {})}
     log.info("baseline values missing (trial 0 not finished); computing them with %s", bp)
-    rows, _ = runner.evaluate(runner.base, Params.from_mapping(bp))
+    rows, _ = runner.evaluate(runner.base, Params(**bp))
     baseline = per_image_values(rows, [c.metric for c in objective.constraints])
     study.set_user_attr("baseline", baseline)
     return baseline

@@ -89,7 +89,7 @@ class ModelSpec:
     def from_mapping(cls, m: Mapping[str, Any]) -> ModelSpec:
         known = {"name", "arch", "url", "filename", "sha256", "key", "scale", "path", "denoise", "kind", "license",
                  "alternatives"}
-        unknown = set(m) - known - {"upsample", "detector", "detection_threshold"}
+        unknown = set(m) - known
         if unknown:
             raise ConfigError(f"model '{m.get('name')}': unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
         if not m.get("name"):

@@ -18,7 +18,6 @@ import numpy as np
 from ..facegeom import Face, skin_mask
 from ..images import luminance, reference_upscale
 
-
 T = TypeVar("T")
 
 

@@ -89,7 +89,8 @@ def read(path: Path) -> tuple[np.ndarray, list[Conv], list[np.ndarray], np.ndarr
     if names != LAYERS:
         raise MetricError(f"{path.name}: layer sequence is not dlib's face-recognition ResNet "
                           f"({len(names)} layers read, {len(LAYERS)} expected)")
-    means, convs, affines, fc, pools = np.zeros(3), [], [], np.zeros(0), []
+    means, convs, affines, pools = np.zeros(3), [], [], []
+    fc: np.ndarray = np.zeros((0, 0))
     for pos, name in marks:
         r = _Reader(data, pos)
         if name == "input_rgb_image_sized":
