@@ -5,7 +5,8 @@
 Naive trial: for every image, load the model from disk, upscale, blend, write the PNG, read
 it back, and score it from scratch (new input analysis, no caches).  Warm trial: tuner's
 TrialRunner after one cold pass (stage cache + per-input analyses + metric memo), with a
-new blend value each trial, so SR is reused but blend and metrics are recomputed.  Both
+new blend value each trial, so SR is reused but blend and metrics are recomputed; outputs are
+scored in ``--threads`` threads (``study.score_threads``; auto = the CPUs, at most 4).  Both
 run the same portraits in one process; the outputs of the two paths are checked to be
 identical.  Prints median seconds per trial and the ratio (goal >= 20).
 """
@@ -94,17 +95,22 @@ def main() -> None:
 
 
 def stage_shares(runner: TrialRunner, b: float) -> None:
-    """Where a warm trial's time goes: one more warm trial under cProfile, cumulative time per stage."""
+    """Where a warm trial's time goes: one more warm trial under cProfile (scored in one thread),
+    cumulative time per stage."""
     import cProfile
     import pstats
 
     from tuner import metrics as M
 
     prof = cProfile.Profile()
+    # cProfile sees only its own thread: profile this trial with scoring in the calling thread
+    pool, threads = runner._pool, runner.score_threads
+    runner._pool, runner.score_threads = None, 1
     t = time.perf_counter()
     prof.enable()
     runner.evaluate(runner.base, Params(blend=b))
     prof.disable()
+    runner._pool, runner.score_threads = pool, threads
     total = time.perf_counter() - t
     stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
 
@@ -116,7 +122,7 @@ def stage_shares(runner: TrialRunner, b: float) -> None:
     for name in runner.scorer.names:
         fn = getattr(M.get(name).fn, "func", M.get(name).fn)
         stages[f"metric {name}"] = cum(fn.__code__.co_filename.split("/tuner/")[-1], fn.__name__)
-    print(f"warm trial under the profiler: {total:.3f}s; share per stage:")
+    print(f"warm trial under the profiler, scored in one thread: {total:.3f}s; share per stage:")
     for k, v in sorted(stages.items(), key=lambda kv: -kv[1]):
         if v > 0:
             print(f"  {k:<36} {v:6.3f}s  {100 * v / total:5.1f}%")

@@ -169,8 +169,11 @@ def test_the_memo_is_bounded_in_bytes_and_serves_later_calls(tiny_weights, image
     second = pipe.run(image, Params(blend=0.5))
     assert second.cached["sr"] and cache.hits == hits
     assert second.sr is first.sr and not second.sr.flags.writeable  # shared, so nobody may write into it
-    # a bound smaller than both arrays keeps the newest that fits, dropping the oldest
+    # room for one of the two (same size): R, which every trial reuses, wins over the SR output,
+    # and a later SR output never pushes R out
     small = Pipeline(_spec(tiny_weights, face=False), store=WeightStore(weights_dir=tiny_weights),
                      memo_limit_bytes=first.sr.nbytes)
-    small.run(image, Params())
-    assert small.memo_bytes() <= first.sr.nbytes
+    a = small.run(image, Params())
+    assert [k[0] for k in small._memo] == ["R"] and small.memo_bytes() == a.reference.nbytes
+    b = small.run(image, Params(denoise=0.5))  # another SR key
+    assert [k[0] for k in small._memo] == ["R"] and b.reference is a.reference

