@@ -18,3 +18,29 @@ def camera_jpeg() -> bytes:
         buf = io.BytesIO()
         im.save(buf, "JPEG", exif=exif, quality=90)
     return buf.getvalue()
+
+
+def chromium() -> str | None:
+    """Debian's headless Chromium, if installed (.ci/run installs it)."""
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def render(page: Path, shot: Path) -> dict:
+    """Load ``page`` in headless Chromium: its self-check (images, broken images, script errors,
+    read from the DOM after load), the console errors Chromium logged, and a screenshot."""
+    import re
+    import subprocess
+
+    exe = chromium()
+    assert exe is not None
+    flags = [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,1600"]
+    dom = subprocess.run([*flags, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom",
+                          page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    check = re.search(r'id="selfcheck" data-done="(\d)" data-images="(\d+)" data-broken="(\d+)" data-errors="(\d+)"',
+                      dom.stdout)
+    console = [ln for ln in dom.stderr.splitlines() if ":CONSOLE" in ln and ("Uncaught" in ln or "ERROR" in ln)]
+    subprocess.run([*flags, f"--screenshot={shot}", page.resolve().as_uri()], capture_output=True, timeout=120)
+    return {"selfcheck": None if check is None else tuple(int(g) for g in check.groups()), "console_errors": console,
+            "screenshot": shot}

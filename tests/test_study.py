@@ -176,6 +176,8 @@ def test_bad_images_are_skipped_and_empty_dataset_is_an_error(tmp_path, tiny_wei
     ("study.score_threads=0", "study.score_threads"),
     ("params.blend_variant=sharp", "blend_variant must be one of"),
     ("+face.upsample=true", "face.upsample is now params.face_upsample"),
+    ("face.detector=retinaface", "face.detector is now detection.detector"),
+    ("+blend_variant=skin", "blend_variant is now params.blend_variant"),
     ("detection.threshold=1.5", "detection.threshold"),
 ])
 def test_config_errors_before_any_model_loads(tmp_path, portraits, override, message, run_cli):

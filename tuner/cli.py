@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .errors import TunerError
+from .errors import ConfigError, TunerError
 from .paths import conf_dir
 
 log = logging.getLogger("tuner")
@@ -26,10 +26,14 @@ commands:
   evaluate   score pipeline outputs (or existing outputs) against their inputs
   tune       run (or resume) an Optuna study over the pipeline's knobs
   export     write the best (or a chosen) trial of a study as a preset
+  compare    regression gate: a candidate pipeline against a baseline (exit 0 pass, 1 fail, 2 error)
+  report     a self-contained HTML report of a study, an evaluate or a compare result
 
 Arguments are Hydra overrides, e.g.
   tuner enhance input=photo.jpg output=out/ model=RealESRGAN_x4plus params.tile=256 weights_dir=../shared/weights
   tuner enhance input=portraits/ output=out/ preset=best_preset.yaml
+  tuner compare baseline=prod.yaml candidate=new.yaml out=cmp/
+  tuner report study.name=default out=reports/default/
   tuner tune --cfg job          # print the composed config
 """
 
@@ -47,7 +51,16 @@ def _commands() -> dict[str, Callable[[Any], int]]:
         "evaluate": commands.evaluate,
         "tune": commands.tune,
         "export": commands.export,
+        "compare": commands.compare,
+        "report": commands.report,
     }
+
+
+def error_code(cmd: str) -> int:
+    """The exit code of a command that could not run (compare is a CI gate: 1 means "fails")."""
+    from .errors import EXIT_COMPARE_ERROR, EXIT_ERROR
+
+    return EXIT_COMPARE_ERROR if cmd == "compare" else EXIT_ERROR
 
 
 def expand_preset(args: list[str]) -> list[str]:
@@ -78,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
+        from .config import MOVED  # an override of a moved option would fail in Hydra, or with "+" be ignored
+
+        for a in rest:
+            key = a.split("=", 1)[0].lstrip("+~")
+            if key in MOVED:
+                raise ConfigError(f"{key} is now {MOVED[key]}")
         rest = expand_preset(rest) if cmd in ("enhance", "evaluate") else rest
         for a in rest:  # before Hydra creates runs/<study.name>/: a name must not leave that folder
             if a.split("=", 1)[0].lstrip("+~") == "study.name" and "=" in a:
@@ -86,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 check_study_name(a.split("=", 1)[1])
     except TunerError as e:
         print(f"tuner {cmd}: error: {e}", file=sys.stderr)
-        return 1
+        return error_code(cmd)
     status = {"rc": 0}
 
     def app(cfg: Any) -> None:
@@ -95,19 +114,20 @@ def main(argv: list[str] | None = None) -> int:
         except TunerError as e:
             log.error("%s", e)
             print(f"tuner {cmd}: error: {e}", file=sys.stderr)
-            status["rc"] = 1
+            status["rc"] = error_code(cmd)
 
     try:
         config_path = str(conf_dir())
     except TunerError as e:  # an incomplete installation: say so, no traceback
         print(f"tuner {cmd}: error: {e}", file=sys.stderr)
-        return 1
+        return error_code(cmd)
     old_argv = sys.argv
     sys.argv = [f"tuner {cmd}", *rest]
     try:
         hydra.main(config_path=config_path, config_name=CONFIG_NAMES.get(cmd, cmd), version_base="1.3")(app)()
     except SystemExit as e:  # Hydra exits on bad overrides / --help
-        return int(e.code or 0) if not isinstance(e.code, str) else 1
+        code = int(e.code or 0) if not isinstance(e.code, str) else 1
+        return error_code(cmd) if code else 0
     finally:
         sys.argv = old_argv
     return int(status["rc"])

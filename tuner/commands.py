@@ -207,3 +207,57 @@ def export(cfg: Any) -> int:
     return run_export(study_settings(cfg, study_run_dir(cfg)), Path(str(cfg.out)),
                       number=None if number is None else int(number),
                       allow_infeasible=bool(cfg.get("allow_infeasible", False)))
+
+
+def compare(cfg: Any) -> int:
+    import json
+
+    from .compare import compare as run_compare
+    from .compare import summary_table
+    from .config import compare_job
+    from .errors import EXIT_COMPARE_FAIL
+    from .images import atomic_write_bytes
+
+    job = compare_job(cfg)
+    log.info("baseline: %s\ncandidate: %s", job.baseline.source, job.candidate.source)
+    result = run_compare(job.dataset, job.baseline, job.candidate, job.rules, metric_names=job.metric_names,
+                         iqa_max_side=job.iqa_max_side, store=job.store, cache=job.cache, out=job.out)
+    atomic_write_bytes(job.out / "compare.json", json.dumps(result, indent=1).encode())
+    n = result["reused"]["of"]
+    for side in ("baseline", "candidate"):
+        r = result["reused"][side]
+        log.info("%s: reused from the stage cache: upscale %d/%d, face restoration %d/%d", side, r.get("sr", 0), n,
+                 r.get("restore", 0), n)
+    print(summary_table(result))
+    if job.report:
+        from .report import compare_report
+
+        log.info("report: %s", compare_report(result, job.out, job.out / "report.html"))
+    print(f"verdict: {result['verdict'].upper()}" + (f" ({', '.join(result['failed'])})" if result["failed"] else ""))
+    log.info("wrote %s", job.out / "compare.json")
+    return EXIT_COMPARE_FAIL if result["verdict"] == "fail" else 0
+
+
+def report(cfg: Any) -> int:
+    from .config import study_run_dir, study_settings
+
+    src = cfg.get("eval")
+    name = Path(str(src)).name if src else str(cfg.study.name)
+    out = Path(str(cfg.out)) if cfg.get("out") else Path(str(cfg.paths.reports_dir)) / name
+    if src:
+        import json
+
+        from .report import compare_report, evaluate_report
+
+        folder = Path(str(src))
+        if (folder / "compare.json").is_file():
+            path = compare_report(json.loads((folder / "compare.json").read_text()), folder, out / "report.html")
+        else:
+            path = evaluate_report(folder, out / "report.html")
+    else:
+        from .study_report import study_report
+
+        path = study_report(study_settings(cfg, study_run_dir(cfg)), study_run_dir(cfg), out / "report.html")
+    log.info("report: %s", path)
+    print(path)
+    return 0

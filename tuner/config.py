@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from .pipeline import Params, PipelineSpec, dni_plan
 from .settings import UPSCALE_KEYS
 from .spec import DEFAULT_MAX_OUTPUT_PIXELS, MemoryLimits
 from .storage import StudySettings, check_study_name
+from .upscale import arch_scale
 from .weights import ModelSpec, WeightStore, catalogue, load_state_dict
 
 if TYPE_CHECKING:
@@ -125,13 +126,14 @@ def model_spec(node: Mapping[str, Any]) -> ModelSpec:
     return spec
 
 
-_MOVED = {"upsample": "params.face_upsample", "detector": "detection.detector",
-          "detection_threshold": "detection.threshold"}  # face options that were in conf/face/*.yaml
+# options that moved: the pipeline's options left conf/face (the catalogue) and the root
+MOVED = {"blend_variant": "params.blend_variant", "face.upsample": "params.face_upsample",
+         "face.detector": "detection.detector", "face.detection_threshold": "detection.threshold"}
 
 
 def face_spec(node: Mapping[str, Any] | None) -> ModelSpec | None:
     """A face model from the catalogue (conf/face): facts about the network, no options."""
-    moved = [f"face.{k} is now {v}" for k, v in _MOVED.items() if node and k in node]
+    moved = [f"{k} is now {v}" for k, v in MOVED.items() if node and k.startswith("face.") and k[5:] in node]
     if moved:
         raise ConfigError("; ".join(moved))
     if not node or node.get("name") in (None, "none"):
@@ -151,6 +153,8 @@ class PipelineConfig:
 
 def pipeline_config(cfg: Any) -> PipelineConfig:
     """Validate the model/face/params/upscale/blend nodes of a composed config."""
+    if cfg.get("blend_variant") is not None:
+        raise ConfigError(f"blend_variant is now {MOVED['blend_variant']}")
     store = weight_store(cfg)
     model = model_spec(to_dict(cfg.model))
     face_node = to_dict(cfg.get("face")) or {}
@@ -259,7 +263,8 @@ def study_settings(cfg: Any, run_dir: Path) -> StudySettings:
     storage = s.get("storage") or f"sqlite:///{(run_dir / 'study.db').resolve()}"
     threads = s.get("score_threads", "auto")
     if threads == "auto":
-        threads = min(len(os.sched_getaffinity(0)), 4)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = min(cpus, 4)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"study.score_threads must be an integer >= 1 or auto, got {threads!r}")
     return StudySettings(name=name, n_trials=n, storage=str(storage), sampler=sampler, seed=int(s.get("seed", 0)),
@@ -297,3 +302,70 @@ def tune_job(cfg: Any, run_dir: Path) -> TuneJob:
 def study_run_dir(cfg: Any) -> Path:
     """A study's run folder, as `tuner tune` makes it (paths.runs_dir/<study.name>, no ~ expansion)."""
     return Path(str(cfg.paths.runs_dir)) / str((to_dict(cfg.study) or {}).get("name"))
+
+
+@dataclass(frozen=True)
+class CompareJob:
+    baseline: Any  # compare.Side
+    candidate: Any
+    rules: Any  # compare.Rules
+    dataset: Dataset
+    metric_names: list[str]
+    iqa_max_side: int
+    store: WeightStore
+    cache: StageCache | None
+    out: Path
+    report: bool
+
+
+def compare_job(cfg: Any) -> CompareJob:
+    """`tuner compare`: both sides, the rules, the dataset; validated before any model loads."""
+    from .compare import Rules
+
+    pc = pipeline_config(cfg)
+    baseline = compare_side(to_dict(cfg.baseline), "baseline", pc, None)
+    candidate = compare_side(to_dict(cfg.candidate), "candidate", pc, baseline)
+    names, iqa_side = metric_settings(cfg)
+    return CompareJob(baseline=baseline, candidate=candidate, rules=Rules.from_mapping(to_dict(cfg.compare) or {}),
+                      dataset=dataset_from_cfg(cfg), metric_names=names, iqa_max_side=iqa_side, store=pc.store,
+                      cache=pc.cache, out=Path(str(cfg.out)), report=bool(cfg.get("report", True)))
+
+
+def compare_side(value: Any, label: str, pc: PipelineConfig, baseline: Any) -> Any:
+    """A side from ``baseline=``/``candidate=``: a preset YAML, a catalogue model name, or
+    (candidate only) a ``.pth`` of the baseline's architecture, given as a path or as
+    ``candidate.model.path``."""
+    from . import preset as presets
+    from .compare import Side
+
+    models, faces = catalogue("model"), catalogue("face")
+    if isinstance(value, Mapping):
+        check_keys(value, {"preset", "model"}, label)
+        path = (value.get("model") or {}).get("path")
+        if value.get("preset") and path:
+            raise ConfigError(f"{label}: give preset or model.path, not both")
+        value = value.get("preset") or path
+    if not value:
+        raise ConfigError(f"{label}= is required: a preset YAML, a model name ({sorted(models)}) or a .pth")
+    value = str(value)
+    if value.endswith((".yaml", ".yml")):
+        st = presets.settings_of(presets.load(value))
+        return Side(label, f"preset {value}", st.spec(pc.spec, models, faces), st.params)
+    if value in models:
+        m = pc.spec.model if value == pc.spec.model.name else models[value]  # the config's model node, as overridden
+        return Side(label, f"model {value}", replace(pc.spec, model=m, partner=models.get(m.denoise_partner or "")),
+                    replace(pc.params, denoise=pc.params.denoise if m.denoise_partner else None))
+    if value.endswith((".pth", ".pt", ".safetensors")):
+        if baseline is None:
+            raise ConfigError(f"{label}={value}: a weights file is compared against a baseline of its family; "
+                              "give the baseline as a preset or a model name")
+        spec = model_spec({"name": Path(value).stem, "path": value, "arch": {"type": "auto"}})
+        want = baseline.spec.model
+        kind, want_kind = (spec.arch.get("type"), arch_scale(spec.arch)), (want.arch.get("type"), arch_scale(want.arch))
+        if kind != want_kind:
+            raise ConfigError(f"{label}: {value} is a {kind[0]} x{kind[1]}, not the baseline's {want_kind[0]} "
+                              f"x{want_kind[1]} ({want.name})")
+        return Side(label, f"weights {value} (the baseline's settings)", replace(baseline.spec, model=spec, partner=None),
+                    replace(baseline.params, denoise=None))
+    raise ConfigError(f"{label}={value!r} is not a preset (.yaml), a model name ({sorted(models)}) or a weights file "
+                      "(.pth)")

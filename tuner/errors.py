@@ -7,6 +7,8 @@ from typing import Any
 
 # exit codes of every command: 0 = all done; 1 = error; 3 = done, but some inputs were bad and skipped
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
+# `tuner compare` is a CI gate: 0 = pass, 1 = the candidate fails, 2 = the comparison could not run
+EXIT_COMPARE_FAIL, EXIT_COMPARE_ERROR = 1, 2
 
 
 class TunerError(Exception):

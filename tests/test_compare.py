@@ -1,0 +1,139 @@
+"""`tuner compare`: a planted regression fails, an identical candidate passes, one broken face
+fails its per-image gate, and compare.json keeps its schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import jsonschema
+import numpy as np
+import pytest
+import torch
+from conftest import SRVGG_OVERRIDES, TINY_SRVGG, tiny_state_dict
+from helpers import PORTRAITS
+
+from tuner import compare as C
+from tuner.cache import StageCache
+from tuner.dataset import load as load_dataset
+from tuner.faces import FaceDetector
+from tuner.images import decode, fit_max_side
+from tuner.pipeline import Params, Pipeline, PipelineSpec
+from tuner.weights import ModelSpec, WeightStore
+
+SCHEMA = Path(__file__).parent / "data" / "compare.schema.json"
+SIX = ["A02_usnavy_grace_hopper.jpg", "A04_whitehouse_obama_2012.jpg", "A05_whitehouse_biden_2013.jpg",
+       "A13_flickr_ccby_05.jpg", "A14_flickr_ccby_09.jpg", "A01_nasa_eileen_collins.png"]
+# the tiny random networks make outputs no absolute gate would pass: gate them against the baseline instead
+RELATIVE_GATES = ["~compare.gates.identity", "~compare.gates.seam", "~compare.gates.edge_halo",
+                  "+compare.gates.edge_halo.max_relative=0.01"]
+
+
+@pytest.fixture(scope="module")
+def sharp_weights(tmp_path_factory) -> Path:
+    """The tiny baseline network with its residual (everything it adds to the nearest-upsampled
+    input) amplified 6x: the same model family, a planted over-sharpening."""
+    sd = tiny_state_dict(TINY_SRVGG, 1)
+    last = max(k for k in sd["params"] if k.endswith(".weight"))
+    sd["params"][last] = sd["params"][last] * 6.0
+    sd["params"][last.replace("weight", "bias")] = sd["params"][last.replace("weight", "bias")] * 6.0
+    p = tmp_path_factory.mktemp("candidate") / "sharp_x4v3.pth"
+    torch.save(sd, p)
+    return p
+
+
+def _args(tiny_weights, portraits, out, *extra):
+    return ["compare", f"weights_dir={tiny_weights}", f"dataset.path={portraits}", "dataset.max_side=96",
+            f"out={out}", "baseline=realesr-general-x4v3", *SRVGG_OVERRIDES, *extra]
+
+
+def test_a_planted_over_sharpening_fails_and_an_identical_candidate_passes(tmp_path, tiny_weights, sharp_weights,
+                                                                          copy_portraits, run_cli):
+    portraits = copy_portraits(SIX)
+    r = run_cli(*_args(tiny_weights, portraits, tmp_path / "sharp", f"candidate.model.path={sharp_weights}",
+                       *RELATIVE_GATES))
+    assert r.returncode == 1, r.stderr[-3000:]
+    res = json.loads((tmp_path / "sharp" / "compare.json").read_text())
+    assert res["verdict"] == "fail" and "crunch" in res["failed"]
+    crunch = res["metrics"]["crunch"]
+    assert crunch["p_worse"] < 0.05 and crunch["ci95"][0] > crunch["tolerance"]
+    assert res["candidate"]["source"].startswith(f"weights {sharp_weights}")
+    assert "FAIL" in r.stdout and "crunch" in r.stdout  # the terminal summary
+    html = (tmp_path / "sharp" / "report.html").read_text()
+    assert "crunch fails; worst images" in html
+
+    same = run_cli(*_args(tiny_weights, portraits, tmp_path / "same", "candidate=realesr-general-x4v3",
+                          *RELATIVE_GATES))
+    assert same.returncode == 0, same.stderr[-3000:]
+    res = json.loads((tmp_path / "same" / "compare.json").read_text())
+    assert res["verdict"] == "pass" and res["failed"] == []
+    assert all(s["verdict"] in ("no significant change", "not applicable") for s in res["metrics"].values())
+    # the candidate ran on stages the baseline had just cached, and the log says so
+    assert res["reused"]["candidate"]["sr"] == len(SIX)
+    assert f"candidate: reused from the stage cache: upscale {len(SIX)}/{len(SIX)}" in same.stdout + same.stderr
+    jsonschema.validate(res, json.loads(SCHEMA.read_text()))
+
+
+def test_errors_exit_2_not_1(tmp_path, tiny_weights, copy_portraits, run_cli):
+    portraits = copy_portraits(SIX[:2])
+    for extra, message in ((["candidate=nothing-like-this"], "not a preset"),
+                           (["candidate.model.path=/no/such.pth"], "does not exist"),
+                           (["candidate=RealESRGAN_x4plus", "compare.alpha=2"], "compare.alpha")):
+        r = run_cli(*_args(tiny_weights, portraits, tmp_path / "x", *extra))
+        assert r.returncode == 2 and message in r.stderr, (extra, r.stderr[-2000:])
+
+
+def test_one_face_turned_into_another_person_fails_the_identity_gate(tmp_path, tiny_weights, copy_portraits,
+                                                                     monkeypatch):
+    """Five of six images are unchanged; on one, the candidate's output carries another person's
+    face.  The mean identity distance still looks harmless; the per-image gate names the image."""
+    ds = load_dataset(copy_portraits(SIX), max_side=128)
+    victim = ds.items[0]
+    model = ModelSpec.from_mapping({"name": "realesr-general-x4v3", "arch": TINY_SRVGG, "key": "params"})
+    store = WeightStore(weights_dir=tiny_weights)
+    base = C.Side("baseline", "model tiny", PipelineSpec(model=model), Params(blend=1.0))  # a Lanczos upscale
+    cand = C.Side("candidate", "model tiny, swapped face", PipelineSpec(model=model, pre_pad=11), Params(blend=1.0))
+    other = fit_max_side(decode(PORTRAITS / "A16_flickr_ccby_12.jpg"), 4 * 128).rgb
+    real_run = Pipeline.run
+
+    def run(self, image, params):
+        res = real_run(self, image, params)
+        if self.spec.pre_pad == 11 and image is victim.image:  # the candidate, on the victim only
+            f_in = FaceDetector()(image.rgb)[0].scaled(res.scale)
+            f_other = FaceDetector()(other)[0]
+            m, _ = cv2.estimateAffinePartial2D(f_other.landmarks, f_in.landmarks)
+            h, w = res.image.rgb.shape[:2]
+            swapped = cv2.warpAffine(other, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            res.image = res.image.with_rgb(np.clip(swapped, 0, 1).astype(np.float32))
+        return res
+
+    monkeypatch.setattr(Pipeline, "run", run)
+    rules = C.Rules.from_mapping({"metrics": {"crunch": {"tolerance": 1.0, "target": 8.0}},
+                                  "gates": {"identity": {"max": 0.45}}})
+    res = C.compare(ds, base, cand, rules, metric_names=["identity"], iqa_max_side=1024, store=store,
+                    cache=StageCache(tmp_path / "cache"), out=tmp_path / "cmp")
+    gate = res["gates"]["identity"]
+    assert res["verdict"] == "fail" and res["failed"] == ["gate:identity"]
+    assert [f["image"] for f in gate["failing"]] == [victim.name] and gate["failing"][0]["candidate"] > 0.6
+    ids = [i["candidate"]["identity"] for i in res["images"] if i["candidate"]["identity"] is not None]
+    assert np.mean(ids) < 0.45  # a mean gate would have passed
+
+
+def test_harm_and_statistics_follow_the_metric_direction():
+    rules = C.Rules.from_mapping({"metrics": {"lr_psnr": {"tolerance": 0.5}, "crunch": {"target": 8.0}}})
+    lr, cr = rules.metrics
+    assert C.harm(lr, 40.0, 38.0) == 2.0  # higher is better: a drop is harm
+    assert C.harm(cr, 8.0, 11.0) == 3.0 and C.harm(cr, 8.0, 5.0) == 3.0  # away from the target either way
+    assert C.harm(cr, 11.0, 8.0) == -3.0
+    rng = np.random.default_rng(0)
+    worse = C.metric_stats(list(2.0 + rng.normal(0, 0.3, 12)), lr, rules)
+    assert worse["verdict"] == "fail" and worse["ci95"][0] > 0.5
+    small = C.metric_stats(list(0.2 + rng.normal(0, 0.05, 12)), lr, rules)
+    assert small["verdict"] == "worse (within tolerance)"
+    better = C.metric_stats(list(-1.0 + rng.normal(0, 0.2, 12)), lr, rules)
+    assert better["verdict"] == "better"
+    assert C.metric_stats([0.0] * 6, lr, rules)["verdict"] == "no significant change"
+    assert C.metric_stats([float("nan")] * 3, lr, rules)["verdict"] == "not applicable"
+    # two images cannot make a significant Wilcoxon test, however large the harm
+    assert C.metric_stats([5.0, 6.0], lr, rules)["verdict"] == "no significant change"
