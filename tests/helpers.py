@@ -34,7 +34,7 @@ def render(page: Path, shot: Path) -> dict:
     import subprocess
 
     exe = chromium()
-    assert exe is not None
+    assert exe is not None, "chromium is required here (TUNER_REQUIRE_BROWSER) but not installed"
     flags = [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,1600"]
     dom = subprocess.run([*flags, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom",
                           page.resolve().as_uri()], capture_output=True, text=True, timeout=120)

@@ -4,6 +4,8 @@ fails its per-image gate, and compare.json keeps its schema."""
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 
 import cv2
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SRVGG_OVERRIDES, TINY_SRVGG, tiny_state_dict
-from helpers import PORTRAITS
+from helpers import PORTRAITS, chromium, render
 
 from tuner import compare as C
 from tuner.cache import StageCache
@@ -60,8 +62,13 @@ def test_a_planted_over_sharpening_fails_and_an_identical_candidate_passes(tmp_p
     assert crunch["p_worse"] < 0.05 and crunch["ci95"][0] > crunch["tolerance"]
     assert res["candidate"]["source"].startswith(f"weights {sharp_weights}")
     assert "FAIL" in r.stdout and "crunch" in r.stdout  # the terminal summary
-    html = (tmp_path / "sharp" / "report.html").read_text()
-    assert "crunch fails; worst images" in html
+    jsonschema.validate(res, json.loads(SCHEMA.read_text()))
+    page = tmp_path / "sharp" / "report.html"
+    assert "crunch fails; worst images" in page.read_text()
+    if chromium() is not None or os.environ.get("TUNER_REQUIRE_BROWSER"):
+        got = render(page, tmp_path / "shot.png")  # crop boards and heat-maps decode, no script error
+        assert got["selfcheck"][0] == 1 and got["selfcheck"][1] >= 12 and got["selfcheck"][2:] == (0, 0)
+        assert got["console_errors"] == []
 
     same = run_cli(*_args(tiny_weights, portraits, tmp_path / "same", "candidate=realesr-general-x4v3",
                           *RELATIVE_GATES))
@@ -130,10 +137,76 @@ def test_harm_and_statistics_follow_the_metric_direction():
     worse = C.metric_stats(list(2.0 + rng.normal(0, 0.3, 12)), lr, rules)
     assert worse["verdict"] == "fail" and worse["ci95"][0] > 0.5
     small = C.metric_stats(list(0.2 + rng.normal(0, 0.05, 12)), lr, rules)
-    assert small["verdict"] == "worse (within tolerance)"
+    assert small["verdict"] == "worse (not shown beyond tolerance)"
     better = C.metric_stats(list(-1.0 + rng.normal(0, 0.2, 12)), lr, rules)
     assert better["verdict"] == "better"
     assert C.metric_stats([0.0] * 6, lr, rules)["verdict"] == "no significant change"
     assert C.metric_stats([float("nan")] * 3, lr, rules)["verdict"] == "not applicable"
-    # two images cannot make a significant Wilcoxon test, however large the harm
-    assert C.metric_stats([5.0, 6.0], lr, rules)["verdict"] == "no significant change"
+    # four images cannot make a significant Wilcoxon test (2^-4 > 0.05), however large the harm: said so
+    assert C.metric_stats([5.0, 6.0, 5.5, 7.0], lr, rules)["verdict"] == "insufficient data"
+    assert C.metric_stats([5.0, 6.0, 5.5, 7.0, 6.5], lr, rules)["verdict"] == "fail"
+    # zero harms count (scipy's default would drop them and call 2 worse images of 10 significant)
+    assert C.metric_stats([0.0] * 8 + [1.0, 1.0], lr, rules)["p_worse"] > 0.05
+    # the candidate has no value where the baseline has one: that fails, whatever the rest
+    assert C.metric_stats([0.0] * 6, lr, rules, missing=1)["verdict"] == "fail (no value on 1 image(s))"
+
+
+def test_gates_count_a_missing_candidate_value_and_skip_what_cannot_be_checked():
+    base = C.SideRun(rows={"a": {"identity": 0.1, "lr_psnr": 30.0}, "b": {"identity": 0.2, "lr_psnr": math.nan}})
+    cand = C.SideRun(rows={"a": {"identity": math.nan, "lr_psnr": 29.5}, "b": {"identity": 0.3, "lr_psnr": 20.0}})
+    ident = C.gate_result(C.GateRule("identity", max=0.45), ["a", "b"], base, cand)
+    assert not ident["holds"] and ident["failing"] == [{"image": "a", "candidate": None, "baseline": 0.1,
+                                                         "excess": None, "why": "no value on the candidate"}]
+    lr = C.gate_result(C.GateRule("lr_psnr", min_relative=-1.0), ["a", "b"], base, cand)
+    assert lr["holds"] and lr["images_checked"] == 1  # b has no baseline value: nothing to check it against
+    with pytest.raises(Exception, match="needs max"):
+        C.Rules.from_mapping({"gates": {"identity": {"max": None}}})
+
+
+def test_a_candidate_that_fails_on_an_image_fails_the_comparison(tmp_path, tiny_weights, copy_portraits,
+                                                                monkeypatch):
+    from tuner.errors import PipelineError
+
+    ds = load_dataset(copy_portraits(SIX), max_side=64)
+    model = ModelSpec.from_mapping({"name": "realesr-general-x4v3", "arch": TINY_SRVGG, "key": "params"})
+    base = C.Side("baseline", "model tiny", PipelineSpec(model=model), Params())
+    cand = C.Side("candidate", "model tiny, breaks", PipelineSpec(model=model, pre_pad=11), Params())
+    real_run = Pipeline.run
+
+    def run(self, image, params):
+        if self.spec.pre_pad == 11 and image is ds.items[2].image:
+            raise PipelineError("out of memory")
+        return real_run(self, image, params)
+
+    monkeypatch.setattr(Pipeline, "run", run)
+    res = C.compare(ds, base, cand, C.Rules.from_mapping({"metrics": {"piqe": {"tolerance": 2.0}}}),
+                    metric_names=[], iqa_max_side=1024, store=WeightStore(weights_dir=tiny_weights),
+                    cache=StageCache(tmp_path / "cache"), out=tmp_path / "cmp")
+    assert res["verdict"] == "fail" and res["failed"] == ["runs"]
+    assert res["candidate_failed_on"] == [ds.items[2].name] and res["dataset"]["n_paired"] == 5
+    assert "FAILED to run on" in C.summary_table(res)
+
+
+def test_two_presets_are_compared_as_their_settings_say(tmp_path, tiny_weights, copy_portraits, run_cli):
+    from tuner import preset as presets
+    from tuner.settings import Settings
+
+    files = {}
+    for name, blend in (("prod", 0.0), ("new", 0.6)):
+        st = Settings(model="realesr-general-x4v3", blend=blend, blend_variant="frequency")
+        files[name] = presets.save(presets.build(st, model_identity=[], face_sha256=None), tmp_path / f"{name}.yaml")
+    portraits = copy_portraits(SIX[:3])
+    r = run_cli("compare", f"weights_dir={tiny_weights}", f"dataset.path={portraits}", "dataset.max_side=64",
+                f"out={tmp_path / 'cmp'}", f"baseline={files['prod']}", f"candidate={files['new']}", *SRVGG_OVERRIDES,
+                *RELATIVE_GATES)
+    assert r.returncode in (0, 1), r.stderr[-3000:]
+    res = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert res["baseline"]["source"] == f"preset {files['prod']}"
+    assert res["candidate"]["settings"]["params"]["blend"] == 0.6
+    assert res["candidate"]["settings"]["pipeline"]["blend_variant"] == "frequency"
+    # the candidate's outputs are what `tuner enhance preset=new.yaml` makes
+    e = run_cli("enhance", f"input={portraits}", f"output={tmp_path / 'enh'}", f"preset={files['new']}",
+                "max_side=64", "output_format=png", f"weights_dir={tiny_weights}", *SRVGG_OVERRIDES)
+    assert e.returncode == 0, e.stderr[-2000:]
+    for p in (tmp_path / "cmp" / "candidate").glob("*.png"):
+        assert p.read_bytes() == (tmp_path / "enh" / p.name).read_bytes()

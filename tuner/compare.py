@@ -8,13 +8,22 @@ the target, so both crunchier and waxier skin count as harm):
 - the median harm and its 95 % bootstrap CI (percentile method, images resampled in pairs,
   ``scipy.stats.bootstrap``);
 - the one-sided Wilcoxon signed-rank p-value of "the candidate is worse" (``scipy.stats.wilcoxon``);
-- the metric **fails** when p < ``alpha`` *and* the CI's lower end is above the metric's
-  tolerance: a significant harm larger than what the team accepts.  A significant harm
-  inside the tolerance is reported as ``worse (within tolerance)``.
+- the metric **fails** when p < ``alpha`` *and* the whole two-sided 95 % CI lies above the
+  metric's tolerance (its lower end is a one-sided 97.5 % bound: deliberately stricter than
+  alpha), or when the candidate has no value on an image where the baseline has one.  A
+  significant harm whose CI reaches below the tolerance reads ``worse (not shown beyond
+  tolerance)``; with fewer than :data:`MIN_PAIRS` paired values no p-value can reach 0.05
+  (the smallest exact one-sided p is 2^-n), and the metric reads ``insufficient data``.
+  Each metric is tested on its own (no multiplicity correction): with six metrics, a
+  candidate equal to the baseline fails some metric by chance well under 6 x 2.5 % of the time.
 
-Hard gates are per image (a regression on one face fails, whatever the mean): ``max`` bounds
-the candidate's value, ``min_relative`` / ``max_relative`` bound it against the same image's
-baseline value.  The verdict is ``fail`` when any metric or gate fails.
+Both sides are scored against one analysis of each input (the faces the baseline's detector
+finds), so a candidate cannot dodge the face metrics by finding no face.  Hard gates are per
+image (a regression on one face fails, whatever the mean): ``max`` bounds the candidate's
+value, ``min_relative`` / ``max_relative`` bound it against the same image's baseline value,
+and a candidate without a value where the baseline has one violates the gate.  The verdict
+is ``fail`` when any metric or gate fails, or when the candidate fails to run on an image the
+baseline ran on.
 
 Nothing here reads a config: :func:`tuner.config.compare_job` builds the sides and rules.
 """
@@ -44,6 +53,7 @@ from .weights import WeightStore
 log = logging.getLogger("tuner")
 
 SCHEMA = 1  # of compare.json; bump on any change of its shape (tests/data/compare.schema.json)
+MIN_PAIRS = 5  # paired values a metric needs before it can be significant at 0.05 (2^-5 = 0.031)
 
 
 @dataclass(frozen=True)
@@ -84,12 +94,12 @@ class Rules:
             rules.append(MetricRule(name, tol, None if r.get("target") is None else float(r["target"])))
         gates = []
         for name, g in (m.get("gates") or {}).items():
-            g = g or {}
+            g = {k: v for k, v in (g or {}).items() if v is not None}
             check_keys(g, {"max", "min_relative", "max_relative"}, f"compare.gates.{name}")
             M.get(name)
             if not g:
                 raise ConfigError(f"compare.gates.{name} needs max, min_relative or max_relative")
-            gates.append(GateRule(name, **{k: float(v) for k, v in g.items() if v is not None}))
+            gates.append(GateRule(name, **{k: float(v) for k, v in g.items()}))
         alpha = float(m.get("alpha", 0.05))
         if not 0 < alpha < 1:
             raise ConfigError(f"compare.alpha must be in (0, 1), got {alpha}")
@@ -154,16 +164,18 @@ def harm(rule: MetricRule, baseline: float, candidate: float) -> float:
     return candidate - baseline if M.get(rule.metric).lower_better else baseline - candidate
 
 
-def metric_stats(harms: Sequence[float], rule: MetricRule, rules: Rules) -> dict[str, Any]:
-    """Median harm, its bootstrap CI, the Wilcoxon p-value, and the verdict for one metric."""
+def metric_stats(harms: Sequence[float], rule: MetricRule, rules: Rules, *, missing: int = 0) -> dict[str, Any]:
+    """Median harm, its bootstrap CI, the Wilcoxon p-value, and the verdict for one metric.
+    ``missing``: images where the baseline has a value and the candidate none (each fails it)."""
     from scipy import stats
 
     d = np.asarray([h for h in harms if math.isfinite(h)], dtype=np.float64)
-    out: dict[str, Any] = {"n": int(d.size), "tolerance": rule.tolerance, "target": rule.target,
+    out: dict[str, Any] = {"n": int(d.size), "missing": int(missing), "tolerance": rule.tolerance,
+                           "target": rule.target,
                            "direction": "target" if rule.target is not None else M.get(rule.metric).direction}
     if d.size == 0:
         return {**out, "median_harm": None, "ci95": [None, None], "p_worse": None, "p_better": None,
-                "verdict": "not applicable"}
+                "verdict": f"fail (no value on {missing} image(s))" if missing else "not applicable"}
     median = float(np.median(d))
     if d.size >= 2 and np.ptp(d) > 0:
         ci = stats.bootstrap((d,), np.median, n_resamples=rules.n_resamples, confidence_level=0.95,
@@ -171,15 +183,19 @@ def metric_stats(harms: Sequence[float], rule: MetricRule, rules: Rules) -> dict
         lo, hi = float(ci.low), float(ci.high)
     else:
         lo = hi = median
-    if np.any(d != 0):
-        p_worse = float(stats.wilcoxon(d, alternative="greater").pvalue)
-        p_better = float(stats.wilcoxon(d, alternative="less").pvalue)
+    if np.any(d != 0):  # zsplit: zero harms count, half on each side (the default would drop them)
+        p_worse = float(stats.wilcoxon(d, alternative="greater", zero_method="zsplit").pvalue)
+        p_better = float(stats.wilcoxon(d, alternative="less", zero_method="zsplit").pvalue)
     else:
         p_worse = p_better = 1.0
-    if p_worse < rules.alpha and lo > rule.tolerance:
+    if missing:
+        verdict = f"fail (no value on {missing} image(s))"
+    elif d.size < MIN_PAIRS:
+        verdict = "insufficient data"
+    elif p_worse < rules.alpha and lo > rule.tolerance:
         verdict = "fail"
     elif p_worse < rules.alpha:
-        verdict = "worse (within tolerance)"
+        verdict = "worse (not shown beyond tolerance)"
     elif p_better < rules.alpha and hi < 0:
         verdict = "better"
     else:
@@ -195,8 +211,11 @@ def gate_result(gate: GateRule, images: list[str], base: SideRun, cand: SideRun)
     for name in images:
         c, b = cand.rows[name].get(gate.metric, math.nan), base.rows[name].get(gate.metric, math.nan)
         if not math.isfinite(c):
+            if math.isfinite(b):  # the baseline could be judged here and the candidate cannot: a violation
+                checked += 1
+                failing.append({"image": name, "candidate": None, "baseline": b, "excess": None,
+                                "why": "no value on the candidate"})
             continue
-        checked += 1
         over = []  # how far past each bound (> 0 = violated)
         if gate.max is not None:
             over.append(c - gate.max)
@@ -204,10 +223,13 @@ def gate_result(gate: GateRule, images: list[str], base: SideRun, cand: SideRun)
             over.append(c - (b + gate.max_relative))
         if gate.min_relative is not None and math.isfinite(b):
             over.append((b + gate.min_relative) - c)
-        if over and max(over) > 0:
+        if not over:  # only relative bounds, and no baseline value to compare with
+            continue
+        checked += 1
+        if max(over) > 0:
             failing.append({"image": name, "candidate": c, "baseline": b if math.isfinite(b) else None,
-                            "excess": max(over)})
-    failing.sort(key=lambda f: -f["excess"])
+                            "excess": max(over), "why": "past its bound"})
+    failing.sort(key=lambda f: -math.inf if f["excess"] is None else -f["excess"])
     return {**{k: v for k, v in asdict(gate).items() if k != "metric"}, "images_checked": checked,
             "holds": not failing, "failing": failing}
 
@@ -216,15 +238,15 @@ def compare(ds: Dataset, baseline: Side, candidate: Side, rules: Rules, *, metri
             iqa_max_side: int, store: WeightStore, cache: StageCache | None, out: Path) -> dict[str, Any]:
     """Run both sides, write their outputs under ``out``, and return the compare.json mapping."""
     names = list(dict.fromkeys([*metric_names, *rules.names]))
-    runs = {}
-    for side in (baseline, candidate):
-        scorer = Scorer(names, iqa_max_side=iqa_max_side, detector=side.spec.detector,
-                        detection_threshold=side.spec.detection_threshold, cache=cache)
-        runs[side.label] = run_side(ds, side, scorer, store=store, cache=cache, out_dir=out / side.label)
+    # one scorer: both sides are judged against the same analysis of each input (the baseline's faces)
+    scorer = Scorer(names, iqa_max_side=iqa_max_side, detector=baseline.spec.detector,
+                    detection_threshold=baseline.spec.detection_threshold, cache=cache)
+    runs = {side.label: run_side(ds, side, scorer, store=store, cache=cache, out_dir=out / side.label)
+            for side in (baseline, candidate)}
     base, cand = runs["baseline"], runs["candidate"]
     images = [it.name for it in ds.items if it.name in base.rows and it.name in cand.rows]  # paired only
-    if not images:
-        raise PipelineError("no image ran on both sides; nothing to compare")
+    if not base.rows:
+        raise PipelineError("the baseline ran on no image; nothing to compare")
     per_image: list[dict[str, Any]] = []
     harm_all: dict[str, dict[str, float]] = {}
     for name in images:
@@ -234,10 +256,15 @@ def compare(ds: Dataset, baseline: Side, candidate: Side, rules: Rules, *, metri
                           "harm": _json(harms), "faces": base.faces[name],
                           "notes": {"baseline": base.extras[name].get("notes", ""),
                                     "candidate": cand.extras[name].get("notes", "")}})
-    metric_out = {r.metric: metric_stats([harm_all[n][r.metric] for n in images], r, rules) for r in rules.metrics}
+    metric_out = {r.metric: metric_stats([harm_all[n][r.metric] for n in images], r, rules,
+                                         missing=sum(math.isfinite(base.rows[n][r.metric])
+                                                     and not math.isfinite(cand.rows[n][r.metric]) for n in images))
+                  for r in rules.metrics}
     gates = {g.metric: gate_result(g, images, base, cand) for g in rules.gates}
-    failed = sorted([m for m, s in metric_out.items() if s["verdict"] == "fail"]
-                    + [f"gate:{g}" for g, r in gates.items() if not r["holds"]])
+    broken = sorted(set(base.rows) & set(cand.failures))  # ran on the baseline, failed on the candidate
+    failed = sorted([m for m, s in metric_out.items() if s["verdict"].startswith("fail")]
+                    + [f"gate:{g}" for g, r in gates.items() if not r["holds"]]
+                    + (["runs"] if broken else []))
     return {
         "schema": SCHEMA,
         "verdict": "fail" if failed else "pass",
@@ -245,13 +272,15 @@ def compare(ds: Dataset, baseline: Side, candidate: Side, rules: Rules, *, metri
         "baseline": {"source": baseline.source, "settings": baseline.settings.to_dict()},
         "candidate": {"source": candidate.source, "settings": candidate.settings.to_dict()},
         "dataset": {"root": str(ds.root), "n_images": len(ds.items), "n_paired": len(images),
-                    "max_side": ds.max_side, "content_hash": ds.content_hash},
+                    "max_side": ds.max_side, "content_hash": ds.content_hash,
+                    "pairs": None if ds.pairs is None else asdict(ds.pairs)},
         "rules": {"alpha": rules.alpha, "n_resamples": rules.n_resamples, "seed": rules.seed,
                   "metrics": [asdict(r) for r in rules.metrics], "gates": [asdict(g) for g in rules.gates]},
         "metrics": metric_out,
         "gates": gates,
         "images": per_image,
         "reused": {"baseline": base.reused, "candidate": cand.reused, "of": len(ds.items)},
+        "candidate_failed_on": broken,
         "failures": {"baseline": base.failures, "candidate": cand.failures,
                      "dataset": {str(p): why for p, why in ds.failures}},
     }
@@ -268,14 +297,19 @@ def summary_table(result: Mapping[str, Any]) -> str:
     rows = []
     for m, s in result["metrics"].items():
         ci = s["ci95"]
-        rows.append({"check": m, "median harm": s["median_harm"],
+        rows.append({"check": m, "n": s["n"], "median harm": s["median_harm"],
                      "95% CI": "-" if ci[0] is None else f"[{ci[0]:.3g}, {ci[1]:.3g}]",
                      "p(worse)": s["p_worse"], "tolerance": s["tolerance"], "verdict": s["verdict"]})
     for g, r in result["gates"].items():
         verdict = "holds on every image"
         if r["failing"]:
             worst = r["failing"][0]
-            verdict = f"FAILS on {len(r['failing'])} image(s), worst {worst['image']} ({worst['candidate']:.3g})"
-        rows.append({"check": f"gate {g}", "median harm": None, "95% CI": "-", "p(worse)": None, "tolerance": None,
-                     "verdict": verdict})
-    return pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3g}", na_rep="-")
+            value = "no value" if worst["candidate"] is None else f"{worst['candidate']:.3g}"
+            verdict = f"FAILS on {len(r['failing'])} image(s), worst {worst['image']} ({value})"
+        rows.append({"check": f"gate {g}", "n": r["images_checked"], "median harm": None, "95% CI": "-",
+                     "p(worse)": None, "tolerance": None, "verdict": verdict})
+    ds = result["dataset"]
+    head = f"{ds['n_paired']} of {ds['n_images']} image(s) ran on both sides"
+    if result["candidate_failed_on"]:
+        head += f"; the candidate FAILED to run on {', '.join(result['candidate_failed_on'])}"
+    return head + "\n" + pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3g}", na_rep="-")

@@ -7,6 +7,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from .degrade import LEVELS, crop_to_scale, in_validation, make_lr
 from .errors import ConfigError, ImageError
 from .hashing import array_hash
 from .images import Image, Limits, decode, fit_max_side, list_images
@@ -20,8 +23,28 @@ log = logging.getLogger(__name__)
 class Item:
     name: str  # file stem
     path: Path
-    image: Image  # at the analysis size
-    content_hash: str  # sha256 of the analysis-size pixels
+    image: Image  # at the analysis size (with pairs: the LR)
+    content_hash: str  # sha256 of the analysis-size pixels (with pairs: of the LR and the HR)
+    hr: np.ndarray | None = None  # the ground truth at the output size (pairs only)
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Make LR/HR pairs of the portraits (:mod:`tuner.degrade`): the HR is the portrait with its long
+    side at most ``max_side * scale``, the LR its x``scale`` downscale, clean or degraded."""
+
+    scale: int = 4
+    degradation: str = "none"  # none | light | medium | strong
+    seed: int = 0
+    split: str = "all"  # all | train | val: the fixed split by portrait (tuner.degrade.in_validation)
+
+    def __post_init__(self) -> None:
+        if self.degradation not in LEVELS:
+            raise ConfigError(f"dataset.pairs.degradation must be one of {LEVELS}, got {self.degradation!r}")
+        if self.split not in ("all", "train", "val"):
+            raise ConfigError(f"dataset.pairs.split must be all, train or val, got {self.split!r}")
+        if self.scale < 2:
+            raise ConfigError(f"dataset.pairs.scale must be >= 2, got {self.scale}")
 
 
 @dataclass(frozen=True)
@@ -30,6 +53,7 @@ class Dataset:
     items: list[Item]
     failures: list[tuple[Path, str]]
     max_side: int | None
+    pairs: Pairs | None = None
 
     @property
     def content_hash(self) -> str:
@@ -38,12 +62,17 @@ class Dataset:
         for it in self.items:
             h.update(f"{it.name}:{it.content_hash}\n".encode())
         h.update(f"max_side={self.max_side}".encode())
+        if self.pairs is not None:
+            h.update(repr(self.pairs).encode())
         return h.hexdigest()
 
 
 def load(path: str | Path | None, *, max_side: int | None = None, limit: int | None = None,
-         limits: Limits = Limits(), on_error: str = "skip") -> Dataset:
+         limits: Limits = Limits(), on_error: str = "skip", pairs: Pairs | None = None) -> Dataset:
     """Decode every image of a folder (bundled portraits when ``path`` is None).
+
+    With ``pairs``, each portrait becomes an LR/HR pair (the LR at most ``max_side``), and only
+    the portraits of ``pairs.split`` are kept.
 
     Bad images are logged and skipped (``on_error='skip'``) or raise (``'fail'``); a set
     with no usable image is a :class:`ConfigError`.
@@ -52,26 +81,41 @@ def load(path: str | Path | None, *, max_side: int | None = None, limit: int | N
         raise ConfigError(f"dataset.on_error must be skip or fail, got {on_error!r}")
     if max_side is not None and max_side < limits.min_side:
         raise ConfigError(f"dataset.max_side={max_side} is below limits.min_side={limits.min_side}")
-    root = bundled_portraits() if path in (None, "", "null") else Path(str(path)).expanduser()
+    root = bundled_portraits() if path in (None, "", "null") else Path(str(path)).expanduser().resolve()
     if not root.is_dir():
         raise ConfigError(f"dataset.path={root} is not a folder")
     files = list_images(root)
     if limit is not None:
         files = files[: int(limit)]
+    if pairs is not None and pairs.split != "all":
+        files = [f for f in files if in_validation(f.stem) == (pairs.split == "val")]
     items, failures = [], []
     for f in files:
         try:
-            img = fit_max_side(decode(f, limits=limits), max_side)
+            if pairs is None:
+                img = fit_max_side(decode(f, limits=limits), max_side)
+                items.append(Item(name=f.stem, path=f, image=img, content_hash=array_hash(img.rgb)))
+            else:
+                items.append(_pair(f, limits, max_side, pairs))
         except ImageError as e:
             if on_error == "fail":
                 raise
             log.warning("dataset: skipped %s", e)
             failures.append((f, str(e)))
             continue
-        items.append(Item(name=f.stem, path=f, image=img, content_hash=array_hash(img.rgb)))
     if not items:
         raise ConfigError(f"dataset {root} has no usable image ({len(failures)} failed, {len(files)} found)")
     names = [it.name for it in items]
     if len(set(names)) != len(names):
         raise ConfigError(f"dataset {root} has several images with the same stem; outputs would collide")
-    return Dataset(root=root, items=items, failures=failures, max_side=max_side)
+    return Dataset(root=root, items=items, failures=failures, max_side=max_side, pairs=pairs)
+
+
+def _pair(f: Path, limits: Limits, max_side: int | None, pairs: Pairs) -> Item:
+    full = decode(f, limits=limits)
+    hr = crop_to_scale(fit_max_side(full, None if max_side is None else max_side * pairs.scale).rgb, pairs.scale)
+    lr = make_lr(hr, scale=pairs.scale, level=pairs.degradation, seed=pairs.seed, name=f.stem)
+    if min(lr.shape[:2]) < limits.min_side:
+        raise ImageError(f"{f}: its x{pairs.scale} LR ({lr.shape[1]}x{lr.shape[0]}) is below limits.min_side")
+    img = Image(rgb=lr, path=f)
+    return Item(name=f.stem, path=f, image=img, content_hash=array_hash(lr) + array_hash(hr)[:16], hr=hr)

@@ -127,8 +127,8 @@ def _window(hw: tuple[int, int], cy: float, cx: float, size: int) -> tuple[slice
 
 
 def heat(tex: np.ndarray, target: float) -> np.ndarray:
-    """RGB heat-map of a texture map (dB): red = crunchier than natural skin (``target``), blue =
-    waxier, grey = not skin.  Colour scale +-10 dB around the target."""
+    """RGB heat-map of a texture map (dB): red = above ``target``, blue = below, grey = not skin.
+    Colour scale +-10 dB around the target."""
     import matplotlib
 
     rgba = matplotlib.colormaps["RdBu_r"](np.clip((np.nan_to_num(tex, nan=target) - target + 10) / 20, 0, 1))
@@ -154,14 +154,17 @@ def board(label: str, inp: np.ndarray, sides: Mapping[str, np.ndarray], faces: l
                 f"<tr>{row}</tr></table></div>")
     fo = faces[0].scaled(scale)
     mask = skin_mask(ref, [f.scaled(scale) for f in faces])
-    tex = texture_map(luminance(outs[-1]), luminance(ref), mask, scale)
+    y_out, y_ref = luminance(outs[-1]), luminance(ref)
+    tex, pores = texture_map(y_out, y_ref, mask, scale), texture_map(y_out, y_ref, mask, scale, band="pores")
     cells = []
     for crop in (face_crop(ref, fo), cheek_crop(mask)):
         if crop is None:
             continue
-        panels = [ref[crop], *[o[crop] for o in outs], heat(tex[crop], target)]
+        panels = [ref[crop], *[o[crop] for o in outs], heat(tex[crop], target), heat(pores[crop], 0.0)]
         cells.append("".join(f"<td>{png(c)}</td>" for c in panels))
-    head += f"<th>texture ({html.escape(list(sides)[-1])})</th>"
+    last = html.escape(list(sides)[-1])
+    head += (f"<th>crunch band, {last} (red: above natural skin)</th>"
+             f"<th>pore band, {last} (blue: smoother than Lanczos = wax)</th>")
     return (f"<div class=board><b>{html.escape(label)}</b><table><tr>{head}</tr>"
             + "".join(f"<tr>{c}</tr>" for c in cells) + "</table></div>")
 
@@ -169,10 +172,13 @@ def board(label: str, inp: np.ndarray, sides: Mapping[str, np.ndarray], faces: l
 # ---------------------------------------------------------------- compare
 def _inputs(result: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The compared inputs, at the analysis size the comparison used (name -> RGB)."""
-    from .dataset import load
+    from .dataset import Pairs, load
 
     ds = result["dataset"]
-    loaded = load(ds["root"], max_side=ds["max_side"], on_error="skip")
+    loaded = load(ds["root"], max_side=ds["max_side"], on_error="skip",
+                  pairs=None if ds.get("pairs") is None else Pairs(**ds["pairs"]))
+    if loaded.content_hash != ds["content_hash"]:
+        raise ConfigError(f"the images in {ds['root']} changed since the comparison: its crops cannot be shown")
     return {it.name: it.image.rgb for it in loaded.items}
 
 
@@ -181,7 +187,8 @@ def compare_report(result: Mapping[str, Any], folder: Path, path: Path, *, board
     images = result["images"]
     order = _worst_first(result)
     inputs = _inputs(result)
-    target = next((r["target"] for r in result["rules"]["metrics"] if r["metric"] == "crunch" and r["target"]), 8.0)
+    target = next((r["target"] for r in result["rules"]["metrics"] if r["metric"] == "crunch"
+                   and r["target"] is not None), 8.0)
 
     def crops(name: str) -> str:
         img = next(i for i in images if i["image"] == name)
@@ -193,7 +200,11 @@ def compare_report(result: Mapping[str, Any], folder: Path, path: Path, *, board
     lines = [f"<div class='verdict {verdict}'><b>{verdict.upper()}</b>: candidate <i>{html.escape(result['candidate']['source'])}</i> "
              f"against baseline <i>{html.escape(result['baseline']['source'])}</i> on {result['dataset']['n_paired']} "
              f"image(s) of {html.escape(str(result['dataset']['root']))}.</div>"]
-    for check in result["failed"]:
+    if result["candidate_failed_on"]:
+        lines.append(f"<h3>the candidate failed to run on {html.escape(', '.join(result['candidate_failed_on']))}</h3>"
+                     + "".join(f"<p class=small>{html.escape(n)}: {html.escape(why)}</p>"
+                               for n, why in result["failures"]["candidate"].items()))
+    for check in [c for c in result["failed"] if c != "runs"]:
         worst = _worst_images(result, check)[:3]
         lines.append(f"<h3>{html.escape(check)} fails; worst images: {html.escape(', '.join(worst))}</h3>"
                      + "".join(crops(n) for n in worst if n in inputs))
@@ -203,7 +214,8 @@ def compare_report(result: Mapping[str, Any], folder: Path, path: Path, *, board
                      "CI low": s["ci95"][0], "CI high": s["ci95"][1], "p(worse)": s["p_worse"],
                      "tolerance": s["tolerance"], "verdict": s["verdict"]})
     gates = [{"gate": g, "holds": r["holds"], "images checked": r["images_checked"],
-              "failing": ", ".join(f"{f['image']} ({f['candidate']:.3g})" for f in r["failing"][:5])}
+              "failing": ", ".join(f"{f['image']} ({'no value' if f['candidate'] is None else format(f['candidate'], '.3g')})"
+                                   for f in r["failing"][:5])}
              for g, r in result["gates"].items()]
     reused = result["reused"]
     sections = [*lines, "<h2>Summary</h2>", table(pd.DataFrame(rows)), "<h2>Per-image gates</h2>",
@@ -268,7 +280,7 @@ def evaluate_report(folder: Path, path: Path) -> Path:
         raise ConfigError(f"{folder} has neither compare.json nor metrics.csv (a compare or evaluate result)")
     df = pd.read_csv(csv)
     num = [c for c in df.columns if c not in ("image", "file", "notes") and pd.api.types.is_numeric_dtype(df[c])]
-    sections = [f"<div class='verdict pass'>{len(df)} image(s) scored; metrics: {', '.join(num)}</div>"]
+    sections = [f"<div class='verdict pass'>{len(df)} image(s) scored; metrics: {html.escape(', '.join(num))}</div>"]
     summary = folder / "summary.csv"
     if summary.is_file():
         sections += ["<h2>Summary</h2>", table(pd.read_csv(summary))]

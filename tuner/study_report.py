@@ -72,7 +72,9 @@ def trial_table(study: Any, objective: O.Objective) -> pd.DataFrame:
             row[f"{c.metric} worst"] = g.image or ""
         rows.append(row)
     df = pd.DataFrame(rows)
-    return df.sort_values("value").head(TOP) if len(df) and "value" in df else df
+    if not len(df) or "value" not in df:
+        return df
+    return df.sort_values("value", ascending=objective.directions[0] == "minimize").head(TOP)
 
 
 def metric_distributions(study: Any) -> str:

@@ -176,12 +176,15 @@ def spectral_slope(ctx: Context) -> float:
     return _slope(yo, m)
 
 
-def texture_map(y_out: np.ndarray, y_ref: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:
-    """Local crunch, dB, per pixel (NaN outside ``mask``): :func:`crunch`'s band energy of the
-    output over R's, each averaged in a Gaussian window of sigma ``2 * scale`` px.  Where it is
-    far above the crunch target the skin is crunchy; below 0 it is smoother than a Lanczos upscale."""
+def texture_map(y_out: np.ndarray, y_ref: np.ndarray, mask: np.ndarray, scale: float, *,
+                band: str = "crunch") -> np.ndarray:
+    """Local band energy of the output over R's, dB, per pixel (NaN outside ``mask``), each
+    averaged in a Gaussian window of sigma ``2 * scale`` px.  ``band="crunch"``: :func:`crunch`'s
+    band (far above the crunch target = crunchy skin); ``"pores"``: :func:`wax`'s band (below 0 =
+    pores weaker than a Lanczos upscale: waxy skin)."""
+    f = {"crunch": _hf, "pores": _mid}[band]
     sigma = 2.0 * scale
-    e_o = cv2.GaussianBlur(_hf(y_out, scale) ** 2, (0, 0), sigma)
-    e_r = cv2.GaussianBlur(_hf(y_ref, scale) ** 2, (0, 0), sigma)
+    e_o = cv2.GaussianBlur(f(y_out, scale) ** 2, (0, 0), sigma)
+    e_r = cv2.GaussianBlur(f(y_ref, scale) ** 2, (0, 0), sigma)
     out = 10.0 * np.log10((e_o + 1e-10) / (e_r + 1e-10))
     return np.where(mask, out, np.nan).astype(np.float32)
