@@ -208,10 +208,16 @@ def dataset_from_cfg(cfg: Any) -> Dataset:
     from . import dataset
 
     d = to_dict(cfg.dataset) or {}
-    check_keys(d, {"path", "max_side", "limit", "on_error"}, "dataset")
+    check_keys(d, {"path", "max_side", "limit", "on_error", "pairs"}, "dataset")
     ms = d.get("max_side")
+    pairs = None
+    if d.get("pairs"):
+        check_keys(d["pairs"], {"scale", "degradation", "seed", "split"}, "dataset.pairs")
+        p = d["pairs"]
+        pairs = dataset.Pairs(scale=int(p.get("scale", 4)), degradation=str(p.get("degradation", "none")),
+                              seed=int(p.get("seed", 0)), split=str(p.get("split", "all")))
     return dataset.load(d.get("path"), max_side=None if ms is None else int(ms), limit=d.get("limit"),
-                        limits=limits(cfg), on_error=str(d.get("on_error", "skip")))
+                        limits=limits(cfg), on_error=str(d.get("on_error", "skip")), pairs=pairs)
 
 
 def detection(cfg: Any) -> tuple[str, float]:

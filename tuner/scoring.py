@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -53,10 +54,20 @@ def score_one(output: np.ndarray, analysis: M.InputAnalysis, names: list[str], *
     return vals, extra
 
 
+def truth_at(item: Item, out_hw: tuple[int, int]) -> np.ndarray | None:
+    """The item's ground truth at the output size (None without one): an output of another scale
+    than the pairs' is compared with the truth resized to it (INTER_AREA)."""
+    hr = item.hr
+    if hr is None or hr.shape[:2] == tuple(out_hw):
+        return hr
+    return np.clip(cv2.resize(hr, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_AREA), 0, 1).astype(np.float32)
+
+
 def analysis_for(item: Item, res: Any, pipe: Any) -> M.InputAnalysis:
     """The input analysis for a pipeline result (faces from the pipeline's own detector cache)."""
     faces = res.faces if res.faces else pipe.detect(item.image)
-    a = M.InputAnalysis(item.image.rgb, faces, res.image.rgb.shape[:2])
+    out_hw = res.image.rgb.shape[:2]
+    a = M.InputAnalysis(item.image.rgb, faces, out_hw, hr=truth_at(item, out_hw))
     a.__dict__["reference"] = res.reference  # reuse R instead of recomputing it
     return a
 
@@ -68,9 +79,10 @@ def metric_key(output: np.ndarray, analysis: M.InputAnalysis, names: list[str], 
     paste mask, the analysis size, and the metric code itself (version + source digest)."""
     faces = [[*map(float, f.box), *map(float, np.asarray(f.landmarks).ravel()), float(f.score)]
              for f in analysis.faces]
-    if "input_hash" not in analysis.memo:  # the input never changes between trials: hash it once
+    if "input_hash" not in analysis.memo:  # the input (and its truth) never change between trials: hash once
         analysis.memo["input_hash"] = array_hash(analysis.input)
-    return make_key(out=array_hash(output), input=analysis.memo["input_hash"], faces=faces,
+        analysis.memo["hr_hash"] = "none" if analysis.hr is None else array_hash(analysis.hr)
+    return make_key(out=array_hash(output), input=analysis.memo["input_hash"], hr=analysis.memo["hr_hash"], faces=faces,
                     detector=detector, threshold=detection_threshold, names=names, tile=tile,
                     mask="none" if face_mask is None else array_hash(face_mask), iqa=iqa_max_side,
                     pipeline=PIPELINE_VERSION, metrics=METRICS_VERSION, code=code_digest(names))
@@ -168,7 +180,7 @@ def score_outputs(ds: Dataset, outputs: Path, names: list[str], *, detector: Any
                   f"{by_stem[it.name]}: {o.shape[1]}x{o.shape[0]} is not an upscale of {it.path.name} "
                   f"({iw}x{ih} after dataset.max_side={ds.max_side}); with outputs= use dataset.max_side=null")
             continue
-        analysis = M.InputAnalysis(it.image.rgb, detector(it.image.rgb), o.shape[:2])
+        analysis = M.InputAnalysis(it.image.rgb, detector(it.image.rgb), o.shape[:2], hr=truth_at(it, o.shape[:2]))
         vals, extra = score_one(o, analysis, names, tile=tile, face_mask=None, iqa_max_side=iqa_max_side)
         rows.append({"image": it.name, **vals, **extra})
     return rows, failures

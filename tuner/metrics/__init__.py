@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..errors import MetricError
-from . import artifacts, identity, iqa, skin
+from . import artifacts, identity, iqa, skin, truth
 from .context import Context, InputAnalysis
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,14 @@ _ROWS = [
     MetricInfo("lr_ssim", artifacts.lr_ssim, False, "0, 1", ("input",), "cheap", "fidelity"),
     MetricInfo("identity", identity.identity, True, "0, ~1.2 (>0.6 = other person)", ("input", "faces"), "moderate",
                "identity"),
+    # full-reference: against the ground truth of LR/HR pairs (NaN on real inputs)
+    MetricInfo("texture_hr", truth.texture_hr, None, "octaves, ~-6, ~+3 (0 = the truth)", ("truth", "faces"), "cheap",
+               "truth"),
+    MetricInfo("pores_hr", truth.pores_hr, None, "octaves, ~-6, ~+3 (0 = the truth)", ("truth", "faces"), "cheap",
+               "truth"),
+    MetricInfo("lbp_hr", truth.lbp_hr, True, "0, 1", ("truth", "faces"), "cheap", "truth"),
+    MetricInfo("ssim_hr", truth.ssim_hr, False, "0, 1", ("truth",), "cheap", "truth"),
+    MetricInfo("haarpsi_hr", truth.haarpsi_hr, False, "0, 1", ("truth",), "moderate", "truth"),
 ]
 TABLE: dict[str, MetricInfo] = {m.name: m for m in _ROWS}
 

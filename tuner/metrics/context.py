@@ -67,6 +67,11 @@ class InputAnalysis:
     faces: list[Face]  # in input pixels
     out_hw: tuple[int, int]
     memo: dict[str, Any] = field(default_factory=dict)
+    hr: np.ndarray | None = None  # the ground truth at the output size, where the dataset has it
+
+    def __post_init__(self) -> None:
+        if self.hr is not None and self.hr.shape[:2] != tuple(self.out_hw):
+            raise ValueError(f"ground truth {self.hr.shape[:2]} does not match the output size {self.out_hw}")
 
     @property
     def scale(self) -> float:

@@ -109,16 +109,21 @@ def wax(ctx: Context) -> float:
     return -_band_db(ctx, "wax", _mid)
 
 
-def _lbp_entropy(y: np.ndarray, m: np.ndarray, s: float) -> float:
+def _lbp_codes(y: np.ndarray, m: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform LBP codes (P=8, R=1) at the pore scale, and the mask at that scale: the image is
+    sampled after an s/2 box downscale so that radius 1 ~ pore size."""
     from skimage.feature import local_binary_pattern
 
-    # LBP at the pore scale: sample the image after an s/2 box downscale so radius 1 ~ pore size
     k = max(int(round(s / 2)), 1)
     if k > 1:
         h, w = y.shape[0] // k * k, y.shape[1] // k * k
         y = y[:h, :w].reshape(h // k, k, w // k, k).mean(axis=(1, 3))
         m = m[:h, :w].reshape(h // k, k, w // k, k).mean(axis=(1, 3)) > 0.5
-    codes = local_binary_pattern((y * 255).round().astype(np.uint8), LBP_POINTS, LBP_RADIUS, method="uniform")
+    return local_binary_pattern((y * 255).round().astype(np.uint8), LBP_POINTS, LBP_RADIUS, method="uniform"), m
+
+
+def _lbp_entropy(y: np.ndarray, m: np.ndarray, s: float) -> float:
+    codes, m = _lbp_codes(y, m, s)
     if not m.any():
         return math.nan  # no skin pixel left at pore scale: no entropy to speak of
     hist = np.bincount(codes[m].astype(int), minlength=LBP_POINTS + 2).astype(np.float64)
