@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "tuner"
-TORCH_FREE = ("tuner.metrics", "tuner.facegeom", "tuner.images", "tuner.hashing", "tuner.dataset", "tuner.memory")
+TORCH_FREE = ("tuner.metrics", "tuner.facegeom", "tuner.images", "tuner.hashing", "tuner.dataset", "tuner.memory",
+              "tuner.texture", "tuner.degrade")
 # what tuner/metrics may import from tuner besides itself
-METRICS_MAY_IMPORT = {"tuner.images", "tuner.facegeom", "tuner.errors"}
+METRICS_MAY_IMPORT = {"tuner.images", "tuner.facegeom", "tuner.errors", "tuner.texture"}
 
 
 def test_data_layer_and_metrics_import_without_torch():

@@ -9,7 +9,7 @@ from tuner.errors import PresetError
 from tuner.settings import Settings
 
 TUNED = Settings(model="RealESRGAN_x4plus", face="gfpgan_v1.4", tile=128, denoise=0.3, face_weight=0.6, blend=0.25,
-                 blend_variant="skin", face_upsample=True, tile_pad=12, pre_pad=0, overlap=8, outscale=3.5,
+                 texture_target=2.5, blend_variant="skin", face_upsample=True, tile_pad=12, pre_pad=0, overlap=8, outscale=3.5,
                  half=False, detector="retinaface", detection_threshold=0.8)
 
 

@@ -137,7 +137,8 @@ def estimate_memory(spec: PipelineSpec, size: tuple[int, int], tile: int, *, par
     up = upscale_memory(spec.model.arch, size, opts)
     out_px = up.out_pixels
     restore = spec.face is not None and face_weight > 0
-    detect = restore or params.blend_variant == "skin"
+    texture = params.texture_target is not None
+    detect = restore or params.blend_variant == "skin" or texture
     faces_host = faces_device = 0
     if detect:
         faces_host = _DETECT_BYTES_PER_INPUT_PX * size[0] * size[1]
@@ -153,7 +154,10 @@ def estimate_memory(spec: PipelineSpec, size: tuple[int, int], tile: int, *, par
             faces_device = int(CUDA_FACTOR * net) + CUDA_WORKSPACE
         else:
             faces_host += net
-    post = out_px * (_HELD_SR_BYTES + _POST_BYTES.get(params.blend_variant, max(_POST_BYTES.values()))
+    post_blend = _POST_BYTES.get(params.blend_variant, max(_POST_BYTES.values()))
+    if texture:  # the texture policy's band images and grain: bounded by the frequency blend's
+        post_blend = max(post_blend, _POST_BYTES["frequency"])
+    post = out_px * (_HELD_SR_BYTES + post_blend
                      + (_PASTE_BYTES if restore else 0) + (_ALPHA_BYTES if alpha else 0))
     kept = 0 if on_device else up.retained  # the SR forward's heap, still resident (see upscale_memory)
     stages = {"upscale": up.host_peak(on_device=on_device), "faces": _HELD_SR_BYTES * out_px + faces_host + kept,

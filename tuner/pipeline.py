@@ -31,6 +31,7 @@ from .hashing import array_hash, make_key
 from .images import Image, reference_upscale, resize
 from .memory import Plan, format_gb, make_plan, output_size
 from .spec import TILE_AUTO, Params, PipelineSpec
+from .texture import match_texture
 from .upscale import UpscaleOptions, Upscaler, interpolate
 from .weights import ModelSpec, WeightStore, content_hash, load_state_dict
 
@@ -51,6 +52,7 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     cached: dict[str, bool] = field(default_factory=dict)
     plan: Plan | None = None  # the tile chosen (also ``tile``) and the memory estimate behind it
+    texture: dict[str, float] | None = None  # what params.texture_target did (tuner.texture.match_texture)
 
 
 def dni_plan(model: ModelSpec, partner: ModelSpec | None, denoise: float | None) -> list[tuple[ModelSpec, float]]:
@@ -254,7 +256,8 @@ class Pipeline:
         timings["upscale"] = time.perf_counter() - t0
         h, w = sr.shape[:2]
         scale = w / image.size[1]
-        need_faces = (self.spec.face is not None and params.face_weight > 0) or params.blend_variant == "skin"
+        need_faces = ((self.spec.face is not None and params.face_weight > 0) or params.blend_variant == "skin"
+                      or params.texture_target is not None)
         faces = self.detect(image, ihash) if need_faces else []
         out = sr
         face_mask = None
@@ -266,10 +269,17 @@ class Pipeline:
         timings["faces"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         ref = self.reference(image, ihash, (h, w))
-        skin = skin_mask(ref, [f.scaled(scale) for f in faces]) if params.blend_variant == "skin" else None
+        skin = None
+        if params.blend_variant == "skin" or params.texture_target is not None:
+            skin = skin_mask(ref, [f.scaled(scale) for f in faces])
         out = blend(out, ref, amount=params.blend, variant=params.blend_variant, skin=skin, scale=scale)
+        texture = None
+        if params.texture_target is not None:
+            assert skin is not None
+            out, texture = match_texture(out, ref, skin, scale=scale, target=params.texture_target,
+                                         seed=int(ihash[:12], 16))
         alpha = None if image.alpha is None else resize(image.alpha, (h, w), interpolation=cv2.INTER_LINEAR)
         timings["blend"] = time.perf_counter() - t2
         timings["total"] = time.perf_counter() - t0
         return Result(image=image.with_rgb(out, alpha), sr=sr, reference=ref, faces=faces, face_mask=face_mask,
-                      scale=scale, tile=plan.tile, timings=timings, cached=cached, plan=plan)
+                      scale=scale, tile=plan.tile, timings=timings, cached=cached, plan=plan, texture=texture)

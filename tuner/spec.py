@@ -58,7 +58,10 @@ class Params:
     - ``blend``: [0, 1] share of a Lanczos upscale mixed into the result;
     - ``blend_variant``: how the blend mixes (:data:`VARIANTS`, see :mod:`tuner.blend`);
     - ``face_upsample``: restore faces from an SR-upscaled crop (GFPGAN's ``--upscale`` path)
-      instead of the input crop.
+      instead of the input crop;
+    - ``texture_target``: the texture policy (:mod:`tuner.texture`): put the skin's texture this
+      many octaves above a Lanczos upscale's, per image (R mixed in where crunchier, seeded
+      band-limited grain where waxier); None = off.
     """
 
     tile: int | str = 0
@@ -67,6 +70,7 @@ class Params:
     blend: float = 0.0
     blend_variant: str = "global"
     face_upsample: bool = False
+    texture_target: float | None = None
 
     def __post_init__(self) -> None:
         if self.tile != TILE_AUTO and (not isinstance(self.tile, int) or isinstance(self.tile, bool) or self.tile < 0):
@@ -79,6 +83,8 @@ class Params:
                 raise ConfigError(f"params.{k} must be in [0, 1], got {v}")
         if self.blend_variant not in VARIANTS:
             raise ConfigError(f"params.blend_variant must be one of {VARIANTS}, got {self.blend_variant!r}")
+        if self.texture_target is not None and not -3.0 <= float(self.texture_target) <= 8.0:
+            raise ConfigError(f"params.texture_target must be in [-3, 8] octaves or null, got {self.texture_target}")
         if not isinstance(self.face_upsample, bool):
             raise ConfigError(f"params.face_upsample must be true or false, got {self.face_upsample!r}")
 
@@ -91,7 +97,8 @@ class Params:
         den = m.get("denoise")
         return cls(tile=_tile(m.get("tile", 0)), denoise=None if den is None else float(den),
                    face_weight=float(m.get("face_weight", 0.0) or 0.0), blend=float(m.get("blend", 0.0) or 0.0),
-                   blend_variant=str(m.get("blend_variant", "global")), face_upsample=m.get("face_upsample", False))
+                   blend_variant=str(m.get("blend_variant", "global")), face_upsample=m.get("face_upsample", False),
+                   texture_target=None if m.get("texture_target") is None else float(m["texture_target"]))
 
 
 def _tile(v: Any) -> int | str:

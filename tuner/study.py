@@ -109,7 +109,9 @@ def study_identity(base: PipelineSpec, base_params: Params, space: Mapping[str, 
                          "face_upsample": base_params.face_upsample, "detector": base.detector,
                          "detection_threshold": base.detection_threshold, "half": base.half},
             # the knobs that are not searched stay at these values
-            "params": {k: getattr(base_params, k) for k in ("tile", "denoise", "face_weight", "blend")},
+            "params": {**{k: getattr(base_params, k) for k in ("tile", "denoise", "face_weight", "blend")},
+                       **({"texture_target": base_params.texture_target}
+                          if base_params.texture_target is not None else {})},
             "dataset_hash": dataset.content_hash, "max_side": dataset.max_side,
             "space_def": {k: asdict(v) for k, v in sorted(space.items())},
             "objective": objective_node, "metrics": list(names), "iqa_max_side": iqa_max_side}

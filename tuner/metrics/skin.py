@@ -25,6 +25,7 @@ import math
 import cv2
 import numpy as np
 
+from ..texture import hf, mid
 from .context import Context
 
 LBP_POINTS, LBP_RADIUS = 8, 1
@@ -38,12 +39,8 @@ def _skin_crops(ctx: Context, name: str) -> tuple[np.ndarray, np.ndarray, np.nda
     return ctx.y_out[box], ctx.ref.y_ref[box], ctx.ref.skin_out[box]
 
 
-def _hf(y: np.ndarray, s: float) -> np.ndarray:
-    return y - cv2.GaussianBlur(y, (0, 0), 0.375 * s)
-
-
-def _mid(y: np.ndarray, s: float) -> np.ndarray:
-    return cv2.GaussianBlur(y, (0, 0), 0.375 * s) - cv2.GaussianBlur(y, (0, 0), 0.75 * s)
+# the bands, shared with the texture policy (tuner.texture) so that it hits what these measure
+_hf, _mid = hf, mid
 
 
 def _ref_energy(ctx: Context, key: str, band) -> float:  # type: ignore[no-untyped-def]

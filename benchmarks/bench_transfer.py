@@ -1,0 +1,112 @@
+"""Does a setting transfer?  Skin texture against ground truth on the LR/HR pairs.
+
+    python benchmarks/bench_transfer.py [--split val] [--max-side 256] [--target 2.9] [--preset runs/default/best_preset.yaml]
+
+For the clean and the degraded (medium) pairs of the bundled portraits, rows:
+- the model defaults (realesr-general-x4v3 and RealESRGAN_x4plus as shipped),
+- the best fixed global preset (``--preset``, the default study's export, if it exists),
+- the texture policy (general-x4v3 with ``params.texture_target=--target``),
+and per row: faces whose skin texture is within +-0.5 octave of the truth's (``texture_hr``),
+its median, the LBP-statistics distance and HaarPSI to the truth, the worst identity distance,
+and the mean LR-PSNR.  Also writes a contact sheet of 100 % cheek crops per face
+(input Lanczos | general default | policy | HR) to ``benchmarks/results/cheeks_<set>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from _common import ROOT, WEIGHTS, need_weights
+
+from tuner import preset as presets
+from tuner.cache import StageCache
+from tuner.dataset import Pairs, load
+from tuner.images import encode, from_array
+from tuner.pipeline import Params, Pipeline, PipelineSpec
+from tuner.report import cheek_crop
+from tuner.scoring import Scorer
+from tuner.weights import WeightStore, catalogue
+
+NAMES = ["texture_hr", "pores_hr", "lbp_hr", "haarpsi_hr", "identity", "lr_psnr"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--split", default="val", choices=["val", "train", "all"])
+    ap.add_argument("--max-side", type=int, default=256)
+    ap.add_argument("--target", type=float, default=2.9)
+    ap.add_argument("--preset", default=str(ROOT / "runs" / "default" / "best_preset.yaml"))
+    a = ap.parse_args()
+    need_weights("realesr-general-x4v3.pth", "RealESRGAN_x4plus.pth")
+    models = catalogue("model")
+    store = WeightStore(weights_dir=WEIGHTS, allow_download=False)
+    cache = StageCache(Path.home() / ".cache" / "tuner" / "stages")
+    general = PipelineSpec(model=models["realesr-general-x4v3"])
+    rows_spec: list[tuple[str, PipelineSpec, Params]] = [
+        ("general-x4v3 default", general, Params()),
+        ("x4plus default", PipelineSpec(model=models["RealESRGAN_x4plus"]), Params()),
+    ]
+    if Path(a.preset).is_file():
+        st = presets.settings_of(presets.load(a.preset))
+        rows_spec.append((f"fixed preset ({Path(a.preset).name})", st.spec(general, models, catalogue("face")),
+                          st.params))
+    rows_spec.append((f"policy (general, texture_target={a.target:g})", general, Params(texture_target=a.target)))
+    out_dir = ROOT / "benchmarks" / "results"
+    table = []
+    for level, label in (("none", "clean"), ("medium", "degraded")):
+        ds = load(None, max_side=a.max_side, pairs=Pairs(degradation=level, split=a.split))
+        sheets: dict[str, list[np.ndarray]] = {}
+        for name, spec, params in rows_spec:
+            pipe = Pipeline(spec, store=store, cache=cache)
+            scorer = Scorer(NAMES, iqa_max_side=1024, detector="retinaface", detection_threshold=0.9, cache=cache)
+            vals = []
+            for it in ds.items:
+                res = pipe.run(it.image, params)
+                analysis = scorer.analysis(it, res, pipe)
+                v, _ = scorer.score(res, analysis)
+                vals.append(v)
+                if name.startswith(("general-x4v3", "policy")):
+                    sheets.setdefault(it.name, [analysis.reference, it.hr] if it.hr is not None else [])
+                    sheets[it.name].insert(-1, res.image.rgb)
+            t = np.array([v["texture_hr"] for v in vals])
+            ok = t[np.isfinite(t)]
+            table.append({"set": label, "pipeline": name, "faces": len(ok),
+                          "within 0.5 oct": f"{int(np.sum(np.abs(ok) <= 0.5))}/{len(ok)}",
+                          "texture_hr median": float(np.median(ok)) if len(ok) else math.nan,
+                          "lbp_hr": float(np.nanmean([v["lbp_hr"] for v in vals])),
+                          "haarpsi_hr": float(np.nanmean([v["haarpsi_hr"] for v in vals])),
+                          "identity max": float(np.nanmax([v["identity"] for v in vals])),
+                          "lr_psnr": float(np.nanmean([v["lr_psnr"] for v in vals]))})
+        _cheek_sheet(ds, sheets, out_dir / f"cheeks_{label}.png")
+    print(f"split {a.split}, LR max side {a.max_side} (x4 outputs):")
+    print(pd.DataFrame(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"contact sheets: {out_dir}/cheeks_clean.png, cheeks_degraded.png "
+          "(per face: input Lanczos | general default | policy | HR)")
+
+
+def _cheek_sheet(ds, sheets, path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tuner.facegeom import skin_mask
+    from tuner.faces import FaceDetector
+
+    rows = []
+    for it in ds.items:
+        panels = sheets.get(it.name)
+        if not panels or len(panels) != 4:
+            continue
+        faces = FaceDetector()(it.image.rgb)
+        s = panels[0].shape[1] / it.image.rgb.shape[1]
+        crop = cheek_crop(skin_mask(panels[0], [f.scaled(s) for f in faces]), 96) if faces else None
+        if crop is None:
+            continue
+        cells = [np.pad(p[crop], ((0, 96 - p[crop].shape[0]), (0, 96 - p[crop].shape[1]), (0, 0))) for p in panels]
+        rows.append(np.concatenate([np.pad(c, ((2, 2), (2, 2), (0, 0)), constant_values=1.0) for c in cells], axis=1))
+    if rows:
+        encode(from_array(np.concatenate(rows, axis=0).astype(np.float32)), path)
+
+
+if __name__ == "__main__":
+    main()
