@@ -100,3 +100,24 @@ def test_export_without_a_baseline_says_how_to_fix_it():
     _trial(study, 1.0, {"lr_psnr": {"a": 30.0}})
     with pytest.raises(ConfigError, match="tuner tune"):
         best_trial(study, obj, allow_infeasible=False)
+
+
+def test_a_band_relaxed_to_the_baseline_only_where_the_input_is_already_past_it():
+    """Edge overshoot on a degraded input: the model as shipped is at 0.08, far past the 0.03 band
+    calibrated on clean portraits.  There the bound is the baseline's own value (no worse than the
+    model as shipped); on a clean image (baseline 0.01) the band stays 0.03."""
+    c = O.Constraint("edge_halo", max=0.03, relax_to_baseline=0.0)
+    base = {"edge_halo": {"degraded": 0.08, "clean": 0.01}}
+    holds = [{"image": "degraded", "edge_halo": 0.07}, {"image": "clean", "edge_halo": 0.02}]
+    assert c.gate(holds, base).violation <= 0
+    worse = [{"image": "degraded", "edge_halo": 0.09}, {"image": "clean", "edge_halo": 0.02}]
+    g = c.gate(worse, base)
+    assert g.violation == pytest.approx(0.01) and g.image == "degraded"
+    clean_past = [{"image": "degraded", "edge_halo": 0.07}, {"image": "clean", "edge_halo": 0.04}]
+    g = c.gate(clean_past, base)
+    assert g.violation == pytest.approx(0.01) and g.image == "clean"  # the clean image keeps the band
+    with pytest.raises(O.BaselineMissing):
+        c.gate(holds, None)
+    with pytest.raises(ConfigError, match="relax_to_baseline"):
+        O.Constraint("edge_halo", min=0.0, relax_to_baseline=0.0)
+    assert "or baseline +0 where it is above" in c.describe()

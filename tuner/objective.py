@@ -20,8 +20,12 @@ convention (<= 0 is feasible).  One face turned into another person fails the ga
 whatever the other faces score.  ``reduce: mean`` gates the image mean instead.
 Bounds: ``max``: m <= max; ``min``: m >= min; ``min_relative``/``max_relative``: m
 compared with the same metric *of the same image* under the baseline trial (the model
-as shipped, trial 0).  NaN values do not apply (e.g. seam without tiling) and count as
-satisfied.  A relative gate with no baseline is an error, never silently disabled.
+as shipped, trial 0); ``relax_to_baseline`` (with ``max``): on an image where the baseline is
+already past ``max`` (a real, degraded input the band was not calibrated on), the bound becomes
+that image's baseline value plus this -- the guard rail relative to what the input allows,
+no worse than the model as shipped -- while inputs inside the band keep ``max``.  NaN values
+do not apply (e.g. seam without tiling) and count as satisfied.  A relative gate with no
+baseline is an error, never silently disabled.
 """
 
 from __future__ import annotations
@@ -85,11 +89,16 @@ class Constraint:
     min: float | None = None
     max_relative: float | None = None
     min_relative: float | None = None
+    relax_to_baseline: float | None = None  # with max: per image, max(max, baseline + this)
     reduce: str = "worst"  # worst (every image must hold) | mean
+
+    def __post_init__(self) -> None:
+        if self.relax_to_baseline is not None and self.max is None:
+            raise ConfigError(f"constraint '{self.metric}': relax_to_baseline relaxes a max, and there is none")
 
     @property
     def relative(self) -> bool:
-        return self.max_relative is not None or self.min_relative is not None
+        return self.max_relative is not None or self.min_relative is not None or self.relax_to_baseline is not None
 
     def violation(self, value: float, baseline: float | None) -> float:
         """Violation of one value (<= 0 when satisfied); NaN = not applicable = satisfied.
@@ -102,7 +111,14 @@ class Constraint:
             return 0.0
         v = -math.inf
         if self.max is not None:
-            v = max(v, value - self.max)
+            bound = self.max
+            if self.relax_to_baseline is not None:
+                if baseline is None:
+                    raise BaselineMissing(f"constraint '{self.describe()}' needs the baseline trial's values, "
+                                          "which are missing")
+                if not math.isnan(baseline):
+                    bound = max(bound, baseline + self.relax_to_baseline)
+            v = max(v, value - bound)
         if self.min is not None:
             v = max(v, self.min - value)
         if self.relative:
@@ -143,7 +159,8 @@ class Constraint:
     def describe(self) -> str:
         parts = []
         if self.max is not None:
-            parts.append(f"<= {self.max:g}")
+            parts.append(f"<= {self.max:g}" + ("" if self.relax_to_baseline is None else
+                                               f" (or baseline {self.relax_to_baseline:+g} where it is above)"))
         if self.min is not None:
             parts.append(f">= {self.min:g}")
         if self.max_relative is not None:
@@ -245,7 +262,7 @@ def from_mapping(node: Mapping[str, Any]) -> Objective:
     for name, c in (node.get("constraints") or {}).items():
         M.get(name)
         c = dict(c or {})
-        bad = set(c) - {"max", "min", "max_relative", "min_relative", "reduce"}
+        bad = set(c) - {"max", "min", "max_relative", "min_relative", "relax_to_baseline", "reduce"}
         if bad:
             raise ConfigError(f"constraint '{name}': unknown keys {sorted(bad)}")
         reduce = str(c.pop("reduce", "worst"))
