@@ -1,6 +1,7 @@
 """Does a setting transfer?  Skin texture against ground truth on the LR/HR pairs.
 
-    python benchmarks/bench_transfer.py [--split val] [--max-side 256] [--target 2.9] [--preset runs/default/best_preset.yaml]
+    python benchmarks/bench_transfer.py [--split val] [--max-side 256] [--target 3.3] [--preset runs/default/best_preset.yaml]
+    python benchmarks/bench_transfer.py --fit [--max-side 256]     # where the target comes from (train split only)
 
 For the clean and the degraded (medium) pairs of the bundled portraits, rows:
 - the model defaults (realesr-general-x4v3 and RealESRGAN_x4plus as shipped),
@@ -8,7 +9,10 @@ For the clean and the degraded (medium) pairs of the bundled portraits, rows:
 - the texture policy (general-x4v3 with ``params.texture_target=--target``),
 and per row: faces whose skin texture is within +-0.5 octave of the truth's (``texture_hr``),
 its median, the LBP-statistics distance and HaarPSI to the truth, the worst identity distance,
-and the mean LR-PSNR.  Also writes a contact sheet of 100 % cheek crops per face
+and the mean LR-PSNR.  ``--fit`` instead measures, per face, the truth's skin texture above a
+Lanczos upscale of the LR (octaves, crunch's band): its median on the *train* split is the
+policy's target; it also tries a no-reference predictor (the input's own gap one octave down,
+fitted linearly on the train split) and prints its error on the validation split.  Also writes a contact sheet of 100 % cheek crops per face
 (input Lanczos | general default | policy | HR) to ``benchmarks/results/cheeks_<set>.png``.
 """
 
@@ -18,6 +22,7 @@ import argparse
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 from _common import ROOT, WEIGHTS, need_weights
@@ -38,9 +43,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--split", default="val", choices=["val", "train", "all"])
     ap.add_argument("--max-side", type=int, default=256)
-    ap.add_argument("--target", type=float, default=2.9)
+    ap.add_argument("--target", type=float, default=3.3)
+    ap.add_argument("--fit", action="store_true", help="measure the target on the train split and exit")
     ap.add_argument("--preset", default=str(ROOT / "runs" / "default" / "best_preset.yaml"))
     a = ap.parse_args()
+    if a.fit:
+        fit(a.max_side)
+        return
     need_weights("realesr-general-x4v3.pth", "RealESRGAN_x4plus.pth")
     models = catalogue("model")
     store = WeightStore(weights_dir=WEIGHTS, allow_download=False)
@@ -86,6 +95,49 @@ def main() -> None:
     print(pd.DataFrame(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"contact sheets: {out_dir}/cheeks_clean.png, cheeks_degraded.png "
           "(per face: input Lanczos | general default | policy | HR)")
+
+
+def fit(max_side: int) -> None:
+    """The truth's skin texture above Lanczos per face, and a no-reference predictor of it."""
+    from tuner.degrade import in_validation
+    from tuner.facegeom import skin_mask
+    from tuner.faces import FaceDetector
+    from tuner.images import luminance, reference_upscale
+    from tuner.texture import hf
+
+    def energy(y: np.ndarray, m: np.ndarray, s: float) -> float:
+        return float(np.mean(hf(y, s)[m] ** 2))
+
+    rows = []
+    for level in ("none", "medium"):
+        for it in load(None, max_side=max_side, pairs=Pairs(degradation=level)).items:
+            lr, hr = it.image.rgb, it.hr
+            faces = FaceDetector()(lr)
+            ref = reference_upscale(lr, hr.shape[:2])
+            m = skin_mask(ref, [f.scaled(4) for f in faces]) if faces else None
+            h2, w2 = lr.shape[0] // 2 * 2, lr.shape[1] // 2 * 2
+            small = lr[:h2, :w2]
+            m_in = skin_mask(small, faces) if faces else None
+            if m is None or m.sum() < 200 or m_in is None or m_in.sum() < 50:
+                continue
+            gap = math.log2(energy(luminance(hr), m, 4) / energy(luminance(ref), m, 4))
+            down = cv2.resize(small, (w2 // 2, h2 // 2), interpolation=cv2.INTER_AREA)
+            g2 = math.log2(energy(luminance(small), m_in, 2) / energy(luminance(reference_upscale(down, (h2, w2))), m_in, 2))
+            rows.append({"set": "clean" if level == "none" else "degraded", "face": it.name,
+                         "val": in_validation(it.name), "gap": gap, "own_gap": g2})
+    df = pd.DataFrame(rows)
+    train, val = df[~df.val], df[df.val]
+    print(f"truth's skin texture above a Lanczos upscale, octaves (LR max side {max_side}):")
+    for name, d in df.groupby("set"):
+        t = d[~d.val]
+        print(f"  {name}: train median {t.gap.median():.2f} (range {d.gap.min():.2f}..{d.gap.max():.2f}, "
+              f"{len(d)} faces); corr(own gap, gap) {np.corrcoef(d.own_gap, d.gap)[0, 1]:.2f}")
+    print(f"  target = train median, both sets: {train.gap.median():.2f}")
+    coef = np.polyfit(train.own_gap, train.gap, 1)
+    err = np.abs(np.polyval(coef, val.own_gap) - val.gap)
+    print(f"  predictor gap ~ {coef[1]:.2f} + {coef[0]:.2f} * own_gap (train fit): validation median |error| "
+          f"{np.median(err):.2f} octave over {len(val)} faces; a constant (the target): "
+          f"{np.median(np.abs(val.gap - train.gap.median())):.2f}")
 
 
 def _cheek_sheet(ds, sheets, path: Path) -> None:  # type: ignore[no-untyped-def]

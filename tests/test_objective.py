@@ -121,3 +121,6 @@ def test_a_band_relaxed_to_the_baseline_only_where_the_input_is_already_past_it(
     with pytest.raises(ConfigError, match="relax_to_baseline"):
         O.Constraint("edge_halo", min=0.0, relax_to_baseline=0.0)
     assert "or baseline +0 where it is above" in c.describe()
+    # where the metric never applied to the baseline (NaN), the band stays: no way around the gate
+    nan_base = {"edge_halo": {"degraded": None, "clean": 0.01}}
+    assert c.gate(worse, nan_base).violation == pytest.approx(0.06)

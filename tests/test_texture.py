@@ -85,3 +85,7 @@ def test_the_pipeline_applies_it_per_image(tiny_weights):
     assert policy.texture is not None and policy.texture["grain"] > 0 and abs(policy.texture["after"] - 2.5) < 0.1
     assert not np.array_equal(plain.image.rgb, policy.image.rgb)
     assert np.array_equal(policy.image.rgb, again.image.rgb)  # same bytes every time
+    # the random tiny network's output is far crunchier than 1 octave above R: the mix branch
+    crunchy = pipe.run(it.image, Params(texture_target=1.0))
+    assert crunchy.texture is not None and crunchy.texture["mix"] > 0 and crunchy.texture["grain"] == 0
+    assert crunchy.texture["before"] > 2.0 and abs(crunchy.texture["after"] - 1.0) < 0.1

@@ -52,7 +52,7 @@ from .weights import WeightStore
 
 log = logging.getLogger("tuner")
 
-SCHEMA = 1  # of compare.json; bump on any change of its shape (tests/data/compare.schema.json)
+SCHEMA = 2  # of compare.json; bump on any change of its shape (tests/data/compare.schema.json)
 MIN_PAIRS = 5  # paired values a metric needs before it can be significant at 0.05 (2^-5 = 0.031)
 
 

@@ -11,8 +11,9 @@ The HR is the portrait itself (at the output size); the LR is what the pipeline 
   (isotropic or anisotropic, rotated), no sinc filter, no final sinc ring.
 
 Every draw comes from ``numpy.random.default_rng([seed, crc32(name)])``: the same portrait,
-strength and seed give the same bytes on every machine (``tests/test_degrade.py``), and the
-recipe, not thousands of files, is what ships.
+strength and seed give the same bytes with the same numpy and OpenCV versions (the test pins
+them for the versions in use: ``tests/test_degrade.py``), and the recipe, not thousands of
+files, is what ships.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def make_lr(hr: np.ndarray, *, scale: int, level: str, seed: int, name: str) -> 
     if level not in LEVELS:
         raise ConfigError(f"dataset.pairs.degradation must be one of {LEVELS}, got {level!r}")
     h, w = hr.shape[0] // scale, hr.shape[1] // scale
-    if level == "none":
-        return downscale(hr, (h, w))
+    if level == "none":  # 8-bit, as a real input is
+        return (np.round(downscale(hr, (h, w)) * 255) / 255).astype(np.float32)
     s = STRENGTHS[level]
     rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
     x = hr.astype(np.float32)

@@ -200,7 +200,7 @@ def compare_report(result: Mapping[str, Any], folder: Path, path: Path, *, board
     lines = [f"<div class='verdict {verdict}'><b>{verdict.upper()}</b>: candidate <i>{html.escape(result['candidate']['source'])}</i> "
              f"against baseline <i>{html.escape(result['baseline']['source'])}</i> on {result['dataset']['n_paired']} "
              f"image(s) of {html.escape(str(result['dataset']['root']))}.</div>"]
-    if result["candidate_failed_on"]:
+    if result.get("candidate_failed_on"):
         lines.append(f"<h3>the candidate failed to run on {html.escape(', '.join(result['candidate_failed_on']))}</h3>"
                      + "".join(f"<p class=small>{html.escape(n)}: {html.escape(why)}</p>"
                                for n, why in result["failures"]["candidate"].items()))

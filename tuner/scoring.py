@@ -55,11 +55,13 @@ def score_one(output: np.ndarray, analysis: M.InputAnalysis, names: list[str], *
 
 
 def truth_at(item: Item, out_hw: tuple[int, int]) -> np.ndarray | None:
-    """The item's ground truth at the output size (None without one): an output of another scale
-    than the pairs' is compared with the truth resized to it (INTER_AREA)."""
+    """The item's ground truth at the output size (None without one): a smaller output than the
+    pairs' is compared with the truth downscaled to it (INTER_AREA); a larger one has none."""
     hr = item.hr
     if hr is None or hr.shape[:2] == tuple(out_hw):
         return hr
+    if out_hw[0] > hr.shape[0] or out_hw[1] > hr.shape[1]:
+        return None  # an output larger than the truth: no truth at that size (an upscaled HR is none)
     return np.clip(cv2.resize(hr, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_AREA), 0, 1).astype(np.float32)
 
 

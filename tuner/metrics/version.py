@@ -21,7 +21,7 @@ METRICS_VERSION = "2"
 _PKG = Path(__file__).resolve().parent
 # modules outside tuner/metrics whose code the metrics run (facegeom: skin mask and face boxes;
 # images: luminance and the reference upscale R)
-_SHARED = ("facegeom.py", "images.py")
+_SHARED = ("facegeom.py", "images.py", "texture.py")
 
 
 def metric_files() -> list[Path]:
