@@ -177,3 +177,36 @@ def test_the_memo_is_bounded_in_bytes_and_serves_later_calls(tiny_weights, image
     assert [k[0] for k in small._memo] == ["R"] and small.memo_bytes() == a.reference.nbytes
     b = small.run(image, Params(denoise=0.5))  # another SR key
     assert [k[0] for k in small._memo] == ["R"] and b.reference is a.reference
+
+
+def test_the_prefilter_denoises_what_the_networks_see_and_nothing_else(tiny_weights, image):
+    from tuner.images import prefilter
+
+    clean = fit_max_side(decode(PORTRAITS / "A02_usnavy_grace_hopper.jpg"), 256).rgb
+
+    def errs(sigma):
+        noisy = np.clip(clean + np.random.default_rng(0).normal(0, sigma, clean.shape), 0, 1).astype(np.float32)
+        return [float(np.sqrt(np.mean((prefilter(noisy, s) - clean) ** 2))) for s in (0.0, 0.25, 0.5, 1.0)]
+
+    heavy, light = errs(0.08), errs(0.03)
+    assert heavy[0] > heavy[1] > heavy[2] > heavy[3], heavy  # heavy noise: stronger is cleaner
+    assert light[1] < light[0] < light[3], light  # light noise: a little helps, full strength smooths detail away
+    rng = np.random.default_rng(0)
+    noisy_rgb = np.clip(image.rgb + rng.normal(0, 0.04, image.rgb.shape), 0, 1).astype(np.float32)
+    assert prefilter(noisy_rgb, 0.0) is noisy_rgb
+
+    noisy = image.with_rgb(noisy_rgb)
+    pipe = Pipeline(_spec(tiny_weights, face=False), store=WeightStore(weights_dir=tiny_weights))
+    off, on = pipe.run(noisy, Params()), pipe.run(noisy, Params(prefilter=0.5))
+    assert not np.array_equal(off.sr, on.sr)  # the network saw the denoised input (another stage key)
+    assert np.array_equal(off.reference, on.reference)  # R, and so the metrics, still see the input itself
+    again = pipe.run(noisy, Params(prefilter=0.5))
+    assert np.array_equal(again.image.rgb, on.image.rgb) and again.cached["sr"]
+
+
+def test_trial_0_runs_without_the_prefilter_when_it_is_searched():
+    from tuner.search import search_space
+    from tuner.study import baseline_params
+
+    space = search_space({"params": {"prefilter": {"type": "categorical", "choices": [0.0, 0.5, 1.0]}}})
+    assert baseline_params(Params(), _spec(None, face=False), space) == {"prefilter": 0.0}

@@ -338,6 +338,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def prefilter(rgb: np.ndarray, strength: float) -> np.ndarray:
+    """A classical denoise of the input before the network (``params.prefilter``, the denoise
+    lever that needs no DNI partner weights): OpenCV's non-local means on the 8-bit image, filter
+    strength h = 3 + 12 * ``strength`` grey levels for luma and chroma (7 px patches, 21 px search).
+    ``strength`` 0 returns ``rgb`` itself."""
+    if strength <= 0:
+        return rgb
+    u8 = cv2.cvtColor((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR)
+    h = 3.0 + 12.0 * float(strength)
+    out = cv2.fastNlMeansDenoisingColored(u8, None, h, h, 7, 21)
+    return (cv2.cvtColor(out, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0)
+
+
 def resize(rgb: np.ndarray, size: tuple[int, int], *, interpolation: int = cv2.INTER_LANCZOS4) -> np.ndarray:
     """Resize an (H, W[, C]) float image to ``size`` = (height, width), clipped to [0, 1]."""
     h, w = size

@@ -28,7 +28,7 @@ from .errors import ConfigError
 from .facegeom import Face, faces_from_array, faces_to_array, skin_mask
 from .faces import FaceDetector, FaceRestorer, RestoredFace, paste_faces, paste_masks, restore_faces
 from .hashing import array_hash, make_key
-from .images import Image, reference_upscale, resize
+from .images import Image, prefilter, reference_upscale, resize
 from .memory import Plan, format_gb, make_plan, output_size
 from .spec import TILE_AUTO, Params, PipelineSpec
 from .texture import match_texture
@@ -103,9 +103,9 @@ class Pipeline:
         R is reused by every trial, an SR output only by trials with its model, denoise and tile."""
         if a.nbytes > self._memo_limit:
             return
-        for kind in ("sr", "R"):
-            for k in [k for k in self._memo if k[0] == kind]:
-                if self.memo_bytes() + a.nbytes <= self._memo_limit or (kind == "R" and key[0] == "sr"):
+        for keep_r in (False, True):  # everything but R first, least recently used first
+            for k in [k for k in self._memo if (k[0] == "R") == keep_r]:
+                if self.memo_bytes() + a.nbytes <= self._memo_limit or (keep_r and key[0] != "R"):
                     break
                 del self._memo[k]
         if self.memo_bytes() + a.nbytes <= self._memo_limit:
@@ -191,6 +191,20 @@ class Pipeline:
         self._detect_memo[key] = faces
         return faces
 
+    def _source(self, image: Image, ihash: str, strength: float) -> tuple[Image, str]:
+        """The input the networks see, with its content hash (so every stage key follows the
+        prefilter): the input itself, or its :func:`tuner.images.prefilter` (kept in the memo).
+        Detection, R and the metrics always see the input itself."""
+        if strength <= 0:
+            return image, ihash
+        key = ("pre", ihash, f"{strength:.6g}")
+        rgb = self._recall(key)
+        if rgb is None:
+            rgb = prefilter(image.rgb, strength)
+            rgb.setflags(write=False)
+            self._remember(key, rgb)
+        return image.with_rgb(rgb, image.alpha), array_hash(rgb)
+
     def _sr(self, image: Image, ihash: str, params: Params) -> tuple[np.ndarray, str, bool]:
         s = self.spec
         if not isinstance(params.tile, int):
@@ -252,7 +266,8 @@ class Pipeline:
         timings: dict[str, float] = {}
         cached: dict[str, bool] = {}
         ihash = array_hash(image.rgb)
-        sr, sr_key, cached["sr"] = self._sr(image, ihash, params)
+        src, shash = self._source(image, ihash, params.prefilter)  # what the networks see
+        sr, sr_key, cached["sr"] = self._sr(src, shash, params)
         timings["upscale"] = time.perf_counter() - t0
         h, w = sr.shape[:2]
         scale = w / image.size[1]
@@ -263,7 +278,7 @@ class Pipeline:
         face_mask = None
         t1 = time.perf_counter()
         if self.spec.face is not None and params.face_weight > 0 and faces:
-            restored, cached["restore"] = self._restore(image, ihash, faces, params, sr_key)
+            restored, cached["restore"] = self._restore(src, shash, faces, params, sr_key)
             out = paste_faces(sr, restored, scale=scale, weight=params.face_weight)
             face_mask = paste_masks((h, w), restored, scale)
         timings["faces"] = time.perf_counter() - t1

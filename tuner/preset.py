@@ -70,6 +70,8 @@ def realesrgan_cli(st: Settings) -> tuple[str, list[str]]:
                      "(GFPGAN's weight argument is a no-op); only tuner applies this alpha")
     if st.blend > 0:
         notes.append(f"blend={st.blend:g} ({st.blend_variant}): no inference_realesrgan.py flag; only tuner applies it")
+    if st.prefilter:
+        notes.append(f"prefilter={st.prefilter:g}: the input's non-local-means denoise is a tuner feature")
     if st.texture_target is not None:
         notes.append(f"texture_target={st.texture_target:g}: the skin texture policy is a tuner feature")
     if st.overlap:

@@ -22,7 +22,7 @@ log = logging.getLogger("tuner")
 
 FACE_KNOBS = ("face_weight", "face_upsample")
 # texture_target is not searchable yet: trial 0 (the baseline) must run the model as shipped, policy off
-KNOB_NAMES = ("tile", "denoise", "face_weight", "blend", "blend_variant", "face_upsample", "model")
+KNOB_NAMES = ("tile", "denoise", "prefilter", "face_weight", "blend", "blend_variant", "face_upsample", "model")
 
 
 @dataclass(frozen=True)
@@ -161,5 +161,6 @@ def suggest(trial: Any, space: Mapping[str, Knob], base: PipelineSpec, base_para
         variant = str(sp["blend_variant"].suggest(trial))
     if spec.overlap and isinstance(tile, int) and tile and spec.overlap * 2 >= tile:
         spec = replace(spec, overlap=max(tile // 2 - 1, 0))
+    pre = float(sp["prefilter"].suggest(trial)) if "prefilter" in sp else p.prefilter
     return spec, Params(tile=tile, denoise=denoise, face_weight=face_weight, blend=blend, blend_variant=variant,
-                        face_upsample=face_upsample, texture_target=p.texture_target)
+                        face_upsample=face_upsample, texture_target=p.texture_target, prefilter=pre)

@@ -26,7 +26,7 @@ from .faces import DETECTORS
 from .pipeline import Params, PipelineSpec
 from .weights import ModelSpec
 
-PARAM_KEYS = ("tile", "denoise", "face_weight", "blend", "texture_target")
+PARAM_KEYS = ("tile", "denoise", "face_weight", "blend", "texture_target", "prefilter")
 UPSCALE_KEYS = ("tile_pad", "pre_pad", "overlap", "outscale", "half")  # conf's `upscale` node
 PIPELINE_KEYS = (*UPSCALE_KEYS, "blend_variant", "face_upsample", "detector", "detection_threshold")
 _CHOICES = {"blend_variant": VARIANTS, "detector": DETECTORS}
@@ -42,6 +42,7 @@ class Settings:
     face_weight: float = 0.0
     blend: float = 0.0
     texture_target: float | None = None
+    prefilter: float = 0.0
     blend_variant: str = "global"
     face_upsample: bool = False
     tile_pad: int = 10
@@ -57,7 +58,8 @@ class Settings:
     def of(cls, spec: PipelineSpec, params: Params) -> Settings:
         return cls(model=spec.model.name, face=spec.face.name if spec.face else "none", tile=params.tile,
                    denoise=params.denoise, face_weight=params.face_weight, blend=params.blend,
-                   texture_target=params.texture_target, blend_variant=params.blend_variant, face_upsample=params.face_upsample, tile_pad=spec.tile_pad,
+                   texture_target=params.texture_target, prefilter=params.prefilter,
+                   blend_variant=params.blend_variant, face_upsample=params.face_upsample, tile_pad=spec.tile_pad,
                    pre_pad=spec.pre_pad, overlap=spec.overlap, outscale=spec.outscale, half=spec.half,
                    detector=spec.detector, detection_threshold=spec.detection_threshold)
 
@@ -65,7 +67,7 @@ class Settings:
     def params(self) -> Params:
         return Params(tile=self.tile, denoise=self.denoise, face_weight=self.face_weight, blend=self.blend,
                       blend_variant=self.blend_variant, face_upsample=self.face_upsample,
-                      texture_target=self.texture_target)
+                      texture_target=self.texture_target, prefilter=self.prefilter)
 
     def spec(self, base: PipelineSpec, models: Mapping[str, ModelSpec], faces: Mapping[str, ModelSpec]) -> PipelineSpec:
         """``base`` (device, memory limits, detector weights) with these settings' structure."""

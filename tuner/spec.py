@@ -59,6 +59,8 @@ class Params:
     - ``blend_variant``: how the blend mixes (:data:`VARIANTS`, see :mod:`tuner.blend`);
     - ``face_upsample``: restore faces from an SR-upscaled crop (GFPGAN's ``--upscale`` path)
       instead of the input crop;
+    - ``prefilter``: [0, 1] strength of a classical denoise (non-local means) of the input
+      before the network and the face restorer (:func:`tuner.images.prefilter`); 0 = off;
     - ``texture_target``: the texture policy (:mod:`tuner.texture`): put the skin's texture this
       many octaves above a Lanczos upscale's, per image (R mixed in where crunchier, seeded
       band-limited grain where waxier); None = off.
@@ -71,13 +73,14 @@ class Params:
     blend_variant: str = "global"
     face_upsample: bool = False
     texture_target: float | None = None
+    prefilter: float = 0.0
 
     def __post_init__(self) -> None:
         if self.tile != TILE_AUTO and (not isinstance(self.tile, int) or isinstance(self.tile, bool) or self.tile < 0):
             raise ConfigError(f"params.tile must be an integer >= 0 or 'auto', got {self.tile!r}")
         if self.denoise is not None and not 0.0 <= float(self.denoise) <= 1.0:
             raise ConfigError(f"params.denoise must be in [0, 1] or null, got {self.denoise}")
-        for k in ("face_weight", "blend"):
+        for k in ("face_weight", "blend", "prefilter"):
             v = getattr(self, k)
             if not 0.0 <= float(v) <= 1.0:
                 raise ConfigError(f"params.{k} must be in [0, 1], got {v}")
@@ -98,7 +101,8 @@ class Params:
         return cls(tile=_tile(m.get("tile", 0)), denoise=None if den is None else float(den),
                    face_weight=float(m.get("face_weight", 0.0) or 0.0), blend=float(m.get("blend", 0.0) or 0.0),
                    blend_variant=str(m.get("blend_variant", "global")), face_upsample=m.get("face_upsample", False),
-                   texture_target=None if m.get("texture_target") is None else float(m["texture_target"]))
+                   texture_target=None if m.get("texture_target") is None else float(m["texture_target"]),
+                   prefilter=float(m.get("prefilter", 0.0) or 0.0))
 
 
 def _tile(v: Any) -> int | str:

@@ -93,7 +93,7 @@ def baseline_params(base: Params, base_spec: PipelineSpec, space: Mapping[str, K
     """Trial 0's values: the configured params, with ``denoise`` at the value that runs the
     model exactly as shipped (DNI weight 1 on the model itself) when denoise is searched."""
     out: dict[str, Any] = {"tile": base.tile, "denoise": base.denoise, "face_weight": base.face_weight,
-                           "blend": base.blend}
+                           "blend": base.blend, "prefilter": base.prefilter}
     if "denoise" in space and out["denoise"] is None:
         out["denoise"] = 1.0 if base_spec.model.denoise_weight_on == "base" else 0.0
     return {k: v for k, v in out.items() if k in space and v is not None}
@@ -111,7 +111,8 @@ def study_identity(base: PipelineSpec, base_params: Params, space: Mapping[str, 
             # the knobs that are not searched stay at these values
             "params": {**{k: getattr(base_params, k) for k in ("tile", "denoise", "face_weight", "blend")},
                        **({"texture_target": base_params.texture_target}
-                          if base_params.texture_target is not None else {})},
+                          if base_params.texture_target is not None else {}),
+                       **({"prefilter": base_params.prefilter} if base_params.prefilter else {})},
             "dataset_hash": dataset.content_hash, "max_side": dataset.max_side,
             "space_def": {k: asdict(v) for k, v in sorted(space.items())},
             "objective": objective_node, "metrics": list(names), "iqa_max_side": iqa_max_side}
