@@ -63,7 +63,8 @@ def main() -> None:
         rows_spec.append(("x4plus default", PipelineSpec(model=models["RealESRGAN_x4plus"]), Params()))
     if Path(a.preset).is_file():
         st = presets.settings_of(presets.load(a.preset))
-        rows_spec.append((f"fixed preset ({Path(a.preset).name})", st.spec(general, models, catalogue("face")),
+        rows_spec.append((f"preset {Path(a.preset).parent.name}/{Path(a.preset).name}",
+                          st.spec(general, models, catalogue("face")),
                           st.params))
     rows_spec.append((f"policy (general, texture_target={a.target:g})", general, Params(texture_target=a.target)))
     out_dir = ROOT / "benchmarks" / "results"

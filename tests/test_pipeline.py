@@ -208,5 +208,12 @@ def test_trial_0_runs_without_the_prefilter_when_it_is_searched():
     from tuner.search import search_space
     from tuner.study import baseline_params
 
-    space = search_space({"params": {"prefilter": {"type": "categorical", "choices": [0.0, 0.5, 1.0]}}})
-    assert baseline_params(Params(), _spec(None, face=False), space) == {"prefilter": 0.0}
+    space = search_space({"params": {"prefilter": {"type": "categorical", "choices": [0.0, 0.5, 1.0]},
+                                      "texture_target": {"type": "categorical", "choices": [None, 3.0]}}})
+    assert baseline_params(Params(), _spec(None, face=False), space) == {"prefilter": 0.0, "texture_target": None}
+    from tuner.errors import ConfigError
+
+    for bad in ({"type": "categorical", "choices": [2.5, 3.0]},  # no "off": trial 0 could not be the model as shipped
+                {"type": "float", "low": 2.0, "high": 4.0}, {"type": "categorical", "choices": [None, 12.0]}):
+        with pytest.raises(ConfigError, match="texture_target"):
+            search_space({"params": {"texture_target": bad}})

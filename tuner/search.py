@@ -21,8 +21,8 @@ from .weights import ModelSpec, WeightStore
 log = logging.getLogger("tuner")
 
 FACE_KNOBS = ("face_weight", "face_upsample")
-# texture_target is not searchable yet: trial 0 (the baseline) must run the model as shipped, policy off
-KNOB_NAMES = ("tile", "denoise", "prefilter", "face_weight", "blend", "blend_variant", "face_upsample", "model")
+KNOB_NAMES = ("tile", "denoise", "prefilter", "face_weight", "blend", "blend_variant", "face_upsample",
+              "texture_target", "model")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,12 @@ def search_space(node: Mapping[str, Any]) -> dict[str, Knob]:
             continue  # removed by an experiment config
         check_keys(k, {"type", "choices", "low", "high", "step", "log"}, f"search.params.{name}")
         t = k.get("type")
+        if name == "texture_target":  # trial 0 runs the model as shipped: "off" (null) must be a choice
+            choices = list(k.get("choices") or [])
+            if t != "categorical" or None not in choices or any(
+                    c is not None and not -3.0 <= float(c) <= 8.0 for c in choices):
+                raise ConfigError("search.params.texture_target must be categorical with null (off) among its "
+                                  f"choices and the others in [-3, 8] octaves, got {k}")
         if t == "categorical":
             if not k.get("choices"):
                 raise ConfigError(f"search.params.{name}: categorical needs choices")
@@ -62,7 +68,7 @@ def search_space(node: Mapping[str, Any]) -> dict[str, Knob]:
             lo, hi = float(k.get("low", 0)), float(k.get("high", 1))
             if lo > hi:
                 raise ConfigError(f"search.params.{name}: low {lo} > high {hi}")
-            if name in ("denoise", "face_weight", "blend") and not (0 <= lo and hi <= 1):
+            if name in ("denoise", "face_weight", "blend", "prefilter") and not (0 <= lo and hi <= 1):
                 raise ConfigError(f"search.params.{name}: range must lie in [0, 1], got [{lo}, {hi}]")
             out[name] = Knob(name, t, (), lo, hi, k.get("step"), bool(k.get("log", False)))
         else:
@@ -162,5 +168,7 @@ def suggest(trial: Any, space: Mapping[str, Knob], base: PipelineSpec, base_para
     if spec.overlap and isinstance(tile, int) and tile and spec.overlap * 2 >= tile:
         spec = replace(spec, overlap=max(tile // 2 - 1, 0))
     pre = float(sp["prefilter"].suggest(trial)) if "prefilter" in sp else p.prefilter
+    target = sp["texture_target"].suggest(trial) if "texture_target" in sp else p.texture_target
     return spec, Params(tile=tile, denoise=denoise, face_weight=face_weight, blend=blend, blend_variant=variant,
-                        face_upsample=face_upsample, texture_target=p.texture_target, prefilter=pre)
+                        face_upsample=face_upsample, texture_target=None if target is None else float(target),
+                        prefilter=pre)

@@ -96,7 +96,10 @@ def baseline_params(base: Params, base_spec: PipelineSpec, space: Mapping[str, K
                            "blend": base.blend, "prefilter": base.prefilter}
     if "denoise" in space and out["denoise"] is None:
         out["denoise"] = 1.0 if base_spec.model.denoise_weight_on == "base" else 0.0
-    return {k: v for k, v in out.items() if k in space and v is not None}
+    out = {k: v for k, v in out.items() if k in space and v is not None}
+    if "texture_target" in space:
+        out["texture_target"] = None  # the policy off: the model as shipped (search_space makes null a choice)
+    return out
 
 
 def study_identity(base: PipelineSpec, base_params: Params, space: Mapping[str, Knob], objective_node: Any,
