@@ -103,14 +103,25 @@ def heartbeat_enabled(storage: Any) -> bool:
     return callable(interval) and interval() is not None
 
 
+def _trial_id(storage: Any, study: Any, trial: Any) -> int:
+    return int(storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
+                                                               trial.number))
+
+
+def first_beat(storage: Any, study: Any, trial: Any) -> None:
+    """Record ``trial``'s first heartbeat at once (``RDBStorage.record_heartbeat``, public), right
+    after ``ask``: optuna fails a silent worker's trial only once it has beaten, so a worker killed
+    between ``ask`` and its heartbeat thread's first beat would leave a trial RUNNING that nothing
+    ever fails, and every other worker waiting for it forever."""
+    storage.record_heartbeat(_trial_id(storage, study, trial))
+
+
 def heartbeat(storage: Any, study: Any, trial: Any) -> Any:
     """A context that beats for ``trial`` while it runs.  Optuna's only private API in tuner:
     ``Study.optimize`` starts this thread itself, but ask/tell has no public way to."""
     from optuna.storages._heartbeat import get_heartbeat_thread
 
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
-                                                                trial.number)
-    return get_heartbeat_thread(trial_id, storage)
+    return get_heartbeat_thread(_trial_id(storage, study, trial), storage)
 
 
 def redact_url(url: str) -> str:
