@@ -231,7 +231,10 @@ class Pipeline:
     def _restore(self, image: Image, ihash: str, faces: list[Face], params: Params, sr_key: str) -> tuple[list[RestoredFace], bool]:
         face = self.spec.face
         assert face is not None
-        key = make_key(stage="restore", input=ihash, face=content_hash(self.store.resolve(face)), arch=dict(face.arch),
+        # ihash: what the restorer sees (the prefiltered input, if any); faces come from the input itself,
+        # so they are part of the key too
+        key = make_key(stage="restore", input=ihash, faces=faces_to_array(faces).round(4).tolist(),
+                       face=content_hash(self.store.resolve(face)), arch=dict(face.arch),
                        detector=self.spec.detector, threshold=self.spec.detection_threshold,
                        upsample=params.face_upsample, sr=sr_key if params.face_upsample else None,
                        version=PIPELINE_VERSION)

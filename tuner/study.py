@@ -244,10 +244,7 @@ def worker_loop(study: Any, storage: Any, runner: TrialRunner, st: StudySettings
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     hb = heartbeat_enabled(storage)
-    from optuna.trial import TrialState
-
     tally = FailureTally()
-    waiting_since: float | None = None
     bar = tqdm(total=st.n_trials, desc=f"study {st.name}", unit="trial")
     while True:
         with file_lock(lock_path) if lock_path else contextlib.nullcontext():
@@ -266,18 +263,8 @@ def worker_loop(study: Any, storage: Any, runner: TrialRunner, st: StudySettings
                 log.warning("stopping: %d trial(s) still RUNNING and this storage has no heartbeats to fail them",
                             running)
                 break
-            if waiting_since is None:
-                waiting_since = time.monotonic()
-            elif time.monotonic() - waiting_since > 3 * st.grace_period + 60:
-                # a worker killed in the instant between ask and its first heartbeat leaves a trial that
-                # optuna never fails: stop (exit 1, saying which) rather than wait forever
-                stuck = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-                raise StudyAborted(f"trial(s) {stuck} stayed RUNNING for {3 * st.grace_period + 60} s without being "
-                                   "failed by their heartbeat; if their worker is gone, mark them failed "
-                                   "(optuna's study.tell(number, state=TrialState.FAIL)) and resume")
             time.sleep(max(1, min(st.heartbeat_interval, 5)))
             continue
-        waiting_since = None
         with heartbeat(storage, study, trial) if hb else contextlib.nullcontext():
             failed, reason = run_trial(study, trial, runner, objective, tracker, parent, run_dir, sheet_faces,
                                        st.n_startup_trials)
