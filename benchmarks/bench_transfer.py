@@ -112,10 +112,11 @@ def fit(max_side: int) -> None:
         return float(np.mean(hf(y, s)[m] ** 2))
 
     rows = []
+    detect = FaceDetector()
     for level in ("none", "medium"):
         for it in load(None, max_side=max_side, pairs=Pairs(degradation=level)).items:
             lr, hr = it.image.rgb, it.hr
-            faces = FaceDetector()(lr)
+            faces = detect(lr)
             ref = reference_upscale(lr, hr.shape[:2])
             m = skin_mask(ref, [f.scaled(4) for f in faces]) if faces else None
             h2, w2 = lr.shape[0] // 2 * 2, lr.shape[1] // 2 * 2
@@ -148,11 +149,12 @@ def _cheek_sheet(ds, sheets, path: Path) -> None:  # type: ignore[no-untyped-def
     from tuner.faces import FaceDetector
 
     rows = []
+    detect = FaceDetector()
     for it in ds.items:
         panels = sheets.get(it.name)
         if not panels or len(panels) != 4:
             continue
-        faces = FaceDetector()(it.image.rgb)
+        faces = detect(it.image.rgb)
         s = panels[0].shape[1] / it.image.rgb.shape[1]
         crop = cheek_crop(skin_mask(panels[0], [f.scaled(s) for f in faces]), 96) if faces else None
         if crop is None:

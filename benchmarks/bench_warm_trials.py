@@ -104,13 +104,10 @@ def stage_shares(runner: TrialRunner, b: float) -> None:
 
     prof = cProfile.Profile()
     # cProfile sees only its own thread: profile this trial with scoring in the calling thread
-    pool, threads = runner._pool, runner.score_threads
-    runner._pool, runner.score_threads = None, 1
     t = time.perf_counter()
     prof.enable()
-    runner.evaluate(runner.base, Params(blend=b))
+    runner.evaluate(runner.base, Params(blend=b), threads=1)
     prof.disable()
-    runner._pool, runner.score_threads = pool, threads
     total = time.perf_counter() - t
     stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
 

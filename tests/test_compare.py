@@ -103,12 +103,13 @@ def test_one_face_turned_into_another_person_fails_the_identity_gate(tmp_path, t
     cand = C.Side("candidate", "model tiny, swapped face", PipelineSpec(model=model, pre_pad=11), Params(blend=1.0))
     other = fit_max_side(decode(PORTRAITS / "A16_flickr_ccby_12.jpg"), 4 * 128).rgb
     real_run = Pipeline.run
+    detect = FaceDetector()
 
     def run(self, image, params):
         res = real_run(self, image, params)
         if self.spec.pre_pad == 11 and image is victim.image:  # the candidate, on the victim only
-            f_in = FaceDetector()(image.rgb)[0].scaled(res.scale)
-            f_other = FaceDetector()(other)[0]
+            f_in = detect(image.rgb)[0].scaled(res.scale)
+            f_other = detect(other)[0]
             m, _ = cv2.estimateAffinePartial2D(f_other.landmarks, f_in.landmarks)
             h, w = res.image.rgb.shape[:2]
             swapped = cv2.warpAffine(other, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)

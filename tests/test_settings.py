@@ -13,6 +13,20 @@ TUNED = Settings(model="RealESRGAN_x4plus", face="gfpgan_v1.4", tile=128, denois
                  half=False, detector="retinaface", detection_threshold=0.8)
 
 
+def test_every_field_maps_to_the_pipelines_types_by_name():
+    """Settings.of / .params / .spec copy fields by name: each field is the model, the face, a
+    Params field or a PipelineSpec option, and nothing of a preset is left out."""
+    from dataclasses import fields
+
+    from tuner.pipeline import Params, PipelineSpec
+    from tuner.settings import SPEC_KEYS
+
+    names = {f.name for f in fields(Settings)}
+    params = {f.name for f in fields(Params)}
+    assert names == {"model", "face"} | params | set(SPEC_KEYS)
+    assert set(SPEC_KEYS) <= {f.name for f in fields(PipelineSpec)} and not params & set(SPEC_KEYS)
+
+
 def test_dict_round_trip():
     d = TUNED.to_dict()
     assert set(d) == {"model", "face", "params", "pipeline"}

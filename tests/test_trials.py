@@ -44,6 +44,9 @@ def test_threads_give_the_same_rows_in_the_same_order(tiny_weights, tmp_path):
         finally:
             runner.close()
         assert [r["index"] for r in rows] == order == seen
+        if threads > 1:  # a per-call override to one thread gives the same rows too
+            serial, _ = runner.evaluate(runner.base, Params(blend=0.3), order=order, threads=1)
+            assert [r["objective"] for r in serial] == [r["objective"] for r in rows]
         got[threads] = (rows, results)
     for a, b in zip(got[1][0], got[3][0], strict=True):
         keys = [*NAMES, "objective", "image", "index"]

@@ -29,6 +29,7 @@ from .upscale import arch_scale
 from .weights import ModelSpec, WeightStore, catalogue, load_state_dict
 
 if TYPE_CHECKING:
+    from .compare import Rules, Side
     from .study import TuneJob
 
 OUTPUT_FORMATS = ("same", "png", "jpg", "webp", "tif", "bmp")
@@ -312,9 +313,9 @@ def study_run_dir(cfg: Any) -> Path:
 
 @dataclass(frozen=True)
 class CompareJob:
-    baseline: Any  # compare.Side
-    candidate: Any
-    rules: Any  # compare.Rules
+    baseline: Side
+    candidate: Side
+    rules: Rules
     dataset: Dataset
     metric_names: list[str]
     iqa_max_side: int
@@ -337,7 +338,7 @@ def compare_job(cfg: Any) -> CompareJob:
                       cache=pc.cache, out=Path(str(cfg.out)), report=bool(cfg.get("report", True)))
 
 
-def compare_side(value: Any, label: str, pc: PipelineConfig, baseline: Any) -> Any:
+def compare_side(value: Any, label: str, pc: PipelineConfig, baseline: Side | None) -> Side:
     """A side from ``baseline=``/``candidate=``: a preset YAML, a catalogue model name, or
     (candidate only) a ``.pth`` of the baseline's architecture, given as a path or as
     ``candidate.model.path``."""

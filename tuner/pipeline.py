@@ -91,6 +91,7 @@ class Pipeline:
         # ("R", input, h, w) and ("sr", stage key) -> array, in least-recently-used order
         self._memo: dict[tuple[str, ...], np.ndarray] = {}
         self._memo_limit = int(memo_limit_bytes)
+        self._source_hashes: dict[tuple[str, ...], str] = {}  # prefiltered input -> its hash (hashed once)
 
     def _recall(self, key: tuple[str, ...]) -> np.ndarray | None:
         a = self._memo.pop(key, None)
@@ -203,7 +204,8 @@ class Pipeline:
             rgb = prefilter(image.rgb, strength)
             rgb.setflags(write=False)
             self._remember(key, rgb)
-        return image.with_rgb(rgb, image.alpha), array_hash(rgb)
+            self._source_hashes[key] = array_hash(rgb)
+        return image.with_rgb(rgb, image.alpha), self._source_hashes[key]
 
     def _sr(self, image: Image, ihash: str, params: Params) -> tuple[np.ndarray, str, bool]:
         s = self.spec

