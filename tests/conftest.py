@@ -104,3 +104,27 @@ def run_cli(tmp_path):
 def needs_shared_weights(*names: str):
     missing = [n for n in names if not (SHARED_WEIGHTS / n).is_file()]
     return pytest.mark.skipif(bool(missing), reason=f"offline weights absent: {missing} in {SHARED_WEIGHTS}")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server for the scale-out tests: the one `.ci/run` started (TUNER_TEST_PG_URL,
+    TUNER_TEST_PGDATA), else a throw-away one started here; skipped where PostgreSQL is not
+    installed, unless TUNER_REQUIRE_PG=1 (CI), where that is a failure."""
+    from helpers import PgServer
+
+    url = os.environ.get("TUNER_TEST_PG_URL")
+    if url:
+        data = os.environ.get("TUNER_TEST_PGDATA")
+        yield PgServer(url, Path(data) if data else None, owned=False)
+        return
+    try:
+        server = PgServer.start()
+    except (RuntimeError, OSError) as e:
+        if os.environ.get("TUNER_REQUIRE_PG") == "1":
+            pytest.fail(f"PostgreSQL is required here (TUNER_REQUIRE_PG=1) but could not start: {e}")
+        pytest.skip(f"no PostgreSQL server for the scale-out tests: {e}")
+    try:
+        yield server
+    finally:
+        server.stop()

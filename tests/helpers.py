@@ -44,3 +44,55 @@ def render(page: Path, shot: Path) -> dict:
     subprocess.run([*flags, f"--screenshot={shot}", page.resolve().as_uri()], capture_output=True, timeout=120)
     return {"selfcheck": None if check is None else tuple(int(g) for g in check.groups()), "console_errors": console,
             "screenshot": shot}
+
+
+# ---------------------------------------------------------------- PostgreSQL (scale-out tests)
+PG_SCRIPT = Path(__file__).resolve().parent.parent / ".ci" / "postgres"
+
+
+class PgServer:
+    """A throw-away PostgreSQL server started by ``.ci/postgres`` (or the one CI started and
+    exported as TUNER_TEST_PG_URL / TUNER_TEST_PGDATA); ``database()`` makes a fresh database."""
+
+    def __init__(self, url: str, folder: Path | None, owned: bool) -> None:
+        self.url, self.folder, self.owned = url, folder, owned
+
+    @classmethod
+    def start(cls) -> PgServer:
+        import subprocess
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="tuner-pg-", dir="/tmp"))  # the server's user must reach it
+        r = subprocess.run([str(PG_SCRIPT), "start", str(folder)], capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError(f".ci/postgres start failed ({r.returncode}): {r.stderr.strip()}")
+        return cls(r.stdout.strip(), folder, owned=True)
+
+    def database(self, name: str) -> str:
+        import sqlalchemy as sa
+
+        eng = sa.create_engine(self.url, isolation_level="AUTOCOMMIT")
+        with eng.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        eng.dispose()
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the server (fast: clients are disconnected), wait ``down_s``, start it again."""
+        import subprocess
+        import time
+
+        assert self.folder is not None, "restart needs the server's data folder (TUNER_TEST_PGDATA)"
+        if down_s:
+            subprocess.run([str(PG_SCRIPT), "halt", str(self.folder)], check=True, timeout=120)
+            time.sleep(down_s)
+            subprocess.run([str(PG_SCRIPT), "resume", str(self.folder)], check=True, timeout=120)
+        else:
+            subprocess.run([str(PG_SCRIPT), "restart", str(self.folder)], check=True, timeout=120)
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.owned and self.folder is not None:
+            subprocess.run([str(PG_SCRIPT), "stop", str(self.folder)], timeout=120)

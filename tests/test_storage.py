@@ -20,3 +20,64 @@ def test_a_trial_whose_worker_died_before_its_heartbeat_thread_is_still_failed(t
     assert states[beaten.number] == "FAIL"
     # the race first_beat closes: optuna never fails a trial that has not beaten once
     assert states[silent.number] == "RUNNING"
+
+
+def _settings(url, **kw):
+    from tuner.storage import StudySettings
+
+    return StudySettings(**{"name": "s", "n_trials": 1, "storage": url, "sampler": "tpe", "seed": 0,
+                            "n_startup_trials": 1, "pruner": False, "p_threshold": 0.1, "n_startup_steps": 1,
+                            "heartbeat_interval": 1, "grace_period": 2, "max_retry": 1, "strict": False,
+                            "allow_infeasible": False, "max_consecutive_failures": 1, "max_failures": 1,
+                            "storage_retry_s": 0, **kw})
+
+
+def test_a_missing_postgres_driver_names_the_extra_and_masks_the_password(monkeypatch):
+    import pytest
+
+    from tuner.errors import ConfigError
+    from tuner.storage import make_storage
+
+    monkeypatch.setitem(__import__("sys").modules, "psycopg", None)  # as if psycopg were not installed
+    with pytest.raises(ConfigError) as e:
+        make_storage(_settings("postgresql://u:hunter2@127.0.0.1:1/db"))
+    assert "pip install 'tuner[postgres]'" in str(e.value) and "hunter2" not in str(e.value)
+
+
+def test_storage_calls_are_retried_through_an_outage_then_give_up_clearly():
+    import pytest
+
+    from tuner.storage import StorageLost, retrying
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 2:
+            raise optuna.exceptions.StorageInternalError("server closed the connection unexpectedly")
+        return "ok"
+
+    assert retrying(flaky, what="ask", seconds=30) == "ok" and len(calls) == 2
+
+    def down():
+        raise optuna.exceptions.StorageInternalError("connection to postgresql://u:hunter2@h/db refused")
+
+    with pytest.raises(StorageLost) as e:
+        retrying(down, what="telling trial 3", seconds=0.5)
+    msg = str(e.value)
+    assert "telling trial 3" in msg and "run the same command again to resume" in msg and "hunter2" not in msg
+    with pytest.raises(ValueError):  # anything else is not an outage: no retry, no masking of bugs
+        retrying(lambda: int("x"), what="ask", seconds=30)
+
+
+def test_the_study_lock_kind_follows_the_storage(tmp_path, caplog):
+    from tuner.storage import StudyLock
+
+    assert StudyLock(f"sqlite:///{tmp_path / 's.db'}", "a").kind == "file"
+    assert StudyLock(f"journal://{tmp_path / 'j.log'}", "a").kind == "file"
+    assert StudyLock("postgresql://u@h/db", "a").kind == "postgres"
+    a, b = StudyLock("postgresql://u@h/db", "a"), StudyLock("postgresql://u@h/db", "b")
+    assert a.key != b.key and a.key == StudyLock("postgresql://other@h2/db", "a").key  # per study name
+    with caplog.at_level("WARNING"):
+        assert StudyLock("mysql://u:pw@h/db", "a").kind == "none"
+    assert "overshoot" in caplog.text and "pw@" not in caplog.text

@@ -248,11 +248,46 @@ def detector_from_cfg(cfg: Any) -> Any:
     return FaceDetector(name, threshold=threshold, resnet50_path=path)
 
 
+INSTANTIATE_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")
+
+
+def refuse_instantiation(cfg: Any, where: str = "") -> None:
+    """tuner never instantiates objects from configs (no ``hydra.utils.instantiate``): a Hydra
+    ``_target_`` (or ``_args_`` ...) anywhere in a composed config or a preset is an error, not a
+    key silently carried along until some later code might call it."""
+    node = to_dict(cfg)
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            if k in INSTANTIATE_KEYS:
+                raise ConfigError(f"{where + '.' if where else ''}{k}: tuner never instantiates objects from a "
+                                  f"config; Hydra's {', '.join(INSTANTIATE_KEYS)} are refused")
+            refuse_instantiation(v, f"{where + '.' if where else ''}{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            refuse_instantiation(v, f"{where}[{i}]")
+
+
+def redacted_yaml(cfg: Any) -> str:
+    """The composed config as YAML, every URL's password replaced by *** (storage, tracking)."""
+    import yaml
+
+    from .storage import redact_url
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return {k: walk(x) for k, x in v.items() if k != "hydra"}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return redact_url(v) if isinstance(v, str) else v
+
+    return yaml.safe_dump(walk(to_dict(cfg)), sort_keys=False)
+
+
 def study_settings(cfg: Any, run_dir: Path) -> StudySettings:
     s = to_dict(cfg.study) or {}
     check_keys(s, {"name", "n_trials", "storage", "sampler", "seed", "n_startup_trials", "pruner", "heartbeat",
                    "max_retry", "strict", "allow_infeasible", "max_consecutive_failures", "max_failures",
-                   "score_threads"}, "study")
+                   "score_threads", "storage_retry_s"}, "study")
     pr = s.get("pruner") or {}
     check_keys(pr, {"enabled", "p_threshold", "n_startup_steps"}, "study.pruner")
     hb = s.get("heartbeat") or {}
@@ -274,13 +309,17 @@ def study_settings(cfg: Any, run_dir: Path) -> StudySettings:
         threads = min(cpus, 4)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"study.score_threads must be an integer >= 1 or auto, got {threads!r}")
+    retry_s = float(s.get("storage_retry_s", 120))
+    if not retry_s >= 0:
+        raise ConfigError(f"study.storage_retry_s must be >= 0 seconds, got {retry_s}")
     return StudySettings(name=name, n_trials=n, storage=str(storage), sampler=sampler, seed=int(s.get("seed", 0)),
                          n_startup_trials=int(s.get("n_startup_trials", 8)), pruner=bool(pr.get("enabled", True)),
                          p_threshold=float(pr.get("p_threshold", 0.1)), n_startup_steps=int(pr.get("n_startup_steps", 5)),
                          heartbeat_interval=int(hb.get("interval", 30)), grace_period=int(hb.get("grace_period", 90)),
                          max_retry=int(s.get("max_retry", 2)), strict=bool(s.get("strict", False)),
                          allow_infeasible=bool(s.get("allow_infeasible", False)),
-                         max_consecutive_failures=max_consec, max_failures=max_fail, score_threads=threads)
+                         max_consecutive_failures=max_consec, max_failures=max_fail, score_threads=threads,
+                         storage_retry_s=retry_s)
 
 
 def tune_job(cfg: Any, run_dir: Path) -> TuneJob:

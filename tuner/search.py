@@ -101,6 +101,14 @@ def make_sampler(kind: str, space: Mapping[str, Knob], *, seed: int, n_startup_t
     return S.GridSampler(grid, seed=seed)
 
 
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler seed for the trial numbered ``number``: workers that share a study draw
+    different random values (one seed in every worker would hand each of them the same
+    sequence, so their startup trials would repeat each other's parameters), and a trial's
+    draw does not depend on which worker asks for it."""
+    return int(np.random.SeedSequence([int(seed), int(number)]).generate_state(1)[0])
+
+
 def resolve_knobs(base: PipelineSpec, space: dict[str, Knob], store: WeightStore, strict: bool) -> tuple[
         PipelineSpec, dict[str, Knob], list[str]]:
     """Drop knobs whose weights cannot be had here (loudly), or fail with ``study.strict=true``."""

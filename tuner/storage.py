@@ -1,21 +1,27 @@
-"""Study storage and its settings: the Optuna storage URL, the local lock, heartbeats.
+"""Study storage and its settings: the Optuna storage URL, the study lock, heartbeats, retries.
 
-Optuna's heartbeat thread lives in the private ``optuna.storages._heartbeat``:
-``Study.optimize`` starts it internally, but the worker loop needs ask/tell (to hold a lock
-around ``ask``), so it is reached here, in :func:`heartbeat`, and nowhere else.
+The worker loop drives Optuna with ask/tell (it holds a lock around "count, then ask"), so it
+beats for its trial itself (:class:`Heartbeat`, through RDBStorage's public ``record_heartbeat``)
+and retries storage calls while a database server restarts (:func:`retrying`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import logging
 import re
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, TunerError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class StudySettings:
     max_consecutive_failures: int
     max_failures: int
     score_threads: int = 1
+    storage_retry_s: float = 120.0  # how long a worker retries an unreachable storage before it stops
 
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -67,22 +74,110 @@ def make_storage(st: StudySettings) -> Any:
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 60}}
         Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
+    elif url.startswith("postgresql"):
+        kwargs = {"pool_pre_ping": True}  # a restarted server's dead connections are replaced, not used
     try:
-        return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=st.heartbeat_interval,
-                          grace_period=st.grace_period,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=st.max_retry))
-    except (optuna.exceptions.StorageInternalError, ImportError, ValueError) as e:
+        return retrying(lambda: RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=st.heartbeat_interval,
+                                           grace_period=st.grace_period,
+                                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                               max_retry=st.max_retry)),
+                        what="opening the study storage", seconds=st.storage_retry_s)
+    except ImportError as e:
+        hint = " (install the driver: pip install 'tuner[postgres]')" if url.startswith("postgresql") else ""
+        raise ConfigError(f"cannot open study.storage={redact_url(url)}: no database driver{hint}: {e}") from e
+    except (optuna.exceptions.StorageInternalError, ValueError) as e:
         raise ConfigError(f"cannot open study.storage={redact_url(url)}: {redact_url(str(e))}") from e
 
 
 def storage_lock_path(url: str) -> Path | None:
     """A lock file beside a local storage file (every process on this machine finds the same one);
-    None for server storages, where the count can overshoot by (workers - 1)."""
+    None for server storages."""
     if url.startswith("sqlite:///"):
         return Path(url[len("sqlite:///"):] + ".lock")
     if url.startswith("journal://"):
         return Path(url[len("journal://"):] + ".lock")
     return None
+
+
+class StudyLock:
+    """One worker at a time in a study's critical sections ("count finished + running, then ask";
+    creating the storage's tables), for every worker that can reach the storage:
+
+    - local storages (SQLite, journal): a file lock beside the file;
+    - PostgreSQL: a transaction-level advisory lock (``pg_advisory_xact_lock``) in the database
+      itself, so workers on any number of machines count exactly; the server releases it when
+      the transaction ends, also when a worker dies or the connection drops;
+    - other servers (MySQL, ...): no lock; the trial count can overshoot by (workers - 1).
+    """
+
+    def __init__(self, url: str, key: str) -> None:
+        self.path = storage_lock_path(url)
+        self.url = url
+        # a signed 64-bit key, the same in every worker for the same study
+        self.key = int.from_bytes(hashlib.sha256(f"tuner:{key}".encode()).digest()[:8], "big", signed=True)
+        self._engine: Any = None
+        self.kind = "file" if self.path else "postgres" if url.startswith("postgresql") else "none"
+        if self.kind == "none":
+            log.warning("study.storage=%s has no study lock in tuner (only SQLite, journal and PostgreSQL do): "
+                        "with several workers the trial count can overshoot by (workers - 1)", redact_url(url))
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        if self.path is not None:
+            with file_lock(self.path):
+                yield
+            return
+        if self.kind != "postgres":
+            yield
+            return
+        import sqlalchemy as sa
+
+        if self._engine is None:
+            self._engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=1, max_overflow=1)
+        with self._engine.begin() as conn:  # commit (or rollback) releases the lock
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self.key})
+            yield
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+
+class StorageLost(TunerError):
+    """The study storage stayed unreachable for longer than ``study.storage_retry_s``."""
+
+
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """What an unreachable or restarting database server raises through Optuna or SQLAlchemy."""
+    import optuna
+
+    errs: list[type[BaseException]] = [optuna.exceptions.StorageInternalError, ConnectionError, TimeoutError]
+    with contextlib.suppress(ImportError):
+        import sqlalchemy.exc as sx
+
+        errs += [sx.OperationalError, sx.InterfaceError, sx.DisconnectionError]
+    return tuple(errs)
+
+
+def retrying(fn: Callable[[], Any], *, what: str, seconds: float) -> Any:
+    """``fn()``, retried with back-off (1, 2, 4 ... 10 s) while the storage is unreachable; after
+    ``seconds`` a :class:`StorageLost` that says finished trials are safe and how to resume."""
+    errs = storage_errors()
+    deadline = time.monotonic() + seconds
+    delay = 1.0
+    while True:
+        try:
+            return fn()
+        except errs as e:
+            msg = redact_url(str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__)
+            if time.monotonic() + delay > deadline:
+                raise StorageLost(f"{what}: the study storage was unreachable for over {seconds:g} s "
+                                  f"(study.storage_retry_s); last error: {msg}. Finished trials are kept in the "
+                                  f"storage: run the same command again to resume") from e
+            log.warning("%s: the study storage is unreachable (%s); retrying in %g s", what, msg, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 @contextlib.contextmanager
@@ -108,22 +203,53 @@ def _trial_id(storage: Any, study: Any, trial: Any) -> int:
                                                                trial.number))
 
 
-def first_beat(storage: Any, study: Any, trial: Any) -> None:
+def first_beat(storage: Any, study: Any, trial: Any) -> int:
     """Record ``trial``'s first heartbeat at once (``RDBStorage.record_heartbeat``, public), right
     after ``ask``: optuna fails a silent worker's trial only once it has beaten, so a worker killed
     between ``ask`` and its heartbeat thread's first beat would leave a trial RUNNING that nothing
     ever fails, and every other worker waiting for it forever."""
-    storage.record_heartbeat(_trial_id(storage, study, trial))
+    tid = _trial_id(storage, study, trial)
+    storage.record_heartbeat(tid)
+    return tid
 
 
-def heartbeat(storage: Any, study: Any, trial: Any) -> Any:
-    """A context that beats for ``trial`` while it runs.  Optuna's only private API in tuner:
-    ``Study.optimize`` starts this thread itself, but ask/tell has no public way to."""
-    from optuna.storages._heartbeat import get_heartbeat_thread
+class Heartbeat:
+    """Beats for one trial every ``interval`` seconds while it runs (the first beat was recorded
+    under the lock by :func:`first_beat`).  Unlike Optuna's own heartbeat thread, which dies at
+    the first database error, it keeps trying through a server restart: a trial whose worker is
+    alive is not failed as stale because its database blinked."""
 
-    return get_heartbeat_thread(_trial_id(storage, study, trial), storage)
+    def __init__(self, storage: Any, trial_id: int, interval: float) -> None:
+        self.storage, self.trial_id, self.interval = storage, trial_id, max(float(interval), 0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def _run(self) -> None:
+        errs = storage_errors()
+        down = False
+        while not self._stop.wait(self.interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+                if down:
+                    log.info("heartbeat: the study storage is back")
+                down = False
+            except errs as e:
+                if not down:
+                    log.warning("heartbeat: the study storage is unreachable (%s); still trying",
+                                redact_url(str(e).strip().splitlines()[0] if str(e).strip() else repr(e)))
+                down = True
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def redact_url(url: str) -> str:
-    """A storage URL with any password replaced by ***, for logs and summaries."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    """A URL (or a message holding one) with any password replaced by ***, for logs, summaries,
+    MLflow and reports: the ``user:password@`` part and ``password=`` query parameters."""
+    url = re.sub(r"(://[^:/@\s]*):[^@\s]*@", r"\1:***@", url)
+    return re.sub(r"(?i)([?&](?:password|passwd|pwd)=)[^&\s]*", r"\1***", url)

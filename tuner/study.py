@@ -7,15 +7,20 @@ Its parts live one floor down: ``search`` (knobs, samplers), ``storage`` (storag
 heartbeats), ``trials`` (one trial: pipeline -> scoring -> gates -> tell), ``export`` (best
 trial -> preset).  Any number of processes or machines can run the loop against one storage;
 on local storages a file lock makes "count finished + running, then ask" atomic, so the study
-stops at exactly ``study.n_trials`` finished trials; heartbeats fail a killed worker's trial
-and re-queue it.
+stops at exactly ``study.n_trials`` finished trials: a file lock on local storages, an advisory
+lock inside PostgreSQL for workers on many machines (:class:`tuner.storage.StudyLock`);
+heartbeats fail a killed worker's trial and re-queue it; storage calls are retried while a
+database server restarts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
+import os
+import socket
 import time
 import warnings
 from collections.abc import Mapping
@@ -33,16 +38,16 @@ from .export import SCHEMA, best_trial, build_preset, holds
 from .images import atomic_write_bytes, encode
 from .pipeline import Params, PipelineSpec
 from .scoring import Scorer
-from .search import Knob, make_sampler, resolve_knobs
+from .search import Knob, make_sampler, resolve_knobs, trial_seed
 from .storage import (
+    Heartbeat,
+    StudyLock,
     StudySettings,
-    file_lock,
     first_beat,
-    heartbeat,
     heartbeat_enabled,
     make_storage,
     redact_url,
-    storage_lock_path,
+    retrying,
 )
 from .tracking import Tracker
 from .trials import TrialRunner, run_trial
@@ -164,41 +169,54 @@ def run_tune(job: TuneJob) -> int:
     multi = objective.mode == "multi"
     pruner = (optuna.pruners.WilcoxonPruner(p_threshold=st.p_threshold, n_startup_steps=st.n_startup_steps)
               if st.pruner and not multi else optuna.pruners.NopPruner())
-    lock_path = storage_lock_path(st.storage)
+    lock = StudyLock(st.storage, st.name)
     tracker = Tracker(enabled=job.tracking_enabled, uri=job.tracking_uri or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}",
                       experiment=job.experiment, artifact_dir=run_dir / "mlartifacts")
     ident = study_identity(base, job.params, space, job.objective_node, names, job.iqa_max_side, dataset)
-    with file_lock(lock_path) if lock_path else contextlib.nullcontext():
-        # under the lock: two workers creating a fresh SQLite storage at once race on its schema tables
-        storage = make_storage(st)
-        study = optuna.create_study(study_name=st.name, storage=storage, load_if_exists=True,
-                                    directions=objective.directions,  # type: ignore[arg-type]
-                                    sampler=make_sampler(st.sampler, space, seed=st.seed, n_startup_trials=st.n_startup_trials),
-                                    pruner=pruner)
-        prev = study.user_attrs.get("tuner")
-        if not prev:
-            study.set_user_attr("tuner", {**ident, "dataset": str(dataset.root), "n_images": len(dataset.items),
-                                          "dropped_knobs": dropped, "space": sorted(space), "versions": versions()})
-            # trial 0 = the baseline: the configured params with the model exactly as shipped
-            bp = baseline_params(job.params, base, space)
-            study.set_user_attr("baseline_params", bp)
-            study.enqueue_trial(bp, user_attrs={"baseline": True}, skip_if_exists=True)
-        else:
-            check_resume(prev, ident, st.name)
-        parent = tracker.start_study(study.user_attrs.get("mlflow_parent_run_id"), name=st.name,
-                                     params={"model": base.model.name, "face": base.face.name if base.face else "none",
-                                             "n_images": len(dataset.items), "max_side": dataset.max_side,
-                                             "space": ",".join(sorted(space)), "dropped_knobs": "; ".join(dropped)},
-                                     tags={"dataset_hash": dataset.content_hash, **{f"version.{k}": v for k, v in
-                                                                                    versions().items()}})
-        if parent and not study.user_attrs.get("mlflow_parent_run_id"):
-            study.set_user_attr("mlflow_parent_run_id", parent)
+    setup_lock = StudyLock(st.storage, "storage-setup")
+
+    def open_study() -> tuple[Any, Any, str | None]:
+        # under the lock: two workers creating a fresh storage at once race on its schema tables,
+        # and two workers starting one study would both enqueue a baseline and a parent run
+        with setup_lock():
+            storage = make_storage(st)
+            study = optuna.create_study(study_name=st.name, storage=storage, load_if_exists=True,
+                                        directions=objective.directions,  # type: ignore[arg-type]
+                                        sampler=make_sampler(st.sampler, space, seed=st.seed,
+                                                             n_startup_trials=st.n_startup_trials),
+                                        pruner=pruner)
+            prev = study.user_attrs.get("tuner")
+            if not prev:
+                # trial 0 = the baseline: the configured params with the model exactly as shipped
+                # (enqueued before "tuner" is set, so a retry after a dropped connection cannot skip it)
+                bp = baseline_params(job.params, base, space)
+                study.set_user_attr("baseline_params", bp)
+                study.enqueue_trial(bp, user_attrs={"baseline": True}, skip_if_exists=True)
+                study.set_user_attr("tuner", {**ident, "dataset": str(dataset.root), "n_images": len(dataset.items),
+                                              "dropped_knobs": dropped, "space": sorted(space),
+                                              "versions": versions()})
+            else:
+                check_resume(prev, ident, st.name)
+            parent = tracker.start_study(
+                study.user_attrs.get("mlflow_parent_run_id"), name=st.name,
+                params={"model": base.model.name, "face": base.face.name if base.face else "none",
+                        "n_images": len(dataset.items), "max_side": dataset.max_side,
+                        "space": ",".join(sorted(space)), "dropped_knobs": "; ".join(dropped)},
+                tags={"dataset_hash": dataset.content_hash, **{f"version.{k}": v for k, v in versions().items()}})
+            if parent and not study.user_attrs.get("mlflow_parent_run_id"):
+                study.set_user_attr("mlflow_parent_run_id", parent)
+        return storage, study, parent
+
     try:
-        worker_loop(study, storage, runner, st, objective, tracker, parent, lock_path, run_dir,
-                    job.contact_sheet_faces)
+        storage, study, parent = retrying(open_study, what="opening the study", seconds=st.storage_retry_s)
+    finally:
+        setup_lock.close()
+    try:
+        worker_loop(study, storage, runner, st, objective, tracker, parent, lock, run_dir, job.contact_sheet_faces)
         return finish(study, st, objective, runner, tracker, parent, run_dir)
     finally:
         runner.close()
+        lock.close()
 
 
 def _counts(study: Any) -> tuple[int, int]:
@@ -235,39 +253,68 @@ class FailureTally:
                                f"{st.max_failures}); last error: {self.last_error}")
 
 
-def worker_loop(study: Any, storage: Any, runner: TrialRunner, st: StudySettings, objective: O.Objective,
-                tracker: Tracker, parent: str | None, lock_path: Path | None, run_dir: Path, sheet_faces: int) -> None:
-    import optuna
-    from tqdm import tqdm
+def worker_id() -> str:
+    """Which worker ran a trial (a trial user attribute): host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
-    # ask/tell with optuna's heartbeat helpers (Study.optimize cannot take our lock around ask)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    hb = heartbeat_enabled(storage)
-    tally = FailureTally()
-    bar = tqdm(total=st.n_trials, desc=f"study {st.name}", unit="trial")
-    while True:
-        with file_lock(lock_path) if lock_path else contextlib.nullcontext():
+
+def _next_trial(study: Any, storage: Any, lock: StudyLock, st: StudySettings, space: Mapping[str, Knob], hb: bool,
+                bar: Any, asked: list[Any]) -> tuple[str, int]:
+    """Under the study lock: fail stale trials, count, and ask ("stop", "wait" or "run").  The
+    asked trial and its id go into ``asked``, so a retry after a dropped connection goes on from
+    there rather than asking a second trial that nothing would ever run."""
+    import optuna
+
+    with lock():
+        if not asked:
             if hb:
                 optuna.storages.fail_stale_trials(study)  # and re-queue them (RetryHeartbeatStaleTrialCallback)
             done, running = _counts(study)
             bar.n = done
             bar.refresh()
             if done >= st.n_trials:
-                break
-            trial = None if done + running >= st.n_trials else study.ask()
-            if hb and trial is not None:
-                first_beat(storage, study, trial)  # before the lock lets anyone count it as running
-        if trial is None:  # the last trials run elsewhere (or in a killed worker, until its heartbeat lapses)
+                return "stop", running
+            if done + running >= st.n_trials:
+                return "wait", running
+            # seeded by the trial's number (Optuna's samplers read the history from the storage,
+            # so a fresh one per ask loses nothing)
+            study.sampler = make_sampler(st.sampler, space, seed=trial_seed(st.seed, len(study.get_trials(
+                deepcopy=False))), n_startup_trials=st.n_startup_trials)
+            asked.append(study.ask())
+        if hb and len(asked) == 1:
+            asked.append(first_beat(storage, study, asked[0]))  # before the lock lets anyone count it
+    asked[0].set_user_attr("worker", worker_id())
+    return "run", 0
+
+
+def worker_loop(study: Any, storage: Any, runner: TrialRunner, st: StudySettings, objective: O.Objective,
+                tracker: Tracker, parent: str | None, lock: StudyLock, run_dir: Path, sheet_faces: int) -> None:
+    import optuna
+    from tqdm import tqdm
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # ask/tell with heartbeats: optuna warns that it expects Study.optimize, which cannot hold our lock
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    hb = heartbeat_enabled(storage)
+    tally = FailureTally()
+    bar = tqdm(total=st.n_trials, desc=f"study {st.name}", unit="trial")
+    while True:
+        asked: list[Any] = []  # survives a retry: a trial asked before the server dropped is not asked twice
+        what, running = retrying(functools.partial(_next_trial, study, storage, lock, st, runner.space, hb, bar, asked),
+                                 what="asking for a trial", seconds=st.storage_retry_s)
+        if what == "stop":
+            break
+        if what == "wait":  # the last trials run elsewhere (or in a killed worker, until its heartbeat lapses)
             if not hb:
                 log.warning("stopping: %d trial(s) still RUNNING and this storage has no heartbeats to fail them",
                             running)
                 break
             time.sleep(max(1, min(st.heartbeat_interval, 5)))
             continue
-        with heartbeat(storage, study, trial) if hb else contextlib.nullcontext():
+        trial = asked[0]
+        with Heartbeat(storage, asked[1], st.heartbeat_interval) if hb else contextlib.nullcontext():
             failed, reason = run_trial(study, trial, runner, objective, tracker, parent, run_dir, sheet_faces,
-                                       st.n_startup_trials)
+                                       st.n_startup_trials, retry_s=st.storage_retry_s)
         tally.add(failed, reason, st)
     bar.close()
 

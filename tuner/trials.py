@@ -34,6 +34,7 @@ from .pipeline import Params, Pipeline, PipelineSpec, Result
 from .scoring import Scorer
 from .search import Knob
 from .settings import Settings
+from .storage import redact_url, retrying, storage_errors
 from .tracking import Tracker
 from .weights import WeightStore, catalogue, content_hash
 
@@ -141,8 +142,10 @@ class TrialRunner:
 
 
 def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objective, tracker: Tracker,
-              parent: str | None, run_dir: Path, sheet_faces: int, n_startup: int) -> tuple[bool, str]:
-    """Run one trial and tell the study; returns (failed, reason)."""
+              parent: str | None, run_dir: Path, sheet_faces: int, n_startup: int,
+              retry_s: float = 0.0) -> tuple[bool, str]:
+    """Run one trial and tell the study; returns (failed, reason).  ``tell`` is retried for
+    ``retry_s`` seconds while the storage is unreachable (a database server restarting)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -166,9 +169,10 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
         def report(v: float, idx: int) -> None:
             if multi or math.isnan(v):
                 return
-            trial.report(v, step=idx)
+            retrying(lambda: trial.report(v, step=idx), what=f"trial {trial.number}: report", seconds=retry_s)
             reported[0] += 1
-            if may_prune and trial.should_prune():
+            if may_prune and retrying(trial.should_prune, what=f"trial {trial.number}: prune check",
+                                      seconds=retry_s):
                 raise optuna.TrialPruned(f"WilcoxonPruner: worse than the best trial after {reported[0]} image(s)")
 
         rows, results = runner.evaluate(spec, params, order=order, report=report)
@@ -200,6 +204,9 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
     except TunerError as e:
         reason = f"{e.__class__.__name__}: {e}"
         log.error("trial %d failed: %s", trial.number, reason)
+    except storage_errors() as e:  # the database went away mid-trial: no traceback, the reason
+        reason = f"study storage unreachable: {redact_url(str(e).strip().splitlines()[0])}"
+        log.error("trial %d failed: %s", trial.number, reason)
     except Exception as e:  # a bug or an unexpected library error: fail this trial loudly, with its traceback
         reason = f"{e.__class__.__name__}: {e}"
         log.exception("trial %d failed unexpectedly: %s", trial.number, reason)
@@ -210,10 +217,9 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
         elapsed = time.perf_counter() - t0
         with contextlib.suppress(Exception):
             trial.set_user_attr("seconds", round(elapsed, 3))
-        if state == TrialState.COMPLETE:
-            study.tell(trial, values)
-        else:
-            study.tell(trial, state=state)
+        told = tell(study, trial, state, values, retry_s)
+    if not told:
+        return True, "result dropped: another worker had failed this trial as stale (its copy was re-queued)"
     if rows:
         atomic_write_bytes(tdir / "metrics.csv", pd.DataFrame(rows).to_csv(index=False).encode())
     arts = [p for p in (tdir / "metrics.csv", tdir / "faces.png") if p.exists()]
@@ -231,6 +237,31 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
     log.info("trial %d %s in %.1fs %s %s", trial.number, state.name, elapsed, trial.params,
              "" if values is None else f"values={[round(v, 4) for v in values]}")
     return state == TrialState.FAIL, reason
+
+
+def tell(study: Any, trial: Any, state: Any, values: list[float] | None, retry_s: float) -> bool:
+    """Tell the study, retrying while the storage is unreachable.  False when the trial was
+    already finished elsewhere: this worker was silent past the heartbeat grace period (a
+    database outage longer than it), so another worker failed the trial and re-queued a copy."""
+    import optuna
+    from optuna.trial import TrialState
+
+    def go() -> None:
+        if state == TrialState.COMPLETE:
+            study.tell(trial, values)
+        else:
+            study.tell(trial, state=state)
+
+    try:
+        retrying(go, what=f"telling trial {trial.number}", seconds=retry_s)
+        return True
+    except optuna.exceptions.UpdateFinishedTrialError:
+        now = next((t for t in study.get_trials(deepcopy=False) if t.number == trial.number), None)
+        if now is not None and now.state == state and (values is None or list(now.values or []) == list(values)):
+            return True  # our own tell landed before the connection dropped
+        log.warning("trial %d: finished elsewhere (failed as stale by another worker) before this worker could "
+                    "tell it; its result is dropped and the re-queued copy counts", trial.number)
+        return False
 
 
 def per_image_values(rows: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, float | None]]:
