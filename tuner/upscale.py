@@ -252,6 +252,15 @@ class Upscaler:
         try:
             return self.net(x)
         except Exception as e:  # re-raised with context: never print-and-continue
+            if is_out_of_memory(e):
+                if self.device.type == "cuda":
+                    import torch
+
+                    torch.cuda.empty_cache()  # give the failed tile's blocks back before the next trial
+                raise PipelineError(
+                    f"out of memory upscaling {where} (input {tuple(x.shape)}) on {self.device}: "
+                    f"{str(e).strip().splitlines()[0]}. A smaller params.tile needs less memory "
+                    f"(limits.max_memory_gb bounds tile=auto)") from e
             raise PipelineError(f"upscale failed on {where} (input {tuple(x.shape)}): {e}") from e
 
     def _tiled(self, img: Any, opts: UpscaleOptions) -> Any:
@@ -282,6 +291,15 @@ class Upscaler:
         if wsum is not None:
             out = out / wsum.clamp_min(1e-8)
         return out
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """An allocation failure: Python's MemoryError, torch's OutOfMemoryError (CUDA), or the CPU
+    allocator's "can't allocate memory" RuntimeError."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    msg = str(e)
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in msg or "out of memory" in msg.lower())
 
 
 def _ramp(a: int, b: int, n: int, ov: int, s: int, like: Any) -> Any:
