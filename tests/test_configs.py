@@ -3,6 +3,7 @@ before any model loads (lightning-hydra-template's test_configs, for tuner)."""
 
 from __future__ import annotations
 
+import pytest
 from conftest import ROOT
 
 
@@ -39,3 +40,33 @@ def test_hydra_settings_per_command():
             cfg = compose(config_name=name, return_hydra_config=True,
                           overrides=["+input=x", "+output=y"] if name == "enhance" else [])
             assert cfg.hydra.run.dir == "." and cfg.hydra.output_subdir is None, name
+
+
+@pytest.mark.parametrize("override", ["+_target_=os.system", "+pipeline._target_=builtins.exec",
+                                      "+study._target_=builtins.exec", "+search.params.blend._args_=[1]"])
+def test_hydra_instantiation_keys_are_refused_anywhere(override, run_cli, tmp_path):
+    """Configs are data: tuner never instantiates, and says so before any work."""
+    r = run_cli("tune", override, "study.name=t", cwd=tmp_path, timeout=120)
+    assert r.returncode == 1 and "never instantiates objects" in r.stderr, r.stderr[-1500:]
+    assert not (tmp_path / "runs" / "t" / "study.db").exists()
+
+
+def test_no_code_runs_from_data():
+    """Source scan: no instantiate/eval/exec/pickle in tuner, and every torch.load is weights_only=True."""
+    import ast
+
+    for f in sorted((ROOT / "tuner").rglob("*.py")):
+        tree = ast.parse(f.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            fn = node.func
+            name = fn.attr if isinstance(fn, ast.Attribute) else fn.id if isinstance(fn, ast.Name) else ""
+            owner = fn.value.id if isinstance(fn, ast.Attribute) and isinstance(fn.value, ast.Name) else ""
+            builtin = isinstance(fn, ast.Name) and name in ("eval", "exec")  # not torch's Module.eval()
+            assert name != "instantiate" and not builtin and (owner, name) != ("pickle", "load"), \
+                f"{f.name}:{node.lineno}: {owner}.{name}"
+            if (owner, name) == ("torch", "load"):
+                kw = {k.arg: k.value for k in node.keywords}
+                assert isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True, \
+                    f"{f.name}:{node.lineno}: torch.load without weights_only=True"

@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def app(cfg: Any) -> None:
         try:
+            from .config import refuse_instantiation
+
+            refuse_instantiation(cfg)
             status["rc"] = table[cmd](cfg)
         except TunerError as e:
             log.error("%s", e)

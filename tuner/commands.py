@@ -193,10 +193,15 @@ def evaluate(cfg: Any) -> int:
 def tune(cfg: Any) -> int:
     from hydra.core.hydra_config import HydraConfig
 
-    from .config import tune_job
+    from .config import redacted_yaml, tune_job
+    from .images import atomic_write_bytes
     from .study import run_tune
 
-    return run_tune(tune_job(cfg, Path(HydraConfig.get().runtime.output_dir)))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    job = tune_job(cfg, run_dir)
+    # what this worker ran with (Hydra's own .hydra/ copy is off: it keeps passwords)
+    atomic_write_bytes(run_dir / "config.yaml", redacted_yaml(cfg).encode())
+    return run_tune(job)
 
 
 def export(cfg: Any) -> int:

@@ -57,8 +57,11 @@ class Tracker:
         except tracking_errors() as e:  # reported once, counted, never propagated into the study
             self.failures += 1
             if self.failures == 1:
+                from .storage import redact_url
+
                 log.warning("MLflow: %s failed (%s: %s); the study goes on without complete tracking "
-                            "(further tracking failures are counted, not repeated)", what, e.__class__.__name__, e)
+                            "(further tracking failures are counted, not repeated)", what, e.__class__.__name__,
+                            redact_url(str(e)))
             return None
 
     def _setup(self) -> None:
