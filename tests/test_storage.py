@@ -81,3 +81,78 @@ def test_the_study_lock_kind_follows_the_storage(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert StudyLock("mysql://u:pw@h/db", "a").kind == "none"
     assert "overshoot" in caplog.text and "pw@" not in caplog.text
+
+
+def test_a_trial_asked_but_never_claimed_is_failed_and_requeued(tmp_path):
+    """A worker killed between ask and its claim (first beat + worker attributes) leaves a RUNNING
+    trial that optuna's heartbeat check never fails: the next worker under the lock does."""
+    from tuner.storage import recover_orphans
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=60, grace_period=120)
+    study = optuna.create_study(study_name="o", storage=storage)
+    claimed = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    claimed.set_user_attr("claimed", claimed.number)
+    orphan = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    # a re-queued copy carries its original's attributes: "claimed" must name this very trial
+    stale_copy = study.ask()
+    stale_copy.set_user_attr("claimed", 0)
+    recover_orphans(study, storage, max_retry=2)
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert states[claimed.number] == "RUNNING"
+    assert states[orphan.number] == "FAIL" and states[stale_copy.number] == "FAIL"
+    copies = [t for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING"]
+    assert sorted(t.system_attrs["failed_trial"] for t in copies) == [orphan.number, stale_copy.number]
+    assert next(t for t in copies if t.system_attrs["failed_trial"] == orphan.number).params == orphan.params
+
+
+def test_a_result_told_after_the_trial_was_failed_as_stale_is_dropped(tmp_path):
+    from optuna.trial import TrialState
+
+    from tuner.trials import tell
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="t", storage=storage)
+    stale, mine = study.ask(), study.ask()
+    sid = storage.get_study_id_from_name("t")
+    storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(sid, stale.number), TrialState.FAIL)
+    assert tell(study, stale, TrialState.COMPLETE, [1.0], retry_s=0) is False  # another worker failed it
+    assert tell(study, mine, TrialState.COMPLETE, [2.0], retry_s=0) is True
+    assert tell(study, mine, TrialState.COMPLETE, [2.0], retry_s=0) is True  # a retried tell that had landed
+    failed = study.ask()  # a trial that failed here, with the NaN objective values that made it fail
+    assert tell(study, failed, TrialState.FAIL, [float("nan")], retry_s=0) is True
+
+
+def test_the_postgres_study_lock_excludes_other_workers(pg_server):
+    import threading
+
+    from tuner.storage import StudyLock
+
+    url = pg_server.database("lock_test")
+    inside, overlap = [], []
+    gate = threading.Lock()
+
+    def worker(i):
+        lock = StudyLock(url, "s")
+        for _ in range(5):
+            with lock():
+                with gate:
+                    if inside:
+                        overlap.append(i)
+                    inside.append(i)
+                time.sleep(0.02)
+                with gate:
+                    inside.remove(i)
+        lock.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlap == []
+    # a different study's lock is not held up by this one
+    a, b = StudyLock(url, "s"), StudyLock(url, "other")
+    with a(), b():
+        pass
+    a.close()
+    b.close()

@@ -110,13 +110,22 @@ def main(argv: list[str] | None = None) -> int:
 
     def app(cfg: Any) -> None:
         try:
-            from .config import refuse_instantiation
+            from .config import to_dict
+            from .errors import refuse_instantiation
 
-            refuse_instantiation(cfg)
+            refuse_instantiation(to_dict(cfg))
             status["rc"] = table[cmd](cfg)
         except TunerError as e:
             log.error("%s", e)
             print(f"tuner {cmd}: error: {e}", file=sys.stderr)
+            status["rc"] = error_code(cmd)
+        except Exception as e:  # a bug: its traceback, with any password masked (Hydra would print the raw overrides)
+            import traceback
+
+            from .storage import redact_url
+
+            log.error("unexpected error:\n%s", redact_url("".join(traceback.format_exception(e))))
+            print(f"tuner {cmd}: unexpected error: {e.__class__.__name__}: {redact_url(str(e))}", file=sys.stderr)
             status["rc"] = error_code(cmd)
 
     try:

@@ -248,25 +248,6 @@ def detector_from_cfg(cfg: Any) -> Any:
     return FaceDetector(name, threshold=threshold, resnet50_path=path)
 
 
-INSTANTIATE_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")
-
-
-def refuse_instantiation(cfg: Any, where: str = "") -> None:
-    """tuner never instantiates objects from configs (no ``hydra.utils.instantiate``): a Hydra
-    ``_target_`` (or ``_args_`` ...) anywhere in a composed config or a preset is an error, not a
-    key silently carried along until some later code might call it."""
-    node = to_dict(cfg)
-    if isinstance(node, Mapping):
-        for k, v in node.items():
-            if k in INSTANTIATE_KEYS:
-                raise ConfigError(f"{where + '.' if where else ''}{k}: tuner never instantiates objects from a "
-                                  f"config; Hydra's {', '.join(INSTANTIATE_KEYS)} are refused")
-            refuse_instantiation(v, f"{where + '.' if where else ''}{k}")
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            refuse_instantiation(v, f"{where}[{i}]")
-
-
 def redacted_yaml(cfg: Any) -> str:
     """The composed config as YAML, every URL's password replaced by *** (storage, tracking)."""
     import yaml

@@ -48,3 +48,22 @@ def check_keys(node: Mapping[str, Any], allowed: set[str], where: str) -> None:
         hints = {k: difflib.get_close_matches(k, allowed, n=1) for k in unknown}
         hint = "; ".join(f"'{k}'" + (f" (did you mean '{v[0]}'?)" if v else "") for k, v in hints.items())
         raise ConfigError(f"unknown key(s) in {where}: {hint}. Allowed: {sorted(allowed)}")
+
+
+INSTANTIATE_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")
+
+
+def refuse_instantiation(cfg: Any, where: str = "") -> None:
+    """tuner never instantiates objects from configs (no ``hydra.utils.instantiate``): a Hydra
+    ``_target_`` (or ``_args_`` ...) anywhere in a composed config or a preset is an error, not a
+    key silently carried along until some later code might call it."""
+    node = cfg
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            if k in INSTANTIATE_KEYS:
+                raise ConfigError(f"{where + '.' if where else ''}{k}: tuner never instantiates objects from a "
+                                  f"config; Hydra's {', '.join(INSTANTIATE_KEYS)} are refused")
+            refuse_instantiation(v, f"{where + '.' if where else ''}{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            refuse_instantiation(v, f"{where}[{i}]")

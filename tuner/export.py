@@ -14,7 +14,7 @@ from . import objective as O
 from . import preset as presets
 from .errors import ConfigError
 from .settings import Settings
-from .storage import StudySettings, make_storage
+from .storage import StudySettings, make_storage, redact_url
 
 log = logging.getLogger("tuner")
 
@@ -100,11 +100,11 @@ def run_export(st: StudySettings, out: Path, *, number: int | None = None, allow
     import optuna
 
     if st.storage.startswith("sqlite") and not Path(st.storage.split("///", 1)[-1]).exists():
-        raise ConfigError(f"no study storage at {st.storage}; run `tuner tune study.name={st.name}` first")
+        raise ConfigError(f"no study storage at {redact_url(st.storage)}; run `tuner tune study.name={st.name}` first")
     try:
         study = optuna.load_study(study_name=st.name, storage=make_storage(st))
     except KeyError as e:
-        raise ConfigError(f"study '{st.name}' not found in {st.storage}") from e
+        raise ConfigError(f"study '{st.name}' not found in {redact_url(st.storage)}") from e
     info = study.user_attrs.get("tuner") or {}
     if info.get("schema") != SCHEMA:
         raise ConfigError(f"study '{st.name}' was written by another tuner version (schema {info.get('schema')}, "

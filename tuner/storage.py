@@ -11,7 +11,9 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -69,13 +71,16 @@ def make_storage(st: StudySettings) -> Any:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(path))
     if "://" not in url:
-        raise ConfigError(f"study.storage must be a URL (sqlite:///file.db, postgresql://..., journal:///path), got {url!r}")
+        raise ConfigError(f"study.storage must be a URL (sqlite:///file.db, postgresql://..., journal:///path), "
+                          f"got {redact_url(url)!r}")
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 60}}
         Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
-    elif url.startswith("postgresql"):
-        kwargs = {"pool_pre_ping": True}  # a restarted server's dead connections are replaced, not used
+    elif url.startswith(("postgresql", "postgres:")):
+        url = pg_url(url)
+        # a restarted server's dead connections are replaced, not used; a dead host is found in seconds
+        kwargs = {"pool_pre_ping": True, "connect_args": PG_CONNECT_ARGS}
     try:
         return retrying(lambda: RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=st.heartbeat_interval,
                                            grace_period=st.grace_period,
@@ -87,6 +92,23 @@ def make_storage(st: StudySettings) -> Any:
         raise ConfigError(f"cannot open study.storage={redact_url(url)}: no database driver{hint}: {e}") from e
     except (optuna.exceptions.StorageInternalError, ValueError) as e:
         raise ConfigError(f"cannot open study.storage={redact_url(url)}: {redact_url(str(e))}") from e
+
+
+# libpq options for every PostgreSQL connection: a connect attempt gives up after 10 s, and TCP
+# keepalives find a peer that vanished (a dead host, a cut network) in about a minute, not hours
+PG_CONNECT_ARGS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                   "keepalives_count": 3}
+# the longest a worker waits for the study lock before it counts as an outage (and is retried)
+LOCK_TIMEOUT_S = 60
+
+
+def pg_url(url: str) -> str:
+    """``postgresql://`` with the psycopg 3 driver named: SQLAlchemy 2.0 would pick psycopg2 for a
+    bare scheme (2.1 picks psycopg), and tuner declares psycopg (``pip install 'tuner[postgres]'``)."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme):]
+    return url
 
 
 def storage_lock_path(url: str) -> Path | None:
@@ -133,8 +155,11 @@ class StudyLock:
         import sqlalchemy as sa
 
         if self._engine is None:
-            self._engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=1, max_overflow=1)
+            self._engine = sa.create_engine(pg_url(self.url), pool_pre_ping=True, pool_size=1, max_overflow=1,
+                                            connect_args=PG_CONNECT_ARGS)
         with self._engine.begin() as conn:  # commit (or rollback) releases the lock
+            # a holder that never lets go (a hung host) is an outage after LOCK_TIMEOUT_S, not a hang
+            conn.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'"))
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self.key})
             yield
 
@@ -142,6 +167,20 @@ class StudyLock:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+
+_LAST_OUTAGE = [-float("inf")]  # time.monotonic() of the last storage error this process saw
+
+
+def note_outage() -> None:
+    _LAST_OUTAGE[0] = time.monotonic()
+
+
+def outage_within(seconds: float) -> bool:
+    """Whether this process saw the storage unreachable in the last ``seconds``: then other
+    workers' heartbeats may have lapsed too, and their live trials must not be failed as stale
+    before those workers had a chance to beat again."""
+    return time.monotonic() - _LAST_OUTAGE[0] < seconds
 
 
 class StorageLost(TunerError):
@@ -170,6 +209,7 @@ def retrying(fn: Callable[[], Any], *, what: str, seconds: float) -> Any:
         try:
             return fn()
         except errs as e:
+            note_outage()
             msg = redact_url(str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__)
             if time.monotonic() + delay > deadline:
                 raise StorageLost(f"{what}: the study storage was unreachable for over {seconds:g} s "
@@ -234,6 +274,7 @@ class Heartbeat:
                     log.info("heartbeat: the study storage is back")
                 down = False
             except errs as e:
+                note_outage()
                 if not down:
                     log.warning("heartbeat: the study storage is unreachable (%s); still trying",
                                 redact_url(str(e).strip().splitlines()[0] if str(e).strip() else repr(e)))
@@ -251,5 +292,37 @@ class Heartbeat:
 def redact_url(url: str) -> str:
     """A URL (or a message holding one) with any password replaced by ***, for logs, summaries,
     MLflow and reports: the ``user:password@`` part and ``password=`` query parameters."""
-    url = re.sub(r"(://[^:/@\s]*):[^@\s]*@", r"\1:***@", url)
-    return re.sub(r"(?i)([?&](?:password|passwd|pwd)=)[^&\s]*", r"\1***", url)
+    # user:password@host, the password running to the last "@" before the host (an unencoded "@"
+    # in it must not leave a tail), and again for each host of a multi-host URL
+    url = re.sub(r"(://[^:/@\s]*):[^\s/]*@", r"\1:***@", url)
+    url = re.sub(r"(,[^:/@,\s]*):[^\s/,]*@", r"\1:***@", url)
+    # password=, sslpassword=, passwd=, pwd= in a query string or a libpq keyword DSN
+    return re.sub(r"(?i)\b((?:ssl)?password|passwd|pwd)(\s*=\s*)('[^']*'|[^&\s]*)", r"\1\2***", url)
+
+
+def worker_id() -> str:
+    """Which worker ran a trial (a trial user attribute): host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def recover_orphans(study: Any, storage: Any, max_retry: int) -> None:
+    """Under the study lock: fail and re-queue RUNNING trials that no worker ever claimed.  Every
+    trial asked under the lock gets its first heartbeat and its ``worker`` and ``claimed``
+    attributes before the lock is released, so a RUNNING trial without them was left behind by a worker killed (or a
+    connection dropped) between ``ask`` and that claim.  Optuna's heartbeat check never fails such
+    a trial (it has no heartbeat), and every worker would wait for it forever."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    # "claimed" holds the trial's own number: a re-queued copy carries its original's user attributes
+    orphans = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+               if t.user_attrs.get("claimed") != t.number]
+    if not orphans:
+        return
+    sid = storage.get_study_id_from_name(study.study_name)
+    for t in orphans:
+        tid = storage.get_trial_id_from_study_id_trial_number(sid, t.number)
+        if storage.set_trial_state_values(tid, TrialState.FAIL):
+            log.warning("trial %d was asked but never claimed by a worker (killed between ask and its first "
+                        "heartbeat?): failed and re-queued", t.number)
+            RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, storage.get_trial(tid))

@@ -19,8 +19,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
-import socket
 import time
 import warnings
 from collections.abc import Mapping
@@ -46,8 +44,11 @@ from .storage import (
     first_beat,
     heartbeat_enabled,
     make_storage,
+    outage_within,
+    recover_orphans,
     redact_url,
     retrying,
+    worker_id,
 )
 from .tracking import Tracker
 from .trials import TrialRunner, run_trial
@@ -213,7 +214,7 @@ def run_tune(job: TuneJob) -> int:
         setup_lock.close()
     try:
         worker_loop(study, storage, runner, st, objective, tracker, parent, lock, run_dir, job.contact_sheet_faces)
-        return finish(study, st, objective, runner, tracker, parent, run_dir)
+        return finish(study, st, objective, runner, tracker, parent, run_dir, lock)
     finally:
         runner.close()
         lock.close()
@@ -253,22 +254,21 @@ class FailureTally:
                                f"{st.max_failures}); last error: {self.last_error}")
 
 
-def worker_id() -> str:
-    """Which worker ran a trial (a trial user attribute): host and process id."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def _next_trial(study: Any, storage: Any, lock: StudyLock, st: StudySettings, space: Mapping[str, Knob], hb: bool,
-                bar: Any, asked: list[Any]) -> tuple[str, int]:
-    """Under the study lock: fail stale trials, count, and ask ("stop", "wait" or "run").  The
-    asked trial and its id go into ``asked``, so a retry after a dropped connection goes on from
-    there rather than asking a second trial that nothing would ever run."""
+                bar: Any, asked: dict[str, Any]) -> tuple[str, int]:
+    """Under the study lock: fail stale and orphaned trials, count, ask, and claim the trial (first
+    heartbeat, ``worker`` attribute) before anyone else can count it ("stop", "wait" or "run").
+    The steps done go into ``asked``, so a retry after a dropped connection goes on from there
+    rather than asking a second trial."""
     import optuna
 
     with lock():
-        if not asked:
-            if hb:
+        if "trial" not in asked:
+            # after an outage other workers' heartbeats may have lapsed while they were alive: give
+            # them a grace period to beat again before their trials count as stale
+            if hb and not outage_within(st.grace_period):
                 optuna.storages.fail_stale_trials(study)  # and re-queue them (RetryHeartbeatStaleTrialCallback)
+            recover_orphans(study, storage, st.max_retry)
             done, running = _counts(study)
             bar.n = done
             bar.refresh()
@@ -280,10 +280,13 @@ def _next_trial(study: Any, storage: Any, lock: StudyLock, st: StudySettings, sp
             # so a fresh one per ask loses nothing)
             study.sampler = make_sampler(st.sampler, space, seed=trial_seed(st.seed, len(study.get_trials(
                 deepcopy=False))), n_startup_trials=st.n_startup_trials)
-            asked.append(study.ask())
-        if hb and len(asked) == 1:
-            asked.append(first_beat(storage, study, asked[0]))  # before the lock lets anyone count it
-    asked[0].set_user_attr("worker", worker_id())
+            asked["trial"] = study.ask()
+        if hb and "tid" not in asked:
+            asked["tid"] = first_beat(storage, study, asked["trial"])
+        if "claimed" not in asked:
+            asked["trial"].set_user_attr("worker", worker_id())
+            asked["trial"].set_user_attr("claimed", asked["trial"].number)
+            asked["claimed"] = True
     return "run", 0
 
 
@@ -299,7 +302,7 @@ def worker_loop(study: Any, storage: Any, runner: TrialRunner, st: StudySettings
     tally = FailureTally()
     bar = tqdm(total=st.n_trials, desc=f"study {st.name}", unit="trial")
     while True:
-        asked: list[Any] = []  # survives a retry: a trial asked before the server dropped is not asked twice
+        asked: dict[str, Any] = {}  # survives a retry: a trial asked before the server dropped is not asked twice
         what, running = retrying(functools.partial(_next_trial, study, storage, lock, st, runner.space, hb, bar, asked),
                                  what="asking for a trial", seconds=st.storage_retry_s)
         if what == "stop":
@@ -311,16 +314,27 @@ def worker_loop(study: Any, storage: Any, runner: TrialRunner, st: StudySettings
                 break
             time.sleep(max(1, min(st.heartbeat_interval, 5)))
             continue
-        trial = asked[0]
-        with Heartbeat(storage, asked[1], st.heartbeat_interval) if hb else contextlib.nullcontext():
+        trial = asked["trial"]
+        with Heartbeat(storage, asked["tid"], st.heartbeat_interval) if hb else contextlib.nullcontext():
             failed, reason = run_trial(study, trial, runner, objective, tracker, parent, run_dir, sheet_faces,
                                        st.n_startup_trials, retry_s=st.storage_retry_s)
         tally.add(failed, reason, st)
     bar.close()
 
 
+def _claim_parent_log(study: Any, lock: StudyLock, best: int, n_finished: int) -> bool:
+    """Under the lock: whether this worker logs the result to the study's MLflow run (the first
+    worker to finish a study with this best trial and trial count does; the others do not)."""
+    claim = {"best_trial": best, "n_finished": n_finished}
+    with lock():
+        if study.user_attrs.get("mlflow_result_logged") == claim:
+            return False
+        study.set_user_attr("mlflow_result_logged", claim)
+        return True
+
+
 def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialRunner, tracker: Tracker,
-           parent: str | None, run_dir: Path) -> int:
+           parent: str | None, run_dir: Path, lock: StudyLock) -> int:
     from optuna.trial import TrialState
 
     states = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in
@@ -348,8 +362,11 @@ def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialR
         lines += ["metrics (image means): " + ", ".join(f"{k}={v:.3f}" for k, v in preset["metrics"].items()
                                                        if v is not None),
                   f"preset: {path}", f"tuned outputs: {run_dir / 'best_outputs'}"]
-        tracker.log_parent(parent, metrics={"best_value": trial.values[0]}, artifacts=[path],
-                           tags={"best_trial": str(trial.number)})
+        # every worker writes the (same) preset beside it; MLflow's study run gets it once
+        if retrying(functools.partial(_claim_parent_log, study, lock, trial.number, sum(states.values())),
+                    what="claiming the study's result", seconds=st.storage_retry_s):
+            tracker.log_parent(parent, metrics={"best_value": trial.values[0]}, artifacts=[path],
+                               tags={"best_trial": str(trial.number)})
     except ConfigError as e:
         lines.append(f"no preset exported: {e}")
         rc = 1

@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .export import best_trial, holds, recheck
 from .images import decode
 from .report import figure, page, png, subplots, table
-from .storage import StudySettings, make_storage
+from .storage import StudySettings, make_storage, redact_url
 
 TOP = 10  # trials in the constraint table
 
@@ -28,11 +28,11 @@ def load_study(st: StudySettings) -> Any:
     import optuna
 
     if st.storage.startswith("sqlite") and not Path(st.storage.split("///", 1)[-1]).exists():
-        raise ConfigError(f"no study storage at {st.storage}; run `tuner tune study.name={st.name}` first")
+        raise ConfigError(f"no study storage at {redact_url(st.storage)}; run `tuner tune study.name={st.name}` first")
     try:
         return optuna.load_study(study_name=st.name, storage=make_storage(st))
     except KeyError as e:
-        raise ConfigError(f"study '{st.name}' not found in {st.storage}") from e
+        raise ConfigError(f"study '{st.name}' not found in {redact_url(st.storage)}") from e
 
 
 def optuna_plots(study: Any, multi: bool) -> list[str]:

@@ -70,6 +70,8 @@ class Tracker:
 
         if self.uri.startswith("file:") or "://" not in self.uri:
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        # MLflow prints "View run ... at: <tracking URI>" after each run: with a password in the URI
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self._mlflow = mlflow
         self._client = MlflowClient(tracking_uri=self.uri)
         exp = self._client.get_experiment_by_name(self.experiment)

@@ -7,7 +7,6 @@ analyses and metric memo); ``run_trial`` runs one asked trial, records its per-i
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ from .pipeline import Params, Pipeline, PipelineSpec, Result
 from .scoring import Scorer
 from .search import Knob
 from .settings import Settings
-from .storage import redact_url, retrying, storage_errors
+from .storage import redact_url, retrying
 from .tracking import Tracker
 from .weights import WeightStore, catalogue, content_hash
 
@@ -144,17 +143,22 @@ class TrialRunner:
 def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objective, tracker: Tracker,
               parent: str | None, run_dir: Path, sheet_faces: int, n_startup: int,
               retry_s: float = 0.0) -> tuple[bool, str]:
-    """Run one trial and tell the study; returns (failed, reason).  ``tell`` is retried for
-    ``retry_s`` seconds while the storage is unreachable (a database server restarting)."""
+    """Run one trial and tell the study; returns (failed, reason).  Storage calls are retried for
+    ``retry_s`` seconds while the storage is unreachable (a database server restarting), so an
+    outage shorter than that loses no computed trial."""
     import optuna
     from optuna.trial import TrialState
+
+    def again(fn: Any, what: str) -> Any:
+        return retrying(fn, what=f"trial {trial.number}: {what}", seconds=retry_s)
 
     t0 = time.perf_counter()
     tdir = run_dir / "trials" / f"{trial.number:04d}"
     state, values, reason = TrialState.FAIL, None, ""
     rows: list[dict[str, Any]] = []
+    dropped = False
     try:
-        spec, params = runner.suggest(trial)
+        spec, params = again(lambda: runner.suggest(trial), "suggest")
         order = list(range(len(runner.dataset.items)))
         random.Random(trial.number).shuffle(order)
         multi = objective.mode == "multi"
@@ -162,17 +166,16 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
         reported = [0]
         # no pruning until the sampler's startup trials have completed: a lone early best trial
         # would otherwise prune every exploratory trial and starve the sampler of full results
-        n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        n_complete = len(again(lambda: study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), "count"))
         is_baseline = bool(trial.user_attrs.get("baseline"))
         may_prune = not multi and not is_baseline and n_complete >= n_startup
 
         def report(v: float, idx: int) -> None:
             if multi or math.isnan(v):
                 return
-            retrying(lambda: trial.report(v, step=idx), what=f"trial {trial.number}: report", seconds=retry_s)
+            again(lambda: trial.report(v, step=idx), "report")
             reported[0] += 1
-            if may_prune and retrying(trial.should_prune, what=f"trial {trial.number}: prune check",
-                                      seconds=retry_s):
+            if may_prune and again(trial.should_prune, "prune check"):
                 raise optuna.TrialPruned(f"WilcoxonPruner: worse than the best trial after {reported[0]} image(s)")
 
         rows, results = runner.evaluate(spec, params, order=order, report=report)
@@ -181,45 +184,58 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
             raise TunerError("objective is NaN on every image (no metric applied); check objective.terms")
         per_image = per_image_values(rows, [c.metric for c in objective.constraints])
         if is_baseline:
-            study.set_user_attr("baseline", per_image)
-        gates = objective.gates(rows, ensure_baseline(study, runner, objective))
+            again(lambda: study.set_user_attr("baseline", per_image), "record the baseline")
+        gates = objective.gates(rows, again(lambda: ensure_baseline(study, runner, objective), "baseline"))
         cons = [g.violation for g in gates]
         means = O.means(rows, runner.metric_names)
-        trial.set_user_attr("metrics", {k: (None if math.isnan(v) else round(v, 6)) for k, v in means.items()})
-        trial.set_user_attr("per_image", per_image)
-        # what each gate saw: the worst image's value (reduce=worst), so MLflow shows what decided
-        trial.set_user_attr("gate_values", {f"gate.{c.metric}": (None if math.isnan(g.value) else round(g.value, 6))
-                                            for c, g in zip(objective.constraints, gates, strict=True)})
-        trial.set_user_attr("constraints", cons)
-        for c, v in zip(objective.constraints, cons, strict=True):
-            trial.set_constraint(c.describe(), v)  # constraint-aware samplers (TPE, GP, NSGA-II) read these
-        trial.set_user_attr("feasible", all(c <= 0 for c in cons))
-        trial.set_user_attr("settings", Settings.of(spec, params).to_dict())  # the one schema a preset takes
-        trial.set_user_attr("model_identity", runner.pipeline(spec).model_identity(params.denoise))
-        trial.set_user_attr("face_sha256", content_hash(runner.store.resolve(spec.face)) if spec.face else None)
+        attrs = {
+            "metrics": {k: (None if math.isnan(v) else round(v, 6)) for k, v in means.items()},
+            "per_image": per_image,
+            # what each gate saw: the worst image's value (reduce=worst), so MLflow shows what decided
+            "gate_values": {f"gate.{c.metric}": (None if math.isnan(g.value) else round(g.value, 6))
+                            for c, g in zip(objective.constraints, gates, strict=True)},
+            "constraints": cons,
+            "feasible": all(c <= 0 for c in cons),
+            "settings": Settings.of(spec, params).to_dict(),  # the one schema a preset takes
+            "model_identity": runner.pipeline(spec).model_identity(params.denoise),
+            "face_sha256": content_hash(runner.store.resolve(spec.face)) if spec.face else None,
+        }
+
+        def record() -> None:
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+            for c, v in zip(objective.constraints, cons, strict=True):
+                trial.set_constraint(c.describe(), v)  # constraint-aware samplers (TPE, GP, NSGA-II) read these
+
+        again(record, "record results")
         state = TrialState.COMPLETE
         _trial_artifacts(tdir, rows, results, sheet_faces)
     except optuna.TrialPruned as e:
         state, reason = TrialState.PRUNED, str(e)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # failed as stale by another worker (this one was silent past the grace period) and re-queued
+        dropped, reason = True, "failed as stale by another worker while it ran; its re-queued copy counts"
+        log.warning("trial %d: %s", trial.number, reason)
     except TunerError as e:
         reason = f"{e.__class__.__name__}: {e}"
         log.error("trial %d failed: %s", trial.number, reason)
-    except storage_errors() as e:  # the database went away mid-trial: no traceback, the reason
-        reason = f"study storage unreachable: {redact_url(str(e).strip().splitlines()[0])}"
-        log.error("trial %d failed: %s", trial.number, reason)
     except Exception as e:  # a bug or an unexpected library error: fail this trial loudly, with its traceback
-        reason = f"{e.__class__.__name__}: {e}"
+        reason = f"{e.__class__.__name__}: {redact_url(str(e))}"
         log.exception("trial %d failed unexpectedly: %s", trial.number, reason)
     finally:
-        if reason:
-            with contextlib.suppress(Exception):
-                trial.set_user_attr("reason", reason)
         elapsed = time.perf_counter() - t0
-        with contextlib.suppress(Exception):
-            trial.set_user_attr("seconds", round(elapsed, 3))
-        told = tell(study, trial, state, values, retry_s)
-    if not told:
-        return True, "result dropped: another worker had failed this trial as stale (its copy was re-queued)"
+        if not dropped:
+            extra = {"seconds": round(elapsed, 3), **({"reason": reason} if reason else {})}
+            try:  # optuna refuses writes to a finished trial: the check that it is still ours
+                again(lambda: [trial.set_user_attr(k, v) for k, v in extra.items()], "record")
+            except optuna.exceptions.UpdateFinishedTrialError:
+                dropped = True
+                log.warning("trial %d: failed as stale by another worker while it ran; its result is dropped "
+                            "and the re-queued copy counts", trial.number)
+        if not dropped:
+            dropped = not tell(study, trial, state, values, retry_s)
+    if dropped:  # counted as a failure all the same: a cause that kept recurring must stop the study
+        return True, reason or "failed as stale by another worker"
     if rows:
         atomic_write_bytes(tdir / "metrics.csv", pd.DataFrame(rows).to_csv(index=False).encode())
     arts = [p for p in (tdir / "metrics.csv", tdir / "faces.png") if p.exists()]
@@ -240,28 +256,25 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
 
 
 def tell(study: Any, trial: Any, state: Any, values: list[float] | None, retry_s: float) -> bool:
-    """Tell the study, retrying while the storage is unreachable.  False when the trial was
-    already finished elsewhere: this worker was silent past the heartbeat grace period (a
-    database outage longer than it), so another worker failed the trial and re-queued a copy."""
-    import optuna
+    """Tell the study, retrying while the storage is unreachable.  False when the trial had been
+    finished otherwise: this worker was silent past the heartbeat grace period, so another worker
+    failed the trial and re-queued a copy (an outage longer than the grace period).  A tell that
+    landed before the connection dropped, and is retried, is recognised as our own.  (A FAIL told
+    onto a trial failed as stale is indistinguishable here: run_trial's last write, refused on a
+    finished trial, catches that case first.)"""
     from optuna.trial import TrialState
 
-    def go() -> None:
+    def go() -> Any:
         if state == TrialState.COMPLETE:
-            study.tell(trial, values)
-        else:
-            study.tell(trial, state=state)
+            return study.tell(trial, values, skip_if_finished=True)
+        return study.tell(trial, state=state, skip_if_finished=True)
 
-    try:
-        retrying(go, what=f"telling trial {trial.number}", seconds=retry_s)
+    now = retrying(go, what=f"telling trial {trial.number}", seconds=retry_s)
+    if now.state == state and (state != TrialState.COMPLETE or list(now.values or []) == list(values or [])):
         return True
-    except optuna.exceptions.UpdateFinishedTrialError:
-        now = next((t for t in study.get_trials(deepcopy=False) if t.number == trial.number), None)
-        if now is not None and now.state == state and (values is None or list(now.values or []) == list(values)):
-            return True  # our own tell landed before the connection dropped
-        log.warning("trial %d: finished elsewhere (failed as stale by another worker) before this worker could "
-                    "tell it; its result is dropped and the re-queued copy counts", trial.number)
-        return False
+    log.warning("trial %d: finished elsewhere (%s, failed as stale by another worker) before this worker could "
+                "tell it; its result is dropped and the re-queued copy counts", trial.number, now.state.name)
+    return False
 
 
 def per_image_values(rows: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, float | None]]:

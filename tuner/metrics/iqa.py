@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,9 +79,18 @@ def piqe(ctx: Context) -> float:
     return _not_applicable(ctx, "piqe", lambda: nr_piqe.piqe(ctx.iqa_image))
 
 
-@functools.lru_cache(maxsize=8)
+_PYIQA_LOCK = threading.Lock()
+
+
 def pyiqa_metric(name: str) -> Any:
-    """A pyiqa metric object on CPU/GPU, created once; MetricError when it cannot be had here."""
+    """A pyiqa metric object on CPU/GPU, created once (one scoring thread at a time imports and
+    builds it); MetricError when it cannot be had here."""
+    with _PYIQA_LOCK:
+        return _pyiqa_metric(name)
+
+
+@functools.lru_cache(maxsize=8)
+def _pyiqa_metric(name: str) -> Any:
     try:
         import pyiqa
         import torch
