@@ -5,8 +5,9 @@
 
 Without --storage it starts a throw-away PostgreSQL server with `.ci/postgres` (and stops it).
 Each worker count gets a fresh database, a fresh stage cache and the same study (the default
-objective and search space, realesr-general-x4v3 from ../shared/weights, tracking off), run
-side by side in one invocation.  Printed per worker count:
+objective and search space, realesr-general-x4v3 from ../shared/weights, tracking off, pruning
+off so that every trial scores every image and the counts compare), run side by side in one
+invocation.  Printed per worker count:
 
 - wall: from starting the workers until the last exits (imports and model loading included);
 - trials/min over that wall time, and over the trials' own span (first start to last finish,
@@ -39,7 +40,7 @@ def run(workers: int, url: str, args: argparse.Namespace, data: Path, work: Path
     cache = work / f"cache-{workers}"
     cmd = [sys.executable, "-m", "tuner.cli", "tune", f"study.name=bench{workers}", f"study.storage={url}",
            f"study.n_trials={args.trials}", f"weights_dir={WEIGHTS}", f"dataset.path={data}",
-           f"dataset.max_side={args.max_side}", "tracking=none", f"paths.runs_dir={work / 'runs'}"]
+           f"dataset.max_side={args.max_side}", "tracking=none", "study.pruner.enabled=false", f"paths.runs_dir={work / 'runs'}"]
     env = dict(os.environ, TUNER_CACHE_DIR=str(cache))
     cpu0, t0 = children_cpu(), time.perf_counter()
     procs = [subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
