@@ -146,15 +146,18 @@ def test_a_worker_killed_on_postgres_has_its_trial_failed_and_requeued(tmp_path,
         return [t.number for t in ts if t.state.name == "RUNNING"
                 and t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
 
+    running = []
     try:
-        _poll(url, "pgk", lambda ts: len(_done(ts)) >= 1 and victims_running(ts))
-        victim.send_signal(signal.SIGSTOP)  # frozen, then looked at: it cannot finish the trial in between
-        running = victims_running(_trials(url, "pgk"))
+        for _ in range(20):  # stopped between two trials: let it go on, and catch it inside the next one
+            _poll(url, "pgk", lambda ts: len(_done(ts)) >= 1 and victims_running(ts))
+            victim.send_signal(signal.SIGSTOP)  # frozen, then looked at: it cannot finish the trial in between
+            running = victims_running(_trials(url, "pgk"))
+            if running:
+                break
+            victim.send_signal(signal.SIGCONT)
     finally:
         victim.send_signal(signal.SIGKILL)
         victim.wait()
-    if not running:  # it finished that trial just before the stop, and was between trials: try later
-        pytest.skip("the victim was between trials when stopped")
     [killed] = running
     [(rc, out)] = _wait_all([survivor])
     assert rc == 0, out[-3000:]
@@ -192,7 +195,10 @@ def test_database_restart_mid_study(tmp_path, tiny_weights, portraits):
             assert "unreachable" in out  # every worker saw the outage (its heartbeat at least) ...
         assert any("retrying in" in out for _, out in outs)  # ... and a storage call was retried through it
         ts = _trials(url, "rs")
-        assert len(_done(ts)) == n and len(ts) == n, [(t.number, t.state.name) for t in ts]  # no trial lost
+        assert len(_done(ts)) == n, [(t.number, t.state.name) for t in ts]
+        # no trial failed by the outage; the only failures allowed are trials asked in the very moment
+        # the connection dropped, recovered (failed, re-queued) as never claimed
+        assert all(t.user_attrs.get("reason", "").startswith("never claimed") for t in ts if t.state.name == "FAIL")
         assert all(next(t for t in ts if t.number == k).values == v for k, v in before.items())  # nothing lost
 
         # 2. an outage longer than study.storage_retry_s: a clear error (exit 1), then a resume

@@ -118,7 +118,7 @@ def test_a_result_told_after_the_trial_was_failed_as_stale_is_dropped(tmp_path):
     assert tell(study, stale, TrialState.COMPLETE, [1.0], retry_s=0) is False  # another worker failed it
     assert tell(study, mine, TrialState.COMPLETE, [2.0], retry_s=0) is True
     assert tell(study, mine, TrialState.COMPLETE, [2.0], retry_s=0) is True  # a retried tell that had landed
-    failed = study.ask()  # a trial that failed here, with the NaN objective values that made it fail
+    failed = study.ask()  # a trial failed here (run_trial passes the NaN objective values along; a FAIL ignores them)
     assert tell(study, failed, TrialState.FAIL, [float("nan")], retry_s=0) is True
 
 

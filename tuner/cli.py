@@ -116,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             refuse_instantiation(to_dict(cfg))
             status["rc"] = table[cmd](cfg)
         except TunerError as e:
-            log.error("%s", e)
-            print(f"tuner {cmd}: error: {e}", file=sys.stderr)
+            from .storage import redact_url
+
+            log.error("%s", redact_url(str(e)))
+            print(f"tuner {cmd}: error: {redact_url(str(e))}", file=sys.stderr)
             status["rc"] = error_code(cmd)
         except Exception as e:  # a bug: its traceback, with any password masked (Hydra would print the raw overrides)
             import traceback

@@ -95,9 +95,13 @@ def make_storage(st: StudySettings) -> Any:
 
 
 # libpq options for every PostgreSQL connection: a connect attempt gives up after 10 s, and TCP
-# keepalives find a peer that vanished (a dead host, a cut network) in about a minute, not hours
+# keepalives on both ends find a peer that vanished (a dead host, a cut network) in about a
+# minute, not hours
 PG_CONNECT_ARGS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
-                   "keepalives_count": 3}
+                   "keepalives_count": 3,
+                   # the server's side of the same: a worker whose host vanished while it held the study
+                   # lock is found, and its session (and the lock) ended, in about a minute too
+                   "options": "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"}
 # the longest a worker waits for the study lock before it counts as an outage (and is retried)
 LOCK_TIMEOUT_S = 60
 
@@ -138,7 +142,7 @@ class StudyLock:
         # a signed 64-bit key, the same in every worker for the same study
         self.key = int.from_bytes(hashlib.sha256(f"tuner:{key}".encode()).digest()[:8], "big", signed=True)
         self._engine: Any = None
-        self.kind = "file" if self.path else "postgres" if url.startswith("postgresql") else "none"
+        self.kind = "file" if self.path else "postgres" if url.startswith(("postgresql", "postgres:")) else "none"
         if self.kind == "none":
             log.warning("study.storage=%s has no study lock in tuner (only SQLite, journal and PostgreSQL do): "
                         "with several workers the trial count can overshoot by (workers - 1)", redact_url(url))
@@ -320,9 +324,17 @@ def recover_orphans(study: Any, storage: Any, max_retry: int) -> None:
     if not orphans:
         return
     sid = storage.get_study_id_from_name(study.study_name)
+    import optuna
+
     for t in orphans:
         tid = storage.get_trial_id_from_study_id_trial_number(sid, t.number)
-        if storage.set_trial_state_values(tid, TrialState.FAIL):
+        try:
+            storage.set_trial_user_attr(tid, "reason", "never claimed: the worker that asked for it was killed (or "
+                                                       "lost its connection) before its first heartbeat")
+            failed = storage.set_trial_state_values(tid, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:  # finished meanwhile by its own worker
+            continue
+        if failed:
             log.warning("trial %d was asked but never claimed by a worker (killed between ask and its first "
                         "heartbeat?): failed and re-queued", t.number)
             RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, storage.get_trial(tid))

@@ -257,7 +257,8 @@ class FailureTally:
 def _next_trial(study: Any, storage: Any, lock: StudyLock, st: StudySettings, space: Mapping[str, Knob], hb: bool,
                 bar: Any, asked: dict[str, Any]) -> tuple[str, int]:
     """Under the study lock: fail stale and orphaned trials, count, ask, and claim the trial (first
-    heartbeat, ``worker`` attribute) before anyone else can count it ("stop", "wait" or "run").
+    heartbeat, ``worker`` attribute) before anyone else can count it ("stop", "wait", "run", or
+    "again" when a retry finds its unclaimed trial failed meanwhile).
     The steps done go into ``asked``, so a retry after a dropped connection goes on from there
     rather than asking a second trial."""
     import optuna
@@ -268,7 +269,8 @@ def _next_trial(study: Any, storage: Any, lock: StudyLock, st: StudySettings, sp
             # them a grace period to beat again before their trials count as stale
             if hb and not outage_within(st.grace_period):
                 optuna.storages.fail_stale_trials(study)  # and re-queue them (RetryHeartbeatStaleTrialCallback)
-            recover_orphans(study, storage, st.max_retry)
+            if lock.kind != "none":  # without a lock another worker's fresh trial may not be claimed yet
+                recover_orphans(study, storage, st.max_retry)
             done, running = _counts(study)
             bar.n = done
             bar.refresh()
@@ -281,12 +283,18 @@ def _next_trial(study: Any, storage: Any, lock: StudyLock, st: StudySettings, sp
             study.sampler = make_sampler(st.sampler, space, seed=trial_seed(st.seed, len(study.get_trials(
                 deepcopy=False))), n_startup_trials=st.n_startup_trials)
             asked["trial"] = study.ask()
-        if hb and "tid" not in asked:
-            asked["tid"] = first_beat(storage, study, asked["trial"])
-        if "claimed" not in asked:
-            asked["trial"].set_user_attr("worker", worker_id())
-            asked["trial"].set_user_attr("claimed", asked["trial"].number)
-            asked["claimed"] = True
+        try:
+            if hb and "tid" not in asked:
+                asked["tid"] = first_beat(storage, study, asked["trial"])
+            if "claimed" not in asked:
+                asked["trial"].set_user_attr("worker", worker_id())
+                asked["trial"].set_user_attr("claimed", asked["trial"].number)
+                asked["claimed"] = True
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # a retry after the lock was lost: meanwhile another worker failed the unclaimed trial
+            # as an orphan and re-queued it; start over
+            asked.clear()
+            return "again", 0
     return "run", 0
 
 
@@ -307,6 +315,8 @@ def worker_loop(study: Any, storage: Any, runner: TrialRunner, st: StudySettings
                                  what="asking for a trial", seconds=st.storage_retry_s)
         if what == "stop":
             break
+        if what == "again":
+            continue
         if what == "wait":  # the last trials run elsewhere (or in a killed worker, until its heartbeat lapses)
             if not hb:
                 log.warning("stopping: %d trial(s) still RUNNING and this storage has no heartbeats to fail them",
@@ -347,8 +357,10 @@ def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialR
         lines.append(f"DROPPED knob -- {d}")
     rc = 0
     try:
-        trial, gates = best_trial(study, objective, allow_infeasible=st.allow_infeasible)
-        preset = build_preset(study, trial, gates, objective)
+        trial, gates = retrying(lambda: best_trial(study, objective, allow_infeasible=st.allow_infeasible),
+                                what="choosing the best trial", seconds=st.storage_retry_s)
+        preset = retrying(lambda: build_preset(study, trial, gates, objective), what="building the preset",
+                          seconds=st.storage_retry_s)
         path = presets.save(preset, run_dir / "best_preset.yaml")
         # the tuned outputs themselves (stage-cache hits): what `tuner enhance preset=...` must reproduce
         _, results = runner.evaluate(*runner.settings_of(trial))

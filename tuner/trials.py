@@ -33,7 +33,7 @@ from .pipeline import Params, Pipeline, PipelineSpec, Result
 from .scoring import Scorer
 from .search import Knob
 from .settings import Settings
-from .storage import redact_url, retrying
+from .storage import StorageLost, redact_url, retrying
 from .tracking import Tracker
 from .weights import WeightStore, catalogue, content_hash
 
@@ -156,7 +156,7 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
     tdir = run_dir / "trials" / f"{trial.number:04d}"
     state, values, reason = TrialState.FAIL, None, ""
     rows: list[dict[str, Any]] = []
-    dropped = False
+    dropped = lost = False
     try:
         spec, params = again(lambda: runner.suggest(trial), "suggest")
         order = list(range(len(runner.dataset.items)))
@@ -214,25 +214,28 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
         state, reason = TrialState.PRUNED, str(e)
     except optuna.exceptions.UpdateFinishedTrialError:
         # failed as stale by another worker (this one was silent past the grace period) and re-queued
-        dropped, reason = True, "failed as stale by another worker while it ran; its re-queued copy counts"
+        dropped, reason = True, "failed as stale by another worker while it ran (re-queued up to study.max_retry times)"
         log.warning("trial %d: %s", trial.number, reason)
+    except StorageLost:
+        lost = True  # the worker stops (the caller reports it); the trial stays RUNNING for its heartbeat
+        raise
     except TunerError as e:
-        reason = f"{e.__class__.__name__}: {e}"
+        reason = f"{e.__class__.__name__}: {redact_url(str(e))}"
         log.error("trial %d failed: %s", trial.number, reason)
     except Exception as e:  # a bug or an unexpected library error: fail this trial loudly, with its traceback
         reason = f"{e.__class__.__name__}: {redact_url(str(e))}"
         log.exception("trial %d failed unexpectedly: %s", trial.number, reason)
     finally:
         elapsed = time.perf_counter() - t0
-        if not dropped:
+        if not dropped and not lost:
             extra = {"seconds": round(elapsed, 3), **({"reason": reason} if reason else {})}
             try:  # optuna refuses writes to a finished trial: the check that it is still ours
                 again(lambda: [trial.set_user_attr(k, v) for k, v in extra.items()], "record")
             except optuna.exceptions.UpdateFinishedTrialError:
                 dropped = True
                 log.warning("trial %d: failed as stale by another worker while it ran; its result is dropped "
-                            "and the re-queued copy counts", trial.number)
-        if not dropped:
+                            "(the trial is re-queued up to study.max_retry times)", trial.number)
+        if not dropped and not lost:
             dropped = not tell(study, trial, state, values, retry_s)
     if dropped:  # counted as a failure all the same: a cause that kept recurring must stop the study
         return True, reason or "failed as stale by another worker"
@@ -273,7 +276,8 @@ def tell(study: Any, trial: Any, state: Any, values: list[float] | None, retry_s
     if now.state == state and (state != TrialState.COMPLETE or list(now.values or []) == list(values or [])):
         return True
     log.warning("trial %d: finished elsewhere (%s, failed as stale by another worker) before this worker could "
-                "tell it; its result is dropped and the re-queued copy counts", trial.number, now.state.name)
+                "tell it; its result is dropped (the trial is re-queued up to study.max_retry times)", trial.number,
+                now.state.name)
     return False
 
 

@@ -8,6 +8,7 @@ so a warm trial pays only for what depends on the output.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -17,6 +18,10 @@ import numpy as np
 
 from ..facegeom import Face, skin_mask
 from ..images import luminance, reference_upscale
+
+# one network loads at a time in a process: scoring threads ask for their models at once on a
+# study's first trial, and two threads importing dlib / building torch networks together deadlocked
+MODEL_LOAD_LOCK = threading.RLock()
 
 T = TypeVar("T")
 

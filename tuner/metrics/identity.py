@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +21,17 @@ import numpy as np
 
 from ..errors import MetricError
 from ..facegeom import Face
-from .context import Context
+from .context import MODEL_LOAD_LOCK, Context
 from .dlib_resnet import CHIP_PX, FaceNet
 
 CHIP_FACE_PX = 160  # faces are cropped and resized so the box is about this wide before dlib sees them
-
-
-_MODELS_LOCK = threading.Lock()
 
 
 def _models() -> tuple[Any, FaceNet]:
     """The landmark predictor and the face network, loaded once.  Scoring threads ask for them at
     once on a study's first trial: the lock makes one thread load while the others wait (two
     threads importing dlib and building the network together deadlocked on the import lock)."""
-    with _MODELS_LOCK:
+    with MODEL_LOAD_LOCK:
         return _load_models()
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import numpy as np
 
 from ..errors import MetricError
 from . import nr_brisque, nr_niqe, nr_piqe
-from .context import Context
+from .context import MODEL_LOAD_LOCK, Context
 from .nss import rgb2gray
 
 
@@ -79,13 +78,10 @@ def piqe(ctx: Context) -> float:
     return _not_applicable(ctx, "piqe", lambda: nr_piqe.piqe(ctx.iqa_image))
 
 
-_PYIQA_LOCK = threading.Lock()
-
-
 def pyiqa_metric(name: str) -> Any:
     """A pyiqa metric object on CPU/GPU, created once (one scoring thread at a time imports and
     builds it); MetricError when it cannot be had here."""
-    with _PYIQA_LOCK:
+    with MODEL_LOAD_LOCK:
         return _pyiqa_metric(name)
 
 
