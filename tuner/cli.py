@@ -109,22 +109,19 @@ def main(argv: list[str] | None = None) -> int:
     status = {"rc": 0}
 
     def app(cfg: Any) -> None:
-        try:
-            from .config import to_dict
-            from .errors import refuse_instantiation
+        from .config import to_dict
+        from .errors import refuse_instantiation
+        from .storage import redact_url
 
+        try:
             refuse_instantiation(to_dict(cfg))
             status["rc"] = table[cmd](cfg)
         except TunerError as e:
-            from .storage import redact_url
-
             log.error("%s", redact_url(str(e)))
             print(f"tuner {cmd}: error: {redact_url(str(e))}", file=sys.stderr)
             status["rc"] = error_code(cmd)
         except Exception as e:  # a bug: its traceback, with any password masked (Hydra would print the raw overrides)
             import traceback
-
-            from .storage import redact_url
 
             log.error("unexpected error:\n%s", redact_url("".join(traceback.format_exception(e))))
             print(f"tuner {cmd}: unexpected error: {e.__class__.__name__}: {redact_url(str(e))}", file=sys.stderr)

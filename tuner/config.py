@@ -256,7 +256,7 @@ def redacted_yaml(cfg: Any) -> str:
 
     def walk(v: Any) -> Any:
         if isinstance(v, Mapping):
-            return {k: walk(x) for k, x in v.items() if k != "hydra"}
+            return {k: walk(x) for k, x in v.items()}
         if isinstance(v, list):
             return [walk(x) for x in v]
         return redact_url(v) if isinstance(v, str) else v

@@ -57,13 +57,12 @@ def refuse_instantiation(cfg: Any, where: str = "") -> None:
     """tuner never instantiates objects from configs (no ``hydra.utils.instantiate``): a Hydra
     ``_target_`` (or ``_args_`` ...) anywhere in a composed config or a preset is an error, not a
     key silently carried along until some later code might call it."""
-    node = cfg
-    if isinstance(node, Mapping):
-        for k, v in node.items():
+    if isinstance(cfg, Mapping):
+        for k, v in cfg.items():
             if k in INSTANTIATE_KEYS:
                 raise ConfigError(f"{where + '.' if where else ''}{k}: tuner never instantiates objects from a "
                                   f"config; Hydra's {', '.join(INSTANTIATE_KEYS)} are refused")
             refuse_instantiation(v, f"{where + '.' if where else ''}{k}")
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
+    elif isinstance(cfg, list):
+        for i, v in enumerate(cfg):
             refuse_instantiation(v, f"{where}[{i}]")

@@ -139,16 +139,22 @@ class StudyLock:
     def __init__(self, url: str, key: str) -> None:
         self.path = storage_lock_path(url)
         self.url = url
-        # a signed 64-bit key, the same in every worker for the same study
-        self.key = int.from_bytes(hashlib.sha256(f"tuner:{key}".encode()).digest()[:8], "big", signed=True)
+        self.key = self.key_of(key)
         self._engine: Any = None
         self.kind = "file" if self.path else "postgres" if url.startswith(("postgresql", "postgres:")) else "none"
         if self.kind == "none":
             log.warning("study.storage=%s has no study lock in tuner (only SQLite, journal and PostgreSQL do): "
                         "with several workers the trial count can overshoot by (workers - 1)", redact_url(url))
 
+    @staticmethod
+    def key_of(name: str) -> int:
+        """A signed 64-bit advisory-lock key, the same in every worker for the same name."""
+        return int.from_bytes(hashlib.sha256(f"tuner:{name}".encode()).digest()[:8], "big", signed=True)
+
     @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
+    def __call__(self, scope: str | None = None) -> Iterator[None]:
+        """Hold the lock of this study, or of ``scope`` (e.g. creating the storage's tables, which
+        any study's workers may race on).  One file serves every scope on local storages."""
         if self.path is not None:
             with file_lock(self.path):
                 yield
@@ -164,7 +170,8 @@ class StudyLock:
         with self._engine.begin() as conn:  # commit (or rollback) releases the lock
             # a holder that never lets go (a hung host) is an outage after LOCK_TIMEOUT_S, not a hang
             conn.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'"))
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self.key})
+            key = self.key if scope is None else self.key_of(scope)
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
             yield
 
     def close(self) -> None:
@@ -203,6 +210,12 @@ def storage_errors() -> tuple[type[BaseException], ...]:
     return tuple(errs)
 
 
+def first_line(e: BaseException) -> str:
+    """An error's first line (or its type), any password masked: what a log line shows of it."""
+    text = str(e).strip()
+    return redact_url(text.splitlines()[0] if text else e.__class__.__name__)
+
+
 def retrying(fn: Callable[[], Any], *, what: str, seconds: float) -> Any:
     """``fn()``, retried with back-off (1, 2, 4 ... 10 s) while the storage is unreachable; after
     ``seconds`` a :class:`StorageLost` that says finished trials are safe and how to resume."""
@@ -214,7 +227,7 @@ def retrying(fn: Callable[[], Any], *, what: str, seconds: float) -> Any:
             return fn()
         except errs as e:
             note_outage()
-            msg = redact_url(str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__)
+            msg = first_line(e)
             if time.monotonic() + delay > deadline:
                 raise StorageLost(f"{what}: the study storage was unreachable for over {seconds:g} s "
                                   f"(study.storage_retry_s); last error: {msg}. Finished trials are kept in the "
@@ -280,8 +293,7 @@ class Heartbeat:
             except errs as e:
                 note_outage()
                 if not down:
-                    log.warning("heartbeat: the study storage is unreachable (%s); still trying",
-                                redact_url(str(e).strip().splitlines()[0] if str(e).strip() else repr(e)))
+                    log.warning("heartbeat: the study storage is unreachable (%s); still trying", first_line(e))
                 down = True
 
     def __enter__(self) -> Heartbeat:

@@ -174,12 +174,10 @@ def run_tune(job: TuneJob) -> int:
     tracker = Tracker(enabled=job.tracking_enabled, uri=job.tracking_uri or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}",
                       experiment=job.experiment, artifact_dir=run_dir / "mlartifacts")
     ident = study_identity(base, job.params, space, job.objective_node, names, job.iqa_max_side, dataset)
-    setup_lock = StudyLock(st.storage, "storage-setup")
-
     def open_study() -> tuple[Any, Any, str | None]:
         # under the lock: two workers creating a fresh storage at once race on its schema tables,
         # and two workers starting one study would both enqueue a baseline and a parent run
-        with setup_lock():
+        with lock("storage-setup"):
             storage = make_storage(st)
             study = optuna.create_study(study_name=st.name, storage=storage, load_if_exists=True,
                                         directions=objective.directions,  # type: ignore[arg-type]
@@ -210,9 +208,6 @@ def run_tune(job: TuneJob) -> int:
 
     try:
         storage, study, parent = retrying(open_study, what="opening the study", seconds=st.storage_retry_s)
-    finally:
-        setup_lock.close()
-    try:
         worker_loop(study, storage, runner, st, objective, tracker, parent, lock, run_dir, job.contact_sheet_faces)
         return finish(study, st, objective, runner, tracker, parent, run_dir, lock)
     finally:
@@ -220,13 +215,14 @@ def run_tune(job: TuneJob) -> int:
         lock.close()
 
 
-def _counts(study: Any) -> tuple[int, int]:
-    """(done, running): COMPLETE + PRUNED trials count towards n_trials; failed ones do not."""
+def _counts(study: Any) -> tuple[int, int, int]:
+    """(done, running, all): COMPLETE + PRUNED trials count towards n_trials, failed ones do not;
+    ``all`` is the number the next new trial gets (one read of the storage for all three)."""
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-    done = sum(t.state != TrialState.RUNNING for t in trials)
-    return done, len(trials) - done
+    trials = study.get_trials(deepcopy=False)
+    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    return done, sum(t.state == TrialState.RUNNING for t in trials), len(trials)
 
 
 @dataclass
@@ -271,7 +267,7 @@ def _next_trial(study: Any, storage: Any, lock: StudyLock, st: StudySettings, sp
                 optuna.storages.fail_stale_trials(study)  # and re-queue them (RetryHeartbeatStaleTrialCallback)
             if lock.kind != "none":  # without a lock another worker's fresh trial may not be claimed yet
                 recover_orphans(study, storage, st.max_retry)
-            done, running = _counts(study)
+            done, running, n_all = _counts(study)
             bar.n = done
             bar.refresh()
             if done >= st.n_trials:
@@ -280,8 +276,8 @@ def _next_trial(study: Any, storage: Any, lock: StudyLock, st: StudySettings, sp
                 return "wait", running
             # seeded by the trial's number (Optuna's samplers read the history from the storage,
             # so a fresh one per ask loses nothing)
-            study.sampler = make_sampler(st.sampler, space, seed=trial_seed(st.seed, len(study.get_trials(
-                deepcopy=False))), n_startup_trials=st.n_startup_trials)
+            study.sampler = make_sampler(st.sampler, space, seed=trial_seed(st.seed, n_all),
+                                         n_startup_trials=st.n_startup_trials)
             asked["trial"] = study.ask()
         try:
             if hb and "tid" not in asked:
