@@ -109,26 +109,22 @@ class Constraint:
         """
         if math.isnan(value):
             return 0.0
+        if self.relative and baseline is None:
+            raise BaselineMissing(f"constraint '{self.describe()}' needs the baseline trial's values, which are missing")
+        b = math.nan if baseline is None else baseline  # NaN: the relative bounds do not apply
         v = -math.inf
         if self.max is not None:
             bound = self.max
-            if self.relax_to_baseline is not None:
-                if baseline is None:
-                    raise BaselineMissing(f"constraint '{self.describe()}' needs the baseline trial's values, "
-                                          "which are missing")
-                if not math.isnan(baseline):
-                    bound = max(bound, baseline + self.relax_to_baseline)
+            if self.relax_to_baseline is not None and not math.isnan(b):
+                bound = max(bound, b + self.relax_to_baseline)
             v = max(v, value - bound)
         if self.min is not None:
             v = max(v, self.min - value)
-        if self.relative:
-            if baseline is None:
-                raise BaselineMissing(f"constraint '{self.describe()}' needs the baseline trial's values, which are missing")
-            if not math.isnan(baseline):
-                if self.max_relative is not None:
-                    v = max(v, value - (baseline + self.max_relative))
-                if self.min_relative is not None:
-                    v = max(v, (baseline + self.min_relative) - value)
+        if not math.isnan(b):
+            if self.max_relative is not None:
+                v = max(v, value - (b + self.max_relative))
+            if self.min_relative is not None:
+                v = max(v, (b + self.min_relative) - value)
         return 0.0 if v == -math.inf else float(v)
 
     def gate(self, rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, PerImage] | None) -> Gate:

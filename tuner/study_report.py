@@ -113,9 +113,6 @@ def study_report(st: StudySettings, run_dir: Path, path: Path) -> Path:
             f"<b>{'yes' if ok else 'no'}</b>{'' if ok else ' (' + html.escape('; '.join(bad)) + ')'}. "
             f"{len(study.trials)} trial(s), {info.get('n_images')} image(s) at max_side {info.get('max_side')}; "
             f"searched {html.escape(', '.join(info.get('space', [])))}.</div>")
-        for name in ("validation.csv",):  # a transfer validation table, where the study has one
-            if (run_dir / name).is_file():
-                sections += [f"<h2>{name}</h2>", table(pd.read_csv(run_dir / name))]
         sheet = run_dir / "trials" / f"{best.number:04d}" / "faces.png"
         if sheet.is_file():
             sections += ["<h2>Best trial: faces at 100 %</h2>", png(decode(sheet).rgb)]

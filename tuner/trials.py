@@ -117,7 +117,7 @@ class TrialRunner:
                     if res.plan is not None:
                         slots = min(slots, scoring_slots(res.plan, threads))
                     analysis = self.scorer.analysis(item, res, pipe)
-                    if threads == 1 or self._pool is None:
+                    if threads == 1 or self._pool is None:  # (the pool exists when threads > 1)
                         fut.set_result(self.scorer.score(res, analysis))
                     else:
                         fut = self._pool.submit(self.scorer.score, res, analysis)
