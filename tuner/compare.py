@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics as M
+from . import objective as O
 from .cache import StageCache
 from .dataset import Dataset
 from .errors import ConfigError, ImageError, PipelineError, check_keys
@@ -207,6 +208,7 @@ def metric_stats(harms: Sequence[float], rule: MetricRule, rules: Rules, *, miss
 def gate_result(gate: GateRule, images: list[str], base: SideRun, cand: SideRun) -> dict[str, Any]:
     """Per image: the candidate's value against the gate; the failing images, worst first."""
     failing: list[dict[str, Any]] = []
+    bound = O.Constraint(gate.metric, max=gate.max, min_relative=gate.min_relative, max_relative=gate.max_relative)
     checked = 0
     for name in images:
         c, b = cand.rows[name].get(gate.metric, math.nan), base.rows[name].get(gate.metric, math.nan)
@@ -216,19 +218,13 @@ def gate_result(gate: GateRule, images: list[str], base: SideRun, cand: SideRun)
                 failing.append({"image": name, "candidate": None, "baseline": b, "excess": None,
                                 "why": "no value on the candidate"})
             continue
-        over = []  # how far past each bound (> 0 = violated)
-        if gate.max is not None:
-            over.append(c - gate.max)
-        if gate.max_relative is not None and math.isfinite(b):
-            over.append(c - (b + gate.max_relative))
-        if gate.min_relative is not None and math.isfinite(b):
-            over.append((b + gate.min_relative) - c)
-        if not over:  # only relative bounds, and no baseline value to compare with
+        if gate.max is None and not math.isfinite(b):  # only relative bounds, and no baseline value here
             continue
         checked += 1
-        if max(over) > 0:
+        excess = bound.violation(c, b)  # the study's own per-image gate arithmetic (> 0 = violated)
+        if excess > 0:
             failing.append({"image": name, "candidate": c, "baseline": b if math.isfinite(b) else None,
-                            "excess": max(over), "why": "past its bound"})
+                            "excess": excess, "why": "past its bound"})
     failing.sort(key=lambda f: -math.inf if f["excess"] is None else -f["excess"])
     return {**{k: v for k, v in asdict(gate).items() if k != "metric"}, "images_checked": checked,
             "holds": not failing, "failing": failing}
