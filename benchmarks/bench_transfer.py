@@ -6,14 +6,15 @@
 For the clean and the degraded (medium) pairs of the bundled portraits, rows:
 - the model defaults (realesr-general-x4v3 and RealESRGAN_x4plus as shipped),
 - the best fixed global preset (``--preset``, the default study's export, if it exists),
-- the texture policy (general-x4v3 with ``params.texture_target=--target``),
+- the texture policy (general-x4v3) with a fixed target (``--target`` octaves above Lanczos) and
+  with a per-image one (``--offset`` octaves above the predicted truth, ``texture_anchor=predicted``),
 and per row: faces whose skin texture is within +-0.5 octave of the truth's (``texture_hr``),
 its median, the LBP-statistics distance and HaarPSI to the truth, the worst identity distance,
 and the mean LR-PSNR.  ``--fit`` instead measures, per face, the truth's skin texture above a
 Lanczos upscale of the LR (octaves, crunch's band): its median on the *train* split is the
-policy's target; it also tries a no-reference predictor (the input's own gap one octave down,
-fitted linearly on the train split) and prints its error on the validation split.  Also writes a contact sheet of 100 % cheek crops per face
-(input Lanczos | general default | policy | HR) to ``benchmarks/results/cheeks_<set>.png``.
+policy's fixed target; it also refits the no-reference predictor (``tuner.texture.GAP_FIT``,
+``params.texture_anchor=predicted``) on the train split and prints its error on the validation split.  Also writes a contact sheet of 100 % cheek crops per face
+(input Lanczos | general default | policy with the predicted anchor | HR) to ``benchmarks/results/cheeks_<set>.png``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import argparse
 import math
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from _common import ROOT, WEIGHTS, need_weights
@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--split", default="val", choices=["val", "train", "all"])
     ap.add_argument("--max-side", type=int, default=256)
     ap.add_argument("--target", type=float, default=3.3)
+    ap.add_argument("--offset", type=float, default=0.0, help="texture_target of the predicted-anchor policy row")
     ap.add_argument("--fit", action="store_true", help="measure the target on the train split and exit")
     ap.add_argument("--no-x4plus", action="store_true", help="leave out RealESRGAN_x4plus (slow on CPU at 512 px)")
     ap.add_argument("--preset", default=str(ROOT / "runs" / "default" / "best_preset.yaml"))
@@ -66,7 +67,9 @@ def main() -> None:
         rows_spec.append((f"preset {Path(a.preset).parent.name}/{Path(a.preset).name}",
                           st.spec(general, models, catalogue("face")),
                           st.params))
-    rows_spec.append((f"policy (general, texture_target={a.target:g})", general, Params(texture_target=a.target)))
+    rows_spec.append((f"policy, texture_target={a.target:g} above Lanczos", general, Params(texture_target=a.target)))
+    rows_spec.append((f"policy, texture_target={a.offset:g} above the predicted truth", general,
+                      Params(texture_target=a.offset, texture_anchor="predicted")))
     out_dir = ROOT / "benchmarks" / "results"
     table = []
     for level, label in (("none", "clean"), ("medium", "degraded")):
@@ -81,7 +84,7 @@ def main() -> None:
                 analysis = scorer.analysis(it, res, pipe)
                 v, _ = scorer.score(res, analysis)
                 vals.append(v)
-                if name.startswith(("general-x4v3", "policy")):
+                if name.startswith("general-x4v3") or "predicted" in name:
                     sheets.setdefault(it.name, [analysis.reference, it.hr] if it.hr is not None else [])
                     sheets[it.name].insert(-1, res.image.rgb)
             t = np.array([v["texture_hr"] for v in vals])
@@ -97,51 +100,65 @@ def main() -> None:
     print(f"split {a.split}, LR max side {a.max_side} (x4 outputs), policy target {a.target:g}:")
     print(pd.DataFrame(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"contact sheets: {out_dir}/cheeks_clean.png, cheeks_degraded.png "
-          "(per face: input Lanczos | general default | policy | HR)")
+          "(per face: input Lanczos | general default | policy, predicted anchor | HR)")
 
 
 def fit(max_side: int) -> None:
-    """The truth's skin texture above Lanczos per face, and a no-reference predictor of it."""
-    from tuner.degrade import in_validation
+    """The truth's skin texture above Lanczos per face, and the no-reference predictor of it
+    (:data:`tuner.texture.GAP_FIT`): refitted here on the train split of every degradation level
+    at LR max side 128 and ``max_side``, and scored on the validation split."""
+    from tuner.degrade import LEVELS, in_validation
     from tuner.facegeom import skin_mask
     from tuner.faces import FaceDetector
     from tuner.images import luminance, reference_upscale
-    from tuner.texture import hf
+    from tuner.texture import GAP_FIT, hf, input_features
 
     def energy(y: np.ndarray, m: np.ndarray, s: float) -> float:
         return float(np.mean(hf(y, s)[m] ** 2))
 
     rows = []
     detect = FaceDetector()
-    for level in ("none", "medium"):
-        for it in load(None, max_side=max_side, pairs=Pairs(degradation=level)).items:
-            lr, hr = it.image.rgb, it.hr
-            faces = detect(lr)
-            ref = reference_upscale(lr, hr.shape[:2])
-            m = skin_mask(ref, [f.scaled(4) for f in faces]) if faces else None
-            h2, w2 = lr.shape[0] // 2 * 2, lr.shape[1] // 2 * 2
-            small = lr[:h2, :w2]
-            m_in = skin_mask(small, faces) if faces else None
-            if m is None or m.sum() < 200 or m_in is None or m_in.sum() < 50:
-                continue
-            gap = math.log2(energy(luminance(hr), m, 4) / energy(luminance(ref), m, 4))
-            down = cv2.resize(small, (w2 // 2, h2 // 2), interpolation=cv2.INTER_AREA)
-            g2 = math.log2(energy(luminance(small), m_in, 2) / energy(luminance(reference_upscale(down, (h2, w2))), m_in, 2))
-            rows.append({"set": "clean" if level == "none" else "degraded", "face": it.name,
-                         "val": in_validation(it.name), "gap": gap, "own_gap": g2})
+    for side in sorted({128, max_side}):
+        for level in LEVELS:
+            for it in load(None, max_side=side, pairs=Pairs(degradation=level)).items:
+                lr, hr = it.image.rgb, it.hr
+                faces = detect(lr)
+                if not faces:
+                    continue
+                ref = reference_upscale(lr, hr.shape[:2])
+                m = skin_mask(ref, [f.scaled(4) for f in faces])
+                feats = input_features(lr, skin_mask(lr, faces))
+                if m.sum() < 200 or feats is None:
+                    continue
+                gap = math.log2(energy(luminance(hr), m, 4) / energy(luminance(ref), m, 4))
+                rows.append({"side": side, "level": level, "face": it.name, "val": in_validation(it.name),
+                             "gap": gap, **feats})
     df = pd.DataFrame(rows)
+    names = [k for k in GAP_FIT if k != "intercept"]
+
+    def lstsq(d: pd.DataFrame) -> np.ndarray:
+        return np.linalg.lstsq(np.c_[np.ones(len(d)), d[names].to_numpy()], d.gap.to_numpy(), rcond=None)[0]
+
+    def predict(c: np.ndarray, d: pd.DataFrame) -> np.ndarray:
+        return np.c_[np.ones(len(d)), d[names].to_numpy()] @ c
+
     train, val = df[~df.val], df[df.val]
-    print(f"truth's skin texture above a Lanczos upscale, octaves (LR max side {max_side}):")
-    for name, d in df.groupby("set"):
+    coef = lstsq(train)
+    shipped = np.array([GAP_FIT["intercept"], *(GAP_FIT[k] for k in names)])
+    print(f"truth's skin texture above a Lanczos upscale, octaves ({len(train)} train, {len(val)} validation rows):")
+    for (side, level), d in df.groupby(["side", "level"]):
         t = d[~d.val]
-        print(f"  {name}: train median {t.gap.median():.2f} (range {d.gap.min():.2f}..{d.gap.max():.2f}, "
-              f"{len(d)} faces); corr(own gap, gap) {np.corrcoef(d.own_gap, d.gap)[0, 1]:.2f}")
-    print(f"  target = train median, both sets: {train.gap.median():.2f}")
-    coef = np.polyfit(train.own_gap, train.gap, 1)
-    err = np.abs(np.polyval(coef, val.own_gap) - val.gap)
-    print(f"  predictor gap ~ {coef[1]:.2f} + {coef[0]:.2f} * own_gap (train fit): validation median |error| "
-          f"{np.median(err):.2f} octave over {len(val)} faces; a constant (the target): "
-          f"{np.median(np.abs(val.gap - train.gap.median())):.2f}")
+        print(f"  LR {side} px, {level}: train median {t.gap.median():.2f} (range {d.gap.min():.2f}..{d.gap.max():.2f})")
+    print("  predictor (train fit): " + ", ".join(f"{k} {v:.2f}" for k, v in zip(["intercept", *names], coef, strict=True))
+          + "; shipped in tuner.texture.GAP_FIT: " + ", ".join(f"{v:.2f}" for v in shipped))
+    loo = [np.abs(predict(lstsq(train[train.face != f]), d) - d.gap) for f, d in train.groupby("face")]
+    print(f"  leave-one-face-out on train: median |error| {np.median(np.concatenate(loo)):.2f} octave")
+    const = train.gap.median()
+    for (side, level), d in val.groupby(["side", "level"]):
+        err, err_c = np.abs(predict(shipped, d) - d.gap), np.abs(d.gap - const)
+        print(f"  validation, LR {side} px, {level}: median |error| {np.median(err):.2f} octave, within 0.5: "
+              f"{int(np.sum(err <= 0.5))}/{len(d)} (a constant {const:.2f}: {np.median(err_c):.2f}, "
+              f"{int(np.sum(err_c <= 0.5))}/{len(d)})")
 
 
 def _cheek_sheet(ds, sheets, path: Path) -> None:  # type: ignore[no-untyped-def]

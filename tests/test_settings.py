@@ -65,7 +65,17 @@ def test_spec_keeps_the_base_machine_settings():
     ({"model": "realesr-general-x4v3", "params": {"tile": -1}}, "params.tile"),
     ({"model": "realesr-general-x4v3", "pipeline": {"tile_pad": 1.5}}, "integer"),
     ({"model": "realesr-general-x4v3", "pipeline": {"device": "cuda"}}, "pipeline must be a mapping of"),
+    ({"model": "realesr-general-x4v3", "pipeline": {"texture_anchor": "truth"}}, "texture_anchor"),
 ])
 def test_bad_settings_are_refused(bad, message):
     with pytest.raises(PresetError, match=message):
         Settings.from_dict(bad)
+
+
+def test_texture_anchor_round_trips_and_older_presets_read_as_lanczos():
+    st = Settings(model="realesr-general-x4v3", texture_target=0.25, texture_anchor="predicted")
+    assert Settings.from_dict(st.to_dict()) == st
+    assert st.params.texture_anchor == "predicted" and "params.texture_anchor=predicted" in st.overrides()
+    older = st.to_dict()
+    del older["pipeline"]["texture_anchor"]  # a preset written before the anchor existed
+    assert Settings.from_dict(older).texture_anchor == "lanczos"

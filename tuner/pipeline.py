@@ -31,7 +31,7 @@ from .hashing import array_hash, make_key
 from .images import Image, prefilter, reference_upscale, resize
 from .memory import Plan, format_gb, make_plan, output_size
 from .spec import TILE_AUTO, Params, PipelineSpec
-from .texture import match_texture
+from .texture import match_texture, predicted_gap
 from .upscale import UpscaleOptions, Upscaler, interpolate
 from .weights import ModelSpec, WeightStore, content_hash, load_state_dict
 
@@ -296,8 +296,13 @@ class Pipeline:
         texture = None
         if params.texture_target is not None:
             assert skin is not None
-            out, texture = match_texture(out, ref, skin, scale=scale, target=params.texture_target,
-                                         seed=int(ihash[:12], 16))
+            target = params.texture_target
+            if params.texture_anchor == "predicted":
+                gap = predicted_gap(image.rgb, skin_mask(image.rgb, faces))
+                target += gap
+            out, texture = match_texture(out, ref, skin, scale=scale, target=target, seed=int(ihash[:12], 16))
+            if params.texture_anchor == "predicted":
+                texture["predicted_gap"] = gap
         alpha = None if image.alpha is None else resize(image.alpha, (h, w), interpolation=cv2.INTER_LINEAR)
         timings["blend"] = time.perf_counter() - t2
         timings["total"] = time.perf_counter() - t0

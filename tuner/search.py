@@ -179,4 +179,4 @@ def suggest(trial: Any, space: Mapping[str, Knob], base: PipelineSpec, base_para
     target = sp["texture_target"].suggest(trial) if "texture_target" in sp else p.texture_target
     return spec, Params(tile=tile, denoise=denoise, face_weight=face_weight, blend=blend, blend_variant=variant,
                         face_upsample=face_upsample, texture_target=None if target is None else float(target),
-                        prefilter=pre)
+                        texture_anchor=p.texture_anchor, prefilter=pre)

@@ -24,13 +24,14 @@ from .blend import VARIANTS
 from .errors import PresetError
 from .faces import DETECTORS
 from .pipeline import Params, PipelineSpec
+from .texture import ANCHORS
 from .weights import ModelSpec
 
 PARAM_KEYS = ("tile", "denoise", "face_weight", "blend", "texture_target", "prefilter")
 UPSCALE_KEYS = ("tile_pad", "pre_pad", "overlap", "outscale", "half")  # conf's `upscale` node
-PIPELINE_KEYS = (*UPSCALE_KEYS, "blend_variant", "face_upsample", "detector", "detection_threshold")
+PIPELINE_KEYS = (*UPSCALE_KEYS, "blend_variant", "face_upsample", "texture_anchor", "detector", "detection_threshold")
 SPEC_KEYS = (*UPSCALE_KEYS, "detector", "detection_threshold")  # the PipelineSpec fields a preset fixes
-_CHOICES = {"blend_variant": VARIANTS, "detector": DETECTORS}
+_CHOICES = {"blend_variant": VARIANTS, "detector": DETECTORS, "texture_anchor": ANCHORS}
 _SAFE_STR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
@@ -44,6 +45,7 @@ class Settings:
     blend: float = 0.0
     texture_target: float | None = None
     prefilter: float = 0.0
+    texture_anchor: str = "lanczos"
     blend_variant: str = "global"
     face_upsample: bool = False
     tile_pad: int = 10
@@ -109,7 +111,7 @@ class Settings:
     def overrides(self) -> list[str]:
         """Hydra overrides that turn a composed config into these settings."""
         out = [f"model={self.model}", f"face={self.face}"]
-        out += [f"params.{k}={_hydra(getattr(self, k))}" for k in (*PARAM_KEYS, "blend_variant", "face_upsample")]
+        out += [f"params.{k}={_hydra(getattr(self, k))}" for k in (*PARAM_KEYS, "blend_variant", "face_upsample", "texture_anchor")]
         out += [f"upscale.{k}={_hydra(getattr(self, k))}" for k in UPSCALE_KEYS]
         out += [f"detection.detector={self.detector}", f"detection.threshold={_hydra(self.detection_threshold)}"]
         return out

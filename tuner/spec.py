@@ -15,6 +15,7 @@ from typing import Any
 
 from .blend import VARIANTS
 from .errors import ConfigError
+from .texture import ANCHORS
 from .weights import ModelSpec
 
 TILE_AUTO = "auto"
@@ -63,7 +64,11 @@ class Params:
       before the network and the face restorer (:func:`tuner.images.prefilter`); 0 = off;
     - ``texture_target``: the texture policy (:mod:`tuner.texture`): put the skin's texture this
       many octaves above a Lanczos upscale's, per image (R mixed in where crunchier, seeded
-      band-limited grain where waxier); None = off.
+      band-limited grain where waxier); None = off;
+    - ``texture_anchor``: what ``texture_target`` counts from (:data:`tuner.texture.ANCHORS`):
+      ``lanczos`` = a Lanczos upscale's texture, the same for every image; ``predicted`` = the
+      texture a real photograph would have, predicted per image from the input
+      (:func:`tuner.texture.predicted_gap`), so 0 aims at the truth itself.
     """
 
     tile: int | str = 0
@@ -73,6 +78,7 @@ class Params:
     blend_variant: str = "global"
     face_upsample: bool = False
     texture_target: float | None = None
+    texture_anchor: str = "lanczos"
     prefilter: float = 0.0
 
     def __post_init__(self) -> None:
@@ -88,6 +94,8 @@ class Params:
             raise ConfigError(f"params.blend_variant must be one of {VARIANTS}, got {self.blend_variant!r}")
         if self.texture_target is not None and not -3.0 <= float(self.texture_target) <= 8.0:
             raise ConfigError(f"params.texture_target must be in [-3, 8] octaves or null, got {self.texture_target}")
+        if self.texture_anchor not in ANCHORS:
+            raise ConfigError(f"params.texture_anchor must be one of {ANCHORS}, got {self.texture_anchor!r}")
         if not isinstance(self.face_upsample, bool):
             raise ConfigError(f"params.face_upsample must be true or false, got {self.face_upsample!r}")
 
@@ -102,6 +110,7 @@ class Params:
                    face_weight=float(m.get("face_weight", 0.0) or 0.0), blend=float(m.get("blend", 0.0) or 0.0),
                    blend_variant=str(m.get("blend_variant", "global")), face_upsample=m.get("face_upsample", False),
                    texture_target=None if m.get("texture_target") is None else float(m["texture_target"]),
+                   texture_anchor=str(m.get("texture_anchor", "lanczos")),
                    prefilter=float(m.get("prefilter", 0.0) or 0.0))
 
 

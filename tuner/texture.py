@@ -21,6 +21,11 @@ against ground truth (``python benchmarks/bench_transfer.py --fit``), a real pho
 carries more ``hf`` energy than the Lanczos upscale of its x4 downscale: 2.0-3.3 octaves (clean)
 and 1.4-5.5 (degraded, medium) at 128 px inputs, 2.4-4.5 and 1.2-6.9 at 256 px; see the README
 for what the policy does to ``texture_hr`` and ``lbp_hr``.
+
+Where the target is anchored (``params.texture_anchor``): ``lanczos`` -- ``target`` octaves above
+R, the same for every image; ``predicted`` -- ``target`` octaves above the *predicted* texture
+of a real photograph, :func:`predicted_gap`, a no-reference estimate from the input alone (so
+``target`` 0 aims at the truth itself, and each image gets its own level).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import numpy as np
 
 from .images import luminance
 
+ANCHORS = ("lanczos", "predicted")  # params.texture_anchor
 MAX_GRAIN = 0.08  # largest grain amplitude (std of the band-limited grain, grey levels of 1)
 
 
@@ -41,6 +47,43 @@ def hf(y: np.ndarray, s: float) -> np.ndarray:
 
 def mid(y: np.ndarray, s: float) -> np.ndarray:
     return cv2.GaussianBlur(y, (0, 0), 0.375 * s) - cv2.GaussianBlur(y, (0, 0), 0.75 * s)
+
+
+# The no-reference predictor: a real photograph's skin texture (crunch's band at x4) above a
+# Lanczos upscale of its x4 downscale, in octaves, linear in three features of the input's skin
+# (:func:`input_features`).  Fitted by least squares on the train split of the bundled pairs (every
+# degradation level, LR max side 128 and 256; `python benchmarks/bench_transfer.py --fit` refits
+# and prints these numbers and the validation error).  Fitted at x4 only.
+GAP_FIT = {"intercept": 16.03, "s01": 2.21, "s12": -1.22, "noise": -0.74}
+GAP_FALLBACK = 3.2  # the train split's median gap, for an input whose skin is too small to read
+MIN_SKIN_PX = 50
+
+
+def input_features(lr: np.ndarray, skin: np.ndarray) -> dict[str, float] | None:
+    """What the predictor reads from the input (LR, RGB) over its skin mask: the slope of the skin's
+    spectrum over its top two octaves (``s01``: log2 energy ratio of the band at the input's Nyquist
+    frequency over the band an octave down; ``s12``: the next octave down) and the input's noise
+    (``noise``: log2 of Immerkaer's (1996) estimate of the noise sigma, grey levels of 255, + 0.1).
+    None where the skin has under :data:`MIN_SKIN_PX` pixels."""
+    if int(skin.sum()) < MIN_SKIN_PX:
+        return None
+    y = luminance(lr)
+    g = [y] + [cv2.GaussianBlur(y, (0, 0), s) for s in (0.375, 0.75, 1.5)]
+    e = [float(np.mean((g[i] - g[i + 1])[skin] ** 2)) + 1e-12 for i in range(3)]
+    k = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+    lap = cv2.filter2D(y, -1, k)[1:-1, 1:-1]
+    sigma = math.sqrt(math.pi / 2) * float(np.mean(np.abs(lap))) / 6 * 255
+    return {"s01": math.log2(e[0] / e[1]), "s12": math.log2(e[1] / e[2]), "noise": math.log2(sigma + 0.1)}
+
+
+def predicted_gap(lr: np.ndarray, skin: np.ndarray) -> float:
+    """A real photograph's skin texture above a Lanczos upscale, octaves, predicted from the input
+    ``lr`` and its skin mask alone (:data:`GAP_FIT`); :data:`GAP_FALLBACK` where the skin is too
+    small to read."""
+    f = input_features(lr, skin)
+    if f is None:
+        return GAP_FALLBACK
+    return GAP_FIT["intercept"] + sum(GAP_FIT[k] * v for k, v in f.items())
 
 
 def _solve(a: float, b: float, c: float, target: float, hi: float) -> float:
