@@ -56,6 +56,8 @@ _ROWS = [
     MetricInfo("brisque", iqa.brisque, True, "~0, ~100", (), "moderate", "iqa"),
     MetricInfo("piqe", iqa.piqe, True, "0, 100", (), "cheap", "iqa"),
     MetricInfo("crunch", skin.crunch, True, "dB, ~-10, ~+20", ("reference", "faces"), "cheap", "skin"),
+    MetricInfo("texture_excess", skin.texture_excess, None, "octaves, ~-6, ~+4 (0 = a real photo's, predicted)",
+               ("reference", "faces"), "cheap", "skin"),
     MetricInfo("crunch_grad", skin.crunch_grad, True, "dB, ~-10, ~+20", ("reference", "faces"), "cheap", "skin"),
     MetricInfo("wax", skin.wax, True, "dB, ~-10, ~+20", ("reference", "faces"), "cheap", "skin"),
     MetricInfo("wax_lbp", skin.wax_lbp, True, "bits, -3.3, 3.3", ("reference", "faces"), "cheap", "skin"),

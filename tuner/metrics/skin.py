@@ -25,7 +25,7 @@ import math
 import cv2
 import numpy as np
 
-from ..texture import hf, mid
+from ..texture import hf, mid, predicted_gap
 from .context import Context
 
 LBP_POINTS, LBP_RADIUS = 8, 1
@@ -73,6 +73,23 @@ def crunch(ctx: Context) -> float:
     crunch) adds much more.  Typical: Lanczos 0 dB, natural HR skin ~ +5..+12 dB.
     """
     return _band_db(ctx, "crunch", _hf)
+
+
+def texture_excess(ctx: Context) -> float:
+    """Skin texture above what a real photograph would have, octaves (NR; 0 = the prediction, + crunchier).
+
+    ``crunch`` in octaves minus :func:`tuner.texture.predicted_gap` of the input: the no-reference
+    counterpart of ``texture_hr``.  A fixed crunch band, calibrated on clean downscales, rejects the
+    truth itself on soft, degraded inputs (their real photographs sit 4-7 octaves, 12-20 dB, above a
+    Lanczos upscale); this one moves with what the input allows.
+    """
+    c = crunch(ctx)
+    if math.isnan(c):
+        return c
+    memo = ctx.ref.memo
+    if "predicted_gap" not in memo:
+        memo["predicted_gap"] = predicted_gap(ctx.ref.input, ctx.ref.skin_in)
+    return c / (10.0 * math.log10(2.0)) - float(memo["predicted_gap"])
 
 
 def crunch_grad(ctx: Context) -> float:
