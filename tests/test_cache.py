@@ -108,7 +108,7 @@ def test_an_unwritable_cache_warns_once_and_goes_on(tmp_path, caplog, opts, monk
 def test_a_study_with_a_full_cache_folder_goes_on_uncached(tmp_path, tiny_weights, copy_portraits, run_cli):
     portraits = copy_portraits(["A02_usnavy_grace_hopper.jpg", "A13_flickr_ccby_05.jpg"], "p")
     with _tmpfs(tmp_path / "fullcache", "size=64k") as root:
-        r = run_cli("tune", "study.name=fc", f"weights_dir={tiny_weights}", f"dataset.path={portraits}",
+        r = run_cli("tune", "experiment=nr", "study.name=fc", f"weights_dir={tiny_weights}", f"dataset.path={portraits}",
                     "dataset.max_side=64", "study.n_trials=3", "study.n_startup_trials=2", "tracking=none",
                     "study.allow_infeasible=true", "face=none", "~search.params.face_weight", *SRVGG_OVERRIDES,
                     cwd=tmp_path, env={"TUNER_CACHE_DIR": str(root)})

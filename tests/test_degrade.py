@@ -70,8 +70,24 @@ def test_the_split_is_fixed_disjoint_and_covers_the_set():
     assert train.content_hash != load(None, max_side=64, pairs=Pairs(split="train", degradation="light")).content_hash
 
 
+def test_several_levels_give_each_portrait_once_per_level():
+    both = load(None, max_side=64, pairs=Pairs(degradation=["none", "medium"], split="val"))
+    clean = load(None, max_side=64, pairs=Pairs(split="val"))
+    medium = load(None, max_side=64, pairs=Pairs(degradation="medium", split="val"))
+    assert [it.name for it in both.items] == [f"{it.name}@{lv}" for it in clean.items for lv in ("none", "medium")]
+    for it in both.items:  # the same pairs as the single-level sets make
+        stem, lv = it.name.split("@")
+        one = {it2.name: it2 for it2 in (clean if lv == "none" else medium).items}[stem]
+        assert np.array_equal(it.image.rgb, one.image.rgb) and np.array_equal(it.hr, one.hr)
+    assert both.pairs is not None and both.pairs.degradation == ("none", "medium")  # a list from the config
+
+
 def test_bad_pair_settings_are_clear_errors():
     with pytest.raises(ConfigError, match="degradation"):
         Pairs(degradation="heavy")
+    with pytest.raises(ConfigError, match="degradation"):
+        Pairs(degradation=["none", "none"])
+    with pytest.raises(ConfigError, match="degradation"):
+        Pairs(degradation=["none", "heavy"])
     with pytest.raises(ConfigError, match="split"):
         Pairs(split="test")

@@ -38,7 +38,7 @@ def test_a_wheel_runs_tuner_tune_from_another_directory(tmp_path, tiny_weights):
     elsewhere.mkdir()
     env = dict(os.environ, PYTHONPATH=str(target), TUNER_CACHE_DIR=str(tmp_path / "cache"))
     code = "import tuner, sys; print(tuner.__file__); from tuner.cli import main; sys.exit(main(sys.argv[1:]))"
-    r = subprocess.run([sys.executable, "-c", code, "tune", "study.name=w", f"weights_dir={tiny_weights}",
+    r = subprocess.run([sys.executable, "-c", code, "tune", "experiment=nr", "study.name=w", f"weights_dir={tiny_weights}",
                         "dataset.limit=2", "dataset.max_side=64", "study.n_trials=1", "study.allow_infeasible=true",
                         "face=none", "~search.params.face_weight", "~search.params.face_upsample",
                         *SRVGG_OVERRIDES], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)

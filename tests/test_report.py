@@ -33,7 +33,7 @@ def tiny_study(tmp_path_factory, tiny_weights) -> Path:
     data.mkdir()
     for n in IMAGES:
         (data / n).write_bytes((PORTRAITS / n).read_bytes())
-    r = _cli("tune", "study.name=rep", f"weights_dir={tiny_weights}", f"dataset.path={data}", "dataset.max_side=64",
+    r = _cli("tune", "experiment=nr", "study.name=rep", f"weights_dir={tiny_weights}", f"dataset.path={data}", "dataset.max_side=64",
              "study.n_trials=4", "study.n_startup_trials=2", "study.allow_infeasible=true", *SRVGG_OVERRIDES,
              *GFPGAN_OVERRIDES, cwd=d, cache=d / "cache")
     assert r.returncode == 0, r.stderr[-3000:]

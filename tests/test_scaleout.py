@@ -33,7 +33,7 @@ def portraits(copy_portraits):
 
 
 def _args(tiny_weights, portraits, name, storage, *extra):
-    return ["tune", f"study.name={name}", f"study.storage={storage}", f"weights_dir={tiny_weights}",
+    return ["tune", "experiment=nr", f"study.name={name}", f"study.storage={storage}", f"weights_dir={tiny_weights}",
             f"dataset.path={portraits}", "dataset.max_side=64", "study.n_startup_trials=2",
             "study.pruner.n_startup_steps=2", "study.allow_infeasible=true", *SRVGG_OVERRIDES, *GFPGAN_OVERRIDES,
             *extra]
@@ -348,7 +348,7 @@ def test_out_of_memory_on_a_tile_fails_that_trial_and_the_study_goes_on(tmp_path
     declare_weights(weights, "one-block random stand-in (tests/test_scaleout.py)")
     portraits = copy_portraits(["A13_flickr_ccby_05.jpg"], "one")
     n = 5
-    args = ["tune", "study.name=oom", f"weights_dir={weights}", f"dataset.path={portraits}", "dataset.max_side=256",
+    args = ["tune", "experiment=nr", "study.name=oom", f"weights_dir={weights}", f"dataset.path={portraits}", "dataset.max_side=256",
             "model=RealESRGAN_x4plus", "model.arch.num_block=1", "face=none", "~search.params.face_weight",
             "params.tile=32", "search.params.tile.choices=[32,192]", f"study.n_trials={n}", "study.n_startup_trials=8",
             "study.pruner.enabled=false", "study.score_threads=1", "tracking=none", "study.allow_infeasible=true",

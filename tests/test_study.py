@@ -26,7 +26,7 @@ def portraits(copy_portraits):
 
 
 def _tune_args(tiny_weights, portraits, name, *extra):
-    return ["tune", f"study.name={name}", f"weights_dir={tiny_weights}", f"dataset.path={portraits}",
+    return ["tune", "experiment=nr", f"study.name={name}", f"weights_dir={tiny_weights}", f"dataset.path={portraits}",
             "dataset.max_side=64", "study.n_startup_trials=2", "study.pruner.n_startup_steps=2",
             # random tiny networks make garbage that cannot meet the constraints: opt in to infeasible exports
             "study.allow_infeasible=true",
@@ -257,15 +257,3 @@ def test_study_names_cannot_leave_the_runs_folder(tmp_path, portraits, run_cli, 
     r = run_cli(*_tune_args(tmp_path, portraits, name), cwd=tmp_path)
     assert r.returncode == 1 and "study.name" in r.stderr
     assert not (tmp_path / "escape").exists() and not (tmp_path / "runs").exists()
-
-
-def test_the_default_study_never_imports_pyiqa(tmp_path, tiny_weights, portraits):
-    """pyiqa is licensed for non-commercial use only: a default study must run without it."""
-    args = _tune_args(tiny_weights, portraits, "nopyiqa", "study.n_trials=2", "tracking=none")
-    code = ("import sys; from tuner.cli import main; rc = main(sys.argv[1:]); "
-            "print('PYIQA-IMPORTED', 'pyiqa' in sys.modules); sys.exit(rc)")
-    env = dict(os.environ, TUNER_CACHE_DIR=str(tmp_path / "cache"))
-    r = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "PYIQA-IMPORTED False" in r.stdout

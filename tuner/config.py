@@ -204,8 +204,8 @@ def metric_settings(cfg: Any) -> tuple[list[str], int]:
     return names, int(node.get("iqa_max_side", 1024))
 
 
-def dataset_from_cfg(cfg: Any) -> Dataset:
-    """The ``dataset`` node: the portrait set at its analysis size."""
+def dataset_from_cfg(cfg: Any, *, split: str | None = None) -> Dataset:
+    """The ``dataset`` node: the portrait set at its analysis size (pairs: ``split`` overrides theirs)."""
     from . import dataset
 
     d = to_dict(cfg.dataset) or {}
@@ -215,8 +215,8 @@ def dataset_from_cfg(cfg: Any) -> Dataset:
     if d.get("pairs"):
         check_keys(d["pairs"], {"scale", "degradation", "seed", "split"}, "dataset.pairs")
         p = d["pairs"]
-        pairs = dataset.Pairs(scale=int(p.get("scale", 4)), degradation=str(p.get("degradation", "none")),
-                              seed=int(p.get("seed", 0)), split=str(p.get("split", "all")))
+        pairs = dataset.Pairs(scale=int(p.get("scale", 4)), degradation=p.get("degradation", "none"),
+                              seed=int(p.get("seed", 0)), split=split or str(p.get("split", "all")))
     return dataset.load(d.get("path"), max_side=None if ms is None else int(ms), limit=d.get("limit"),
                         limits=limits(cfg), on_error=str(d.get("on_error", "skip")), pairs=pairs)
 
@@ -317,9 +317,11 @@ def tune_job(cfg: Any, run_dir: Path) -> TuneJob:
     names, iqa_side = metric_settings(cfg)
     tracking = to_dict(cfg.tracking) or {}
     check_keys(tracking, {"enabled", "uri", "experiment", "contact_sheet_faces"}, "tracking")
+    data = dataset_from_cfg(cfg)  # tuned on LR/HR pairs' train split: the val split is scored after the study
+    held_out = dataset_from_cfg(cfg, split="val") if data.pairs and data.pairs.split == "train" else None
     return TuneJob(study=st, spec=pc.spec, params=pc.params, space=space, objective=objective,
                    objective_node=objective_node, metric_names=names, iqa_max_side=iqa_side,
-                   dataset=dataset_from_cfg(cfg), store=pc.store, cache=pc.cache, run_dir=run_dir,
+                   dataset=data, validation=held_out, store=pc.store, cache=pc.cache, run_dir=run_dir,
                    tracking_enabled=bool(tracking.get("enabled", True)),
                    tracking_uri=str(os.environ.get("MLFLOW_TRACKING_URI") or tracking.get("uri") or ""),
                    experiment=str(tracking.get("experiment") or "tuner"),

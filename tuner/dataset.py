@@ -34,17 +34,29 @@ class Pairs:
     side at most ``max_side * scale``, the LR its x``scale`` downscale, clean or degraded."""
 
     scale: int = 4
-    degradation: str = "none"  # none | light | medium | strong
+    degradation: str | tuple[str, ...] = "none"  # none | light | medium | strong, or several of them
     seed: int = 0
     split: str = "all"  # all | train | val: the fixed split by portrait (tuner.degrade.in_validation)
 
     def __post_init__(self) -> None:
-        if self.degradation not in LEVELS:
-            raise ConfigError(f"dataset.pairs.degradation must be one of {LEVELS}, got {self.degradation!r}")
+        if not isinstance(self.degradation, str):  # a list, from the config
+            object.__setattr__(self, "degradation", tuple(str(v) for v in self.degradation))
+        bad = [lv for lv in self.levels if lv not in LEVELS]
+        if bad or not self.levels or len(set(self.levels)) != len(self.levels):
+            raise ConfigError(f"dataset.pairs.degradation must be one of {LEVELS} or a list of distinct ones, "
+                              f"got {self.degradation!r}")
         if self.split not in ("all", "train", "val"):
             raise ConfigError(f"dataset.pairs.split must be all, train or val, got {self.split!r}")
         if self.scale < 2:
             raise ConfigError(f"dataset.pairs.scale must be >= 2, got {self.scale}")
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        return (self.degradation,) if isinstance(self.degradation, str) else tuple(self.degradation)
+
+    def item_name(self, stem: str, level: str) -> str:
+        """One level: the portrait's stem; several: ``<stem>@<level>`` (each portrait once per level)."""
+        return stem if isinstance(self.degradation, str) else f"{stem}@{level}"
 
 
 @dataclass(frozen=True)
@@ -71,8 +83,8 @@ def load(path: str | Path | None, *, max_side: int | None = None, limit: int | N
          limits: Limits = Limits(), on_error: str = "skip", pairs: Pairs | None = None) -> Dataset:
     """Decode every image of a folder (bundled portraits when ``path`` is None).
 
-    With ``pairs``, each portrait becomes an LR/HR pair (the LR at most ``max_side``), and only
-    the portraits of ``pairs.split`` are kept.
+    With ``pairs``, each portrait becomes an LR/HR pair (the LR at most ``max_side``) per
+    degradation level, and only the portraits of ``pairs.split`` are kept.
 
     Bad images are logged and skipped (``on_error='skip'``) or raise (``'fail'``); a set
     with no usable image is a :class:`ConfigError`.
@@ -96,7 +108,7 @@ def load(path: str | Path | None, *, max_side: int | None = None, limit: int | N
                 img = fit_max_side(decode(f, limits=limits), max_side)
                 items.append(Item(name=f.stem, path=f, image=img, content_hash=array_hash(img.rgb)))
             else:
-                items.append(_pair(f, limits, max_side, pairs))
+                items.extend(_pair(f, limits, max_side, pairs, level) for level in pairs.levels)
         except ImageError as e:
             if on_error == "fail":
                 raise
@@ -111,11 +123,12 @@ def load(path: str | Path | None, *, max_side: int | None = None, limit: int | N
     return Dataset(root=root, items=items, failures=failures, max_side=max_side, pairs=pairs)
 
 
-def _pair(f: Path, limits: Limits, max_side: int | None, pairs: Pairs) -> Item:
+def _pair(f: Path, limits: Limits, max_side: int | None, pairs: Pairs, level: str) -> Item:
     full = decode(f, limits=limits)
     hr = crop_to_scale(fit_max_side(full, None if max_side is None else max_side * pairs.scale).rgb, pairs.scale)
-    lr = make_lr(hr, scale=pairs.scale, level=pairs.degradation, seed=pairs.seed, name=f.stem)
+    lr = make_lr(hr, scale=pairs.scale, level=level, seed=pairs.seed, name=f.stem)
     if min(lr.shape[:2]) < limits.min_side:
         raise ImageError(f"{f}: its x{pairs.scale} LR ({lr.shape[1]}x{lr.shape[0]}) is below limits.min_side")
     img = Image(rgb=lr, path=f)
-    return Item(name=f.stem, path=f, image=img, content_hash=array_hash(lr) + array_hash(hr)[:16], hr=hr)
+    return Item(name=pairs.item_name(f.stem, level), path=f, image=img,
+                content_hash=array_hash(lr) + array_hash(hr)[:16], hr=hr)

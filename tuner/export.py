@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,11 @@ def holds(gates: list[O.Gate]) -> bool:
     return all(g.violation <= 0 for g in gates)
 
 
-def best_trial(study: Any, objective: O.Objective, *, allow_infeasible: bool,
-               number: int | None = None) -> tuple[Any, list[O.Gate]]:
-    trials = recheck(study, objective)
+def best_trial(study: Any, objective: O.Objective, *, allow_infeasible: bool, number: int | None = None,
+               keep: Callable[[Any], bool] | None = None) -> tuple[Any, list[O.Gate]]:
+    """The best trial whose gates hold on every image (or trial ``number``), among those ``keep``
+    accepts."""
+    trials = [(t, g) for t, g in recheck(study, objective) if keep is None or keep(t)]
     if number is not None:
         for t, g in trials:
             if t.number == number:

@@ -5,12 +5,10 @@ by :func:`tuner.config.tune_job`), open (or resume) the study with its
 identity and baseline trial, run the worker loop, and finish with the summary and the preset.
 Its parts live one floor down: ``search`` (knobs, samplers), ``storage`` (storage URL, lock,
 heartbeats), ``trials`` (one trial: pipeline -> scoring -> gates -> tell), ``export`` (best
-trial -> preset).  Any number of processes or machines can run the loop against one storage;
-on local storages a file lock makes "count finished + running, then ask" atomic, so the study
-stops at exactly ``study.n_trials`` finished trials: a file lock on local storages, an advisory
-lock inside PostgreSQL for workers on many machines (:class:`tuner.storage.StudyLock`);
-heartbeats fail a killed worker's trial and re-queue it; storage calls are retried while a
-database server restarts.
+trial -> preset), ``validate`` (the held-out split).  Any number of processes or machines can
+run the loop against one storage: a lock (a file, or an advisory lock inside PostgreSQL:
+:class:`tuner.storage.StudyLock`) makes "count, then ask" atomic, so the study stops at exactly
+``study.n_trials`` finished trials; heartbeats fail a killed worker's trial and re-queue it.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import PIPELINE_VERSION, __version__
+from . import PIPELINE_VERSION, __version__, validate
 from . import objective as O
 from . import preset as presets
 from .cache import StageCache
@@ -42,6 +40,7 @@ from .storage import (
     StudyLock,
     StudySettings,
     first_beat,
+    first_line,
     heartbeat_enabled,
     make_storage,
     outage_within,
@@ -90,6 +89,7 @@ class TuneJob:
     tracking_uri: str = ""  # "" = sqlite mlflow.db in run_dir
     experiment: str = "tuner"
     contact_sheet_faces: int = 6
+    validation: Dataset | None = None  # the held-out split of a paired dataset, scored after the study
 
 
 class StudyAborted(TunerError):
@@ -117,7 +117,9 @@ def study_identity(base: PipelineSpec, base_params: Params, space: Mapping[str, 
             "pipeline": {"tile_pad": base.tile_pad, "pre_pad": base.pre_pad, "overlap": base.overlap,
                          "outscale": base.outscale, "blend_variant": base_params.blend_variant,
                          "face_upsample": base_params.face_upsample, "detector": base.detector,
-                         "detection_threshold": base.detection_threshold, "half": base.half},
+                         "detection_threshold": base.detection_threshold, "half": base.half,
+                         **({"texture_anchor": base_params.texture_anchor}
+                            if base_params.texture_anchor != "lanczos" else {})},
             # the knobs that are not searched stay at these values
             "params": {**{k: getattr(base_params, k) for k in ("tile", "denoise", "face_weight", "blend")},
                        **({"texture_target": base_params.texture_target}
@@ -206,12 +208,15 @@ def run_tune(job: TuneJob) -> int:
                 study.set_user_attr("mlflow_parent_run_id", parent)
         return storage, study, parent
 
+    held_out = None if job.validation is None else runner.on(job.validation)
     try:
         storage, study, parent = retrying(open_study, what="opening the study", seconds=st.storage_retry_s)
         worker_loop(study, storage, runner, st, objective, tracker, parent, lock, run_dir, job.contact_sheet_faces)
-        return finish(study, st, objective, runner, tracker, parent, run_dir, lock)
+        return finish(study, st, objective, runner, tracker, parent, run_dir, lock, held_out)
     finally:
         runner.close()
+        if held_out is not None:
+            held_out.close()
         lock.close()
 
 
@@ -340,7 +345,7 @@ def _claim_parent_log(study: Any, lock: StudyLock, best: int, n_finished: int) -
 
 
 def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialRunner, tracker: Tracker,
-           parent: str | None, run_dir: Path, lock: StudyLock) -> int:
+           parent: str | None, run_dir: Path, lock: StudyLock, held_out: TrialRunner | None = None) -> int:
     from optuna.trial import TrialState
 
     states = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in
@@ -362,6 +367,8 @@ def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialR
         _, results = runner.evaluate(*runner.settings_of(trial))
         for item, res in zip(runner.dataset.items, results, strict=True):
             encode(res.image, run_dir / "best_outputs" / f"{item.name}.png")
+            if runner.dataset.pairs is not None:  # the LRs it made (8-bit exact): enhance's inputs
+                encode(item.image, run_dir / "inputs" / f"{item.name}.png")
         lines += [f"best trial: {trial.number} values={[round(v, 4) for v in trial.values]}",
                   f"params: {preset['params']}", f"constraints hold on every image: {holds(gates)}"]
         lines += [f"  {k}: " + (f"worst {v['value']} ({v['worst_image']})" if v.get("worst_image")
@@ -370,6 +377,11 @@ def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialR
         lines += ["metrics (image means): " + ", ".join(f"{k}={v:.3f}" for k, v in preset["metrics"].items()
                                                        if v is not None),
                   f"preset: {path}", f"tuned outputs: {run_dir / 'best_outputs'}"]
+        if held_out is not None:  # does it transfer? the held-out split against its truth
+            try:
+                lines += validate.run(study, objective, held_out, run_dir)
+            except TunerError as e:  # the preset stands; say why there is no table
+                lines.append(f"validation failed: {first_line(e)}")
         # every worker writes the (same) preset beside it; MLflow's study run gets it once
         if retrying(functools.partial(_claim_parent_log, study, lock, trial.number, sum(states.values())),
                     what="claiming the study's result", seconds=st.storage_retry_s):

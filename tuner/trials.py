@@ -7,6 +7,7 @@ analyses and metric memo); ``run_trial`` runs one asked trial, records its per-i
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -62,6 +63,12 @@ class TrialRunner:
             raise ConfigError(f"study.score_threads must be >= 1, got {score_threads}")
         self.score_threads = score_threads
         self._pool: ThreadPoolExecutor | None = None  # started on the first threaded evaluate
+
+    def on(self, dataset: Dataset) -> TrialRunner:
+        """A runner over ``dataset`` sharing this one's pipelines (and their memos) and scorer."""
+        other = copy.copy(self)
+        other.dataset, other._pool = dataset, None
+        return other
 
     def pipeline(self, spec: PipelineSpec) -> Pipeline:
         key = json.dumps(asdict(spec), sort_keys=True, default=str)

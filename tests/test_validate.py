@@ -1,0 +1,89 @@
+"""The default study end to end (tiny random-weight models): the texture policy tuned on the train
+split of clean + degraded LR/HR pairs, then scored on the held-out split (three rows, per image
+gates, a cheek contact sheet), and ``tuner enhance`` reproducing its outputs from the LRs it wrote.
+Plus the validation table's arithmetic on hand-made rows."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import GFPGAN_OVERRIDES, SRVGG_OVERRIDES
+from PIL import Image as PILImage
+
+from tuner.degrade import in_validation
+from tuner.validate import CROP, table
+
+IMAGES = ["A02_usnavy_grace_hopper.jpg", "A13_flickr_ccby_05.jpg", "A19_flickr_ccby_26.jpg"]  # A02 is held out
+
+
+def test_the_split_of_the_test_images():
+    assert [in_validation(n.rsplit(".", 1)[0]) for n in IMAGES] == [True, False, False]
+
+
+@pytest.mark.slow
+def test_the_default_study_tunes_the_policy_and_reports_the_held_out_split(tmp_path, tiny_weights, copy_portraits,
+                                                                           run_cli):
+    portraits = copy_portraits(IMAGES, "portraits")
+    args = ["tune", "study.name=pol", f"weights_dir={tiny_weights}", f"dataset.path={portraits}",
+            "dataset.max_side=128", "study.n_trials=5", "study.n_startup_trials=3", "study.pruner.enabled=false",
+            "study.allow_infeasible=true", *SRVGG_OVERRIDES, *GFPGAN_OVERRIDES]
+    # pyiqa is licensed for non-commercial use only: the default study must run without importing it
+    code = ("import sys; from tuner.cli import main; rc = main(sys.argv[1:]); "
+            "print('PYIQA-IMPORTED', 'pyiqa' in sys.modules); sys.exit(rc)")
+    env = dict(os.environ, TUNER_CACHE_DIR=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "PYIQA-IMPORTED False" in r.stdout
+    run = tmp_path / "runs" / "pol"
+
+    # tuned on the train split only, each portrait once per level; the policy anchored on the prediction
+    train = sorted(p.name for p in (run / "best_outputs").iterdir())
+    assert train == [f"{s}@{lv}.png" for s in ("A13_flickr_ccby_05", "A19_flickr_ccby_26") for lv in ("medium", "none")]
+    assert sorted(p.name for p in (run / "inputs").iterdir()) == train
+    preset = yaml.safe_load((run / "best_preset.yaml").read_text())
+    assert preset["pipeline"]["texture_anchor"] == "predicted"
+
+    # the held-out split, scored against its truth: three rows per level, every held-out image in each
+    per_image = pd.read_csv(run / "validation.csv")
+    assert set(per_image.image) == {"A02_usnavy_grace_hopper@none", "A02_usnavy_grace_hopper@medium"}
+    assert set(per_image.set) == {"clean", "medium"}
+    rows = set(per_image.row)
+    assert {"model defaults", "tuned"} <= rows and len(per_image) == 2 * len(rows)
+    assert per_image.texture_hr.notna().all() and per_image.lbp_hr.notna().all()
+    summary = (run / "summary.txt").read_text()
+    assert "validation (2 held-out images" in summary and "within 0.5 oct" in summary
+    assert (run / "validation.txt").read_text().count("model defaults") == 2
+    # the contact sheet: one row per held-out face, input Lanczos | each row | truth, at 100 %
+    with PILImage.open(run / "cheeks.png") as im:
+        assert im.size == ((len(rows) + 2) * (CROP + 4), 2 * (CROP + 4))
+
+    # enhance with the preset, on the LRs the study wrote, reproduces the tuned outputs byte for byte
+    r = run_cli("enhance", f"input={run / 'inputs'}", f"output={tmp_path / 'out'}", f"preset={run / 'best_preset.yaml'}",
+                "output_format=png", f"weights_dir={tiny_weights}", *SRVGG_OVERRIDES, *GFPGAN_OVERRIDES,
+                env={"TUNER_CACHE_DIR": str(tmp_path / "fresh-cache")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in train:
+        assert (tmp_path / "out" / name).read_bytes() == (run / "best_outputs" / name).read_bytes(), name
+
+
+def test_the_table_counts_faces_per_set_and_gates_lr_psnr_per_image():
+    rows = []
+    for row, tex, psnr in (("model defaults", [-2.0, -1.8], [30.0, 34.0]), ("tuned", [0.3, -0.7], [31.5, 32.5])):
+        for img, t, p in zip(("a@none", "b@none"), tex, psnr, strict=True):
+            rows.append({"row": row, "trial": "1", "set": "clean", "image": img, "texture_hr": t, "lbp_hr": 0.1,
+                         "identity": 0.2, "lr_psnr": p})
+    rows.append({"row": "tuned", "trial": "1", "set": "clean", "image": "c@none", "texture_hr": math.nan,
+                 "lbp_hr": math.nan, "identity": math.nan, "lr_psnr": 33.0})  # no face: not counted as a face
+    t = table(pd.DataFrame(rows)).set_index("row")
+    assert t.loc["tuned", "within 0.5 oct"] == "1/2" and t.loc["model defaults", "within 0.5 oct"] == "0/2"
+    assert t.loc["tuned", "texture_hr median"] == pytest.approx(-0.2)
+    # over a and b the means are equal (32.0 both), yet image b lost 1.5 dB: the worst image decides
+    assert t.loc["tuned", "lr_psnr worst vs defaults"] == pytest.approx(-1.5)
+    assert t.loc["model defaults", "lr_psnr worst vs defaults"] == 0.0
