@@ -1,11 +1,12 @@
 """Does a setting transfer?  Skin texture against ground truth on the LR/HR pairs.
 
-    python benchmarks/bench_transfer.py [--split val] [--max-side 256] [--target 3.3] [--preset runs/default/best_preset.yaml]
+    python benchmarks/bench_transfer.py [--split val] [--max-side 256] [--target 3.3] [--preset P.yaml ...]
     python benchmarks/bench_transfer.py --fit [--max-side 256]     # where the target comes from (train split only)
 
 For the clean and the degraded (medium) pairs of the bundled portraits, rows:
 - the model defaults (realesr-general-x4v3 and RealESRGAN_x4plus as shipped),
-- the best fixed global preset (``--preset``, the default study's export, if it exists),
+- presets (``--preset``; by default ``runs/nr`` -- the best fixed global preset of the no-reference
+  study, ``tuner tune experiment=nr`` -- and ``runs/default``, the default study's tuned policy),
 - the texture policy (general-x4v3) with a fixed target (``--target`` octaves above Lanczos) and
   with a per-image one (``--offset`` octaves above the predicted truth, ``texture_anchor=predicted``),
 and per row: faces whose skin texture is within +-0.5 octave of the truth's (``texture_hr``),
@@ -30,10 +31,10 @@ from _common import ROOT, WEIGHTS, need_weights
 from tuner import preset as presets
 from tuner.cache import StageCache
 from tuner.dataset import Pairs, load
-from tuner.images import encode, from_array
-from tuner.pipeline import Params, Pipeline, PipelineSpec
-from tuner.report import cheek_crop
+from tuner.pipeline import Params, Pipeline, PipelineSpec, Result
 from tuner.scoring import Scorer
+from tuner.validate import cheek_sheet
+from tuner.validate import table as validation_table
 from tuner.weights import WeightStore, catalogue
 
 NAMES = ["texture_hr", "pores_hr", "lbp_hr", "haarpsi_hr", "identity", "lr_psnr"]
@@ -47,7 +48,8 @@ def main() -> None:
     ap.add_argument("--offset", type=float, default=0.0, help="texture_target of the predicted-anchor policy row")
     ap.add_argument("--fit", action="store_true", help="measure the target on the train split and exit")
     ap.add_argument("--no-x4plus", action="store_true", help="leave out RealESRGAN_x4plus (slow on CPU at 512 px)")
-    ap.add_argument("--preset", default=str(ROOT / "runs" / "default" / "best_preset.yaml"))
+    ap.add_argument("--preset", nargs="*", default=[str(ROOT / "runs" / n / "best_preset.yaml") for n in ("nr", "default")],
+                    help="presets to score as rows (those that exist); default: the nr and the default study's")
     a = ap.parse_args()
     if a.fit:
         fit(a.max_side)
@@ -62,42 +64,31 @@ def main() -> None:
     ]
     if not a.no_x4plus:
         rows_spec.append(("x4plus default", PipelineSpec(model=models["RealESRGAN_x4plus"]), Params()))
-    if Path(a.preset).is_file():
-        st = presets.settings_of(presets.load(a.preset))
-        rows_spec.append((f"preset {Path(a.preset).parent.name}/{Path(a.preset).name}",
-                          st.spec(general, models, catalogue("face")),
-                          st.params))
+    for path in (Path(p) for p in a.preset):
+        if path.is_file():
+            st = presets.settings_of(presets.load(path))
+            rows_spec.append((f"preset {path.parent.name}/{path.name}", st.spec(general, models, catalogue("face")),
+                              st.params))
     rows_spec.append((f"policy, texture_target={a.target:g} above Lanczos", general, Params(texture_target=a.target)))
     rows_spec.append((f"policy, texture_target={a.offset:g} above the predicted truth", general,
                       Params(texture_target=a.offset, texture_anchor="predicted")))
     out_dir = ROOT / "benchmarks" / "results"
-    table = []
+    records = []
     for level, label in (("none", "clean"), ("medium", "degraded")):
         ds = load(None, max_side=a.max_side, pairs=Pairs(degradation=level, split=a.split))
-        sheets: dict[str, list[np.ndarray]] = {}
+        sheets: dict[str, list[Result]] = {}
         for name, spec, params in rows_spec:
             pipe = Pipeline(spec, store=store, cache=cache)
             scorer = Scorer(NAMES, iqa_max_side=1024, detector="retinaface", detection_threshold=0.9, cache=cache)
-            vals = []
             for it in ds.items:
                 res = pipe.run(it.image, params)
-                analysis = scorer.analysis(it, res, pipe)
-                v, _ = scorer.score(res, analysis)
-                vals.append(v)
+                v, _ = scorer.score(res, scorer.analysis(it, res, pipe))
+                records.append({"row": name, "trial": "-", "set": label, "image": it.name, **v})
                 if name.startswith("general-x4v3") or "predicted" in name:
-                    sheets.setdefault(it.name, [analysis.reference, it.hr] if it.hr is not None else [])
-                    sheets[it.name].insert(-1, res.image.rgb)
-            t = np.array([v["texture_hr"] for v in vals])
-            ok = t[np.isfinite(t)]
-            table.append({"set": label, "pipeline": name, "faces": len(ok),
-                          "within 0.5 oct": f"{int(np.sum(np.abs(ok) <= 0.5))}/{len(ok)}",
-                          "texture_hr median": float(np.median(ok)) if len(ok) else math.nan,
-                          "lbp_hr": float(np.nanmean([v["lbp_hr"] for v in vals])),
-                          "haarpsi_hr": float(np.nanmean([v["haarpsi_hr"] for v in vals])),
-                          "identity max": float(np.nanmax([v["identity"] for v in vals])),
-                          "lr_psnr": float(np.nanmean([v["lr_psnr"] for v in vals]))})
-        _cheek_sheet(ds, sheets, out_dir / f"cheeks_{label}.png")
+                    sheets.setdefault(name, []).append(res)
+        cheek_sheet(ds.items, sheets, out_dir / f"cheeks_{label}.png")
     print(f"split {a.split}, LR max side {a.max_side} (x4 outputs), policy target {a.target:g}:")
+    table = validation_table(pd.DataFrame(records), base="general-x4v3 default").drop(columns="trial")
     print(pd.DataFrame(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"contact sheets: {out_dir}/cheeks_clean.png, cheeks_degraded.png "
           "(per face: input Lanczos | general default | policy, predicted anchor | HR)")
@@ -159,27 +150,6 @@ def fit(max_side: int) -> None:
         print(f"  validation, LR {side} px, {level}: median |error| {np.median(err):.2f} octave, within 0.5: "
               f"{int(np.sum(err <= 0.5))}/{len(d)} (a constant {const:.2f}: {np.median(err_c):.2f}, "
               f"{int(np.sum(err_c <= 0.5))}/{len(d)})")
-
-
-def _cheek_sheet(ds, sheets, path: Path) -> None:  # type: ignore[no-untyped-def]
-    from tuner.facegeom import skin_mask
-    from tuner.faces import FaceDetector
-
-    rows = []
-    detect = FaceDetector()
-    for it in ds.items:
-        panels = sheets.get(it.name)
-        if not panels or len(panels) != 4:
-            continue
-        faces = detect(it.image.rgb)
-        s = panels[0].shape[1] / it.image.rgb.shape[1]
-        crop = cheek_crop(skin_mask(panels[0], [f.scaled(s) for f in faces]), 96) if faces else None
-        if crop is None:
-            continue
-        cells = [np.pad(p[crop], ((0, 96 - p[crop].shape[0]), (0, 96 - p[crop].shape[1]), (0, 0))) for p in panels]
-        rows.append(np.concatenate([np.pad(c, ((2, 2), (2, 2), (0, 0)), constant_values=1.0) for c in cells], axis=1))
-    if rows:
-        encode(from_array(np.concatenate(rows, axis=0).astype(np.float32)), path)
 
 
 if __name__ == "__main__":

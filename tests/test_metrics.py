@@ -48,7 +48,7 @@ def usm(x, k, sigma=1.5):
     return np.clip(x + k * (x - cv2.GaussianBlur(x, (0, 0), sigma)), 0, 1)
 
 
-@pytest.mark.parametrize("metric", ["crunch", "texture_excess", "crunch_grad", "edge_halo"])
+@pytest.mark.parametrize("metric", ["crunch", "crunch_grad", "edge_halo"])
 def test_unsharp_ladder_raises_crunch(portrait, metric):
     p, _ = portrait
     vals = _ladder(portrait, metric, [usm(p, k) for k in (0, 0.5, 1, 2, 3)])
@@ -242,16 +242,17 @@ def test_default_colour_gate_separates_shifts_from_sharpening(portrait):
 
 @pytest.mark.slow
 def test_texture_excess_passes_real_skin_where_a_fixed_crunch_band_fails_it():
-    """The truth itself (the real photograph behind each LR/HR pair) against the two crunch gates:
-    on degraded inputs most real photographs sit above ``crunch <= 11 dB`` (calibrated on clean
-    downscales), while ``texture_excess <= 1`` octave passes most of them and still catches an
-    unsharp mask (amount 1) of the same photograph."""
+    """The truth itself (the real photograph behind each LR/HR pair) against the two crunch gates,
+    at an LR size the predictor was not fitted at (192 px): on degraded inputs many real photographs
+    sit above ``crunch <= 11 dB`` (calibrated on clean downscales), while ``texture_excess <= 1``
+    octave passes nearly all of them, sits near 0 on most, and rises on every face when the same
+    photograph is unsharp-masked (amount 1)."""
     from tuner.dataset import Pairs, load
 
     detect = FaceDetector()
     for level in ("none", "medium"):
         truth, sharpened = [], []
-        for it in load(None, max_side=256, pairs=Pairs(degradation=level)).items:
+        for it in load(None, max_side=192, pairs=Pairs(degradation=level)).items:
             faces = detect(it.image.rgb)
             if not faces:
                 continue
@@ -262,7 +263,7 @@ def test_texture_excess_passes_real_skin_where_a_fixed_crunch_band_fails_it():
         excess = np.array([t["texture_excess"] for t in truth])
         ok = np.isfinite(excess)
         assert ok.sum() >= 12, level
-        assert np.mean(excess[ok] <= 1.0) >= 0.8, (level, excess)
-        assert np.mean(np.array(sharpened)[ok] > 1.0) >= 0.65, (level, sharpened)
+        assert np.mean(excess[ok] <= 1.0) >= 0.9 and np.mean(np.abs(excess[ok]) <= 1.0) >= 0.7, (level, excess)
+        assert np.all(np.array(sharpened)[ok] > excess[ok] + 0.5), (level, sharpened, excess)
         if level == "medium":
-            assert np.mean(crunch[ok] > 11.0) >= 0.6, crunch
+            assert np.mean(crunch[ok] > 11.0) >= 0.4, crunch

@@ -26,7 +26,6 @@ def test_the_split_of_the_test_images():
     assert [in_validation(n.rsplit(".", 1)[0]) for n in IMAGES] == [True, False, False]
 
 
-@pytest.mark.slow
 def test_the_default_study_tunes_the_policy_and_reports_the_held_out_split(tmp_path, tiny_weights, copy_portraits,
                                                                            run_cli):
     portraits = copy_portraits(IMAGES, "portraits")
@@ -59,6 +58,7 @@ def test_the_default_study_tunes_the_policy_and_reports_the_held_out_split(tmp_p
     assert per_image.texture_hr.notna().all() and per_image.lbp_hr.notna().all()
     summary = (run / "summary.txt").read_text()
     assert "validation (2 held-out images" in summary and "within 0.5 oct" in summary
+    assert "gates (every image)" in summary  # the study's own guard rails, on the held-out images
     assert (run / "validation.txt").read_text().count("model defaults") == 2
     # the contact sheet: one row per held-out face, input Lanczos | each row | truth, at 100 %
     with PILImage.open(run / "cheeks.png") as im:
@@ -73,17 +73,62 @@ def test_the_default_study_tunes_the_policy_and_reports_the_held_out_split(tmp_p
         assert (tmp_path / "out" / name).read_bytes() == (run / "best_outputs" / name).read_bytes(), name
 
 
-def test_the_table_counts_faces_per_set_and_gates_lr_psnr_per_image():
+def test_the_table_counts_faces_per_set_and_reports_the_worst_image():
     rows = []
-    for row, tex, psnr in (("model defaults", [-2.0, -1.8], [30.0, 34.0]), ("tuned", [0.3, -0.7], [31.5, 32.5])):
-        for img, t, p in zip(("a@none", "b@none"), tex, psnr, strict=True):
-            rows.append({"row": row, "trial": "1", "set": "clean", "image": img, "texture_hr": t, "lbp_hr": 0.1,
-                         "identity": 0.2, "lr_psnr": p})
-    rows.append({"row": "tuned", "trial": "1", "set": "clean", "image": "c@none", "texture_hr": math.nan,
+    for level in ("clean", "medium"):  # the same portraits in two sets: compared within each set
+        shift = 0.0 if level == "clean" else -3.0
+        for row, tex, psnr, ident in (("model defaults", [-2.0, -1.8], [30.0, 34.0], [0.2, 0.25]),
+                                      ("tuned", [0.3, -0.7], [31.5, 32.5], [0.1, 0.5])):
+            for img, t, p, d in zip(("a", "b"), tex, psnr, ident, strict=True):
+                rows.append({"row": row, "trial": "1", "set": level, "image": img, "texture_hr": t,
+                             "lbp_hr": 0.1, "identity": d, "lr_psnr": p + shift})
+    rows.append({"row": "tuned", "trial": "1", "set": "clean", "image": "c", "texture_hr": math.nan,
                  "lbp_hr": math.nan, "identity": math.nan, "lr_psnr": 33.0})  # no face: not counted as a face
-    t = table(pd.DataFrame(rows)).set_index("row")
-    assert t.loc["tuned", "within 0.5 oct"] == "1/2" and t.loc["model defaults", "within 0.5 oct"] == "0/2"
-    assert t.loc["tuned", "texture_hr median"] == pytest.approx(-0.2)
+    t = table(pd.DataFrame(rows), gates={("tuned", "clean"): "identity: 0.5 (b)"})
+    clean = t[t.set == "clean"].set_index("row")
+    assert list(t.set) == ["clean", "clean", "medium", "medium"]
+    assert clean.loc["tuned", "within 0.5 oct"] == "1/2" and clean.loc["model defaults", "within 0.5 oct"] == "0/2"
+    assert clean.loc["tuned", "texture_hr median"] == pytest.approx(-0.2)
+    assert clean.loc["tuned", "identity max"] == 0.5  # one face far off decides, not the mean 0.3
     # over a and b the means are equal (32.0 both), yet image b lost 1.5 dB: the worst image decides
-    assert t.loc["tuned", "lr_psnr worst vs defaults"] == pytest.approx(-1.5)
-    assert t.loc["model defaults", "lr_psnr worst vs defaults"] == 0.0
+    assert clean.loc["tuned", "lr_psnr worst vs defaults"] == pytest.approx(-1.5)
+    assert clean.loc["model defaults", "lr_psnr worst vs defaults"] == 0.0
+    assert t[t.set == "medium"].set_index("row").loc["tuned", "lr_psnr worst vs defaults"] == pytest.approx(-1.5)
+    assert clean.loc["tuned", "gates (every image)"] == "identity: 0.5 (b)"
+
+
+def test_the_rows_are_the_baseline_the_best_trial_with_the_policy_off_and_the_exported_one():
+    import optuna
+
+    from tuner import objective as O
+    from tuner.pipeline import Params
+    from tuner.settings import Settings
+    from tuner.validate import rows_to_score
+
+    objective = O.from_mapping({"terms": [{"metric": "piqe", "weight": 1.0, "scale": 10.0}],
+                                "constraints": {"identity": {"max": 0.45}}})
+    study = optuna.create_study()
+    study.set_user_attr("baseline_params", {"blend": 0.0, "texture_target": None})
+
+    def add(value, blend, target, identity):
+        st = Settings(model="realesr-general-x4v3", blend=blend, texture_target=target, texture_anchor="predicted")
+        study.add_trial(optuna.trial.create_trial(
+            value=value, user_attrs={"settings": st.to_dict(), "per_image": {"identity": {"a": identity}}}))
+
+    add(5.0, 0.0, None, 0.2)   # 0: the baseline
+    add(3.0, 0.5, None, 0.9)   # 1: policy off, better, but another person on image a: not feasible
+    add(4.0, 0.3, None, 0.3)   # 2: the best feasible trial with the policy off
+    add(2.0, 0.1, 0.25, 0.3)   # 3: the tuned (policy on)
+
+    class Runner:  # what rows_to_score reads of a TrialRunner
+        base, base_params = "spec", Params(blend=0.7, texture_target=0.5, texture_anchor="predicted")
+
+        def settings_of(self, trial):
+            return "spec", Settings.from_dict(trial.user_attrs["settings"]).params
+
+    rows = rows_to_score(study, objective, Runner(), study.trials[3])
+    assert [(label, n) for label, n, _, _ in rows] == [("model defaults", "baseline"), ("best fixed global", "2"),
+                                                      ("tuned", "3")]
+    defaults, fixed, tuned = (p for _, _, _, p in rows)
+    assert defaults.blend == 0.0 and defaults.texture_target is None  # the baseline's knobs, the policy off
+    assert fixed.blend == 0.3 and fixed.texture_target is None and tuned.texture_target == 0.25

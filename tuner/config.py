@@ -210,15 +210,14 @@ def dataset_from_cfg(cfg: Any, *, split: str | None = None) -> Dataset:
 
     d = to_dict(cfg.dataset) or {}
     check_keys(d, {"path", "max_side", "limit", "on_error", "pairs"}, "dataset")
-    ms = d.get("max_side")
-    pairs = None
-    if d.get("pairs"):
-        check_keys(d["pairs"], {"scale", "degradation", "seed", "split"}, "dataset.pairs")
-        p = d["pairs"]
+    ms, pairs, p = d.get("max_side"), None, d.get("pairs")
+    if p:
+        check_keys(p, {"scale", "degradation", "seed", "split"}, "dataset.pairs")
         pairs = dataset.Pairs(scale=int(p.get("scale", 4)), degradation=p.get("degradation", "none"),
                               seed=int(p.get("seed", 0)), split=split or str(p.get("split", "all")))
     return dataset.load(d.get("path"), max_side=None if ms is None else int(ms), limit=d.get("limit"),
-                        limits=limits(cfg), on_error=str(d.get("on_error", "skip")), pairs=pairs)
+                        limits=limits(cfg), on_error=str(d.get("on_error", "skip")), pairs=pairs,
+                        allow_empty=split is not None)
 
 
 def detection(cfg: Any) -> tuple[str, float]:

@@ -26,6 +26,7 @@ class Item:
     image: Image  # at the analysis size (with pairs: the LR)
     content_hash: str  # sha256 of the analysis-size pixels (with pairs: of the LR and the HR)
     hr: np.ndarray | None = None  # the ground truth at the output size (pairs only)
+    level: str | None = None  # the pair's degradation level (pairs only)
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Pairs:
 
     def item_name(self, stem: str, level: str) -> str:
         """One level: the portrait's stem; several: ``<stem>@<level>`` (each portrait once per level)."""
-        return stem if isinstance(self.degradation, str) else f"{stem}@{level}"
+        return stem if len(self.levels) == 1 else f"{stem}@{level}"
 
 
 @dataclass(frozen=True)
@@ -80,14 +81,15 @@ class Dataset:
 
 
 def load(path: str | Path | None, *, max_side: int | None = None, limit: int | None = None,
-         limits: Limits = Limits(), on_error: str = "skip", pairs: Pairs | None = None) -> Dataset:
+         limits: Limits = Limits(), on_error: str = "skip", pairs: Pairs | None = None,
+         allow_empty: bool = False) -> Dataset:
     """Decode every image of a folder (bundled portraits when ``path`` is None).
 
     With ``pairs``, each portrait becomes an LR/HR pair (the LR at most ``max_side``) per
     degradation level, and only the portraits of ``pairs.split`` are kept.
 
     Bad images are logged and skipped (``on_error='skip'``) or raise (``'fail'``); a set
-    with no usable image is a :class:`ConfigError`.
+    with no usable image is a :class:`ConfigError` (``allow_empty``: a warning).
     """
     if on_error not in ("skip", "fail"):
         raise ConfigError(f"dataset.on_error must be skip or fail, got {on_error!r}")
@@ -108,7 +110,7 @@ def load(path: str | Path | None, *, max_side: int | None = None, limit: int | N
                 img = fit_max_side(decode(f, limits=limits), max_side)
                 items.append(Item(name=f.stem, path=f, image=img, content_hash=array_hash(img.rgb)))
             else:
-                items.extend(_pair(f, limits, max_side, pairs, level) for level in pairs.levels)
+                items.extend(_pairs(f, limits, max_side, pairs))
         except ImageError as e:
             if on_error == "fail":
                 raise
@@ -116,19 +118,25 @@ def load(path: str | Path | None, *, max_side: int | None = None, limit: int | N
             failures.append((f, str(e)))
             continue
     if not items:
-        raise ConfigError(f"dataset {root} has no usable image ({len(failures)} failed, {len(files)} found)")
+        what = f"dataset {root}{'' if pairs is None else f' (split {pairs.split})'} has no usable image"
+        if not allow_empty:
+            raise ConfigError(f"{what} ({len(failures)} failed, {len(files)} found)")
+        log.warning("%s: nothing to score there", what)
     names = [it.name for it in items]
     if len(set(names)) != len(names):
         raise ConfigError(f"dataset {root} has several images with the same stem; outputs would collide")
     return Dataset(root=root, items=items, failures=failures, max_side=max_side, pairs=pairs)
 
 
-def _pair(f: Path, limits: Limits, max_side: int | None, pairs: Pairs, level: str) -> Item:
+def _pairs(f: Path, limits: Limits, max_side: int | None, pairs: Pairs) -> list[Item]:
+    """The portrait ``f`` as one LR/HR pair per degradation level (decoded once; all or none)."""
     full = decode(f, limits=limits)
     hr = crop_to_scale(fit_max_side(full, None if max_side is None else max_side * pairs.scale).rgb, pairs.scale)
-    lr = make_lr(hr, scale=pairs.scale, level=level, seed=pairs.seed, name=f.stem)
-    if min(lr.shape[:2]) < limits.min_side:
-        raise ImageError(f"{f}: its x{pairs.scale} LR ({lr.shape[1]}x{lr.shape[0]}) is below limits.min_side")
-    img = Image(rgb=lr, path=f)
-    return Item(name=pairs.item_name(f.stem, level), path=f, image=img,
-                content_hash=array_hash(lr) + array_hash(hr)[:16], hr=hr)
+    out = []
+    for level in pairs.levels:
+        lr = make_lr(hr, scale=pairs.scale, level=level, seed=pairs.seed, name=f.stem)
+        if min(lr.shape[:2]) < limits.min_side:
+            raise ImageError(f"{f}: its x{pairs.scale} LR ({lr.shape[1]}x{lr.shape[0]}) is below limits.min_side")
+        out.append(Item(name=pairs.item_name(f.stem, level), path=f, image=Image(rgb=lr, path=f),
+                        content_hash=array_hash(lr) + array_hash(hr)[:16], hr=hr, level=level))
+    return out

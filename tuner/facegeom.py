@@ -77,3 +77,20 @@ def skin_mask(rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
     if not is_grey:
         mask &= (cr >= 133) & (cr <= 180) & (cb >= 77) & (cb <= 135)
     return mask
+
+
+def cheek_crop(mask: np.ndarray, size: int = 96) -> tuple[slice, slice] | None:
+    """A ``size`` square centred on the skin pixel deepest inside the skin mask (a cheek)."""
+    if not mask.any():
+        return None
+    dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
+    cy, cx = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return window(mask.shape, float(cy), float(cx), size)
+
+
+def window(hw: tuple[int, int], cy: float, cx: float, size: int) -> tuple[slice, slice]:
+    """A ``size`` square (smaller where the image is) centred on (cy, cx), kept inside ``hw``."""
+    h, w = hw
+    y0 = int(min(max(cy - size / 2, 0), max(h - size, 0)))
+    x0 = int(min(max(cx - size / 2, 0), max(w - size, 0)))
+    return slice(y0, min(y0 + size, h)), slice(x0, min(x0 + size, w))

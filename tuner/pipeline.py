@@ -31,7 +31,7 @@ from .hashing import array_hash, make_key
 from .images import Image, prefilter, reference_upscale, resize
 from .memory import Plan, format_gb, make_plan, output_size
 from .spec import TILE_AUTO, Params, PipelineSpec
-from .texture import match_texture, predicted_gap
+from .texture import GAP_SCALE, match_texture, predicted_gap
 from .upscale import UpscaleOptions, Upscaler, interpolate
 from .weights import ModelSpec, WeightStore, content_hash, load_state_dict
 
@@ -298,6 +298,9 @@ class Pipeline:
             assert skin is not None
             target = params.texture_target
             if params.texture_anchor == "predicted":
+                if abs(scale - GAP_SCALE) > 0.01:
+                    raise ConfigError(f"params.texture_anchor=predicted is fitted at x{GAP_SCALE}; this pipeline "
+                                      f"upscales x{scale:g} (use texture_anchor=lanczos)")
                 gap = predicted_gap(image.rgb, skin_mask(image.rgb, faces))
                 target += gap
             out, texture = match_texture(out, ref, skin, scale=scale, target=target, seed=int(ihash[:12], 16))

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError
-from .facegeom import Face, faces_from_array, skin_mask
+from .facegeom import Face, cheek_crop, faces_from_array, skin_mask, window
 from .images import atomic_write_bytes, decode, luminance, reference_upscale
 
 CROP = 192  # px of a face crop at 100 % (output pixels, no resampling)
@@ -105,25 +105,7 @@ def subplots(n: int, height: float, *, width: float = 2.6) -> tuple[Any, Any]:
 def face_crop(img: np.ndarray, face_out: Face, size: int = CROP) -> tuple[slice, slice]:
     """A ``size`` square at 100 % centred on the face (output px), clipped to the image."""
     cx, cy = (face_out.box[0] + face_out.box[2]) / 2, (face_out.box[1] + face_out.box[3]) / 2
-    return _window(img.shape[:2], cy, cx, size)
-
-
-def cheek_crop(mask: np.ndarray, size: int = CHEEK) -> tuple[slice, slice] | None:
-    """A ``size`` square centred on the skin pixel deepest inside the skin mask (a cheek)."""
-    import cv2
-
-    if not mask.any():
-        return None
-    dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
-    cy, cx = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return _window(mask.shape, float(cy), float(cx), size)
-
-
-def _window(hw: tuple[int, int], cy: float, cx: float, size: int) -> tuple[slice, slice]:
-    h, w = hw
-    y0 = int(min(max(cy - size / 2, 0), max(h - size, 0)))
-    x0 = int(min(max(cx - size / 2, 0), max(w - size, 0)))
-    return slice(y0, min(y0 + size, h)), slice(x0, min(x0 + size, w))
+    return window(img.shape[:2], cy, cx, size)
 
 
 def heat(tex: np.ndarray, target: float) -> np.ndarray:
@@ -148,7 +130,7 @@ def board(label: str, inp: np.ndarray, sides: Mapping[str, np.ndarray], faces: l
     ref = reference_upscale(inp, hw)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in ["input (Lanczos)", *sides])
     if not faces:  # whole-image metrics still apply: show the centre at 100 %
-        centre = _window(hw, hw[0] / 2, hw[1] / 2, CROP)
+        centre = window(hw, hw[0] / 2, hw[1] / 2, CROP)
         row = "".join(f"<td>{png(c)}</td>" for c in [ref[centre], *[o[centre] for o in outs]])
         return (f"<div class=board><b>{html.escape(label)}</b> (no face detected: the centre)<table><tr>{head}</tr>"
                 f"<tr>{row}</tr></table></div>")

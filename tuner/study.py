@@ -40,7 +40,6 @@ from .storage import (
     StudyLock,
     StudySettings,
     first_beat,
-    first_line,
     heartbeat_enabled,
     make_storage,
     outage_within,
@@ -49,6 +48,7 @@ from .storage import (
     retrying,
     worker_id,
 )
+from .texture import GAP_FIT
 from .tracking import Tracker
 from .trials import TrialRunner, run_trial
 from .weights import WeightStore
@@ -118,7 +118,7 @@ def study_identity(base: PipelineSpec, base_params: Params, space: Mapping[str, 
                          "outscale": base.outscale, "blend_variant": base_params.blend_variant,
                          "face_upsample": base_params.face_upsample, "detector": base.detector,
                          "detection_threshold": base.detection_threshold, "half": base.half,
-                         **({"texture_anchor": base_params.texture_anchor}
+                         **({"texture_anchor": base_params.texture_anchor, "texture_predictor": GAP_FIT}
                             if base_params.texture_anchor != "lanczos" else {})},
             # the knobs that are not searched stay at these values
             "params": {**{k: getattr(base_params, k) for k in ("tile", "denoise", "face_weight", "blend")},
@@ -208,7 +208,7 @@ def run_tune(job: TuneJob) -> int:
                 study.set_user_attr("mlflow_parent_run_id", parent)
         return storage, study, parent
 
-    held_out = None if job.validation is None else runner.on(job.validation)
+    held_out = runner.on(job.validation) if job.validation is not None and job.validation.items else None
     try:
         storage, study, parent = retrying(open_study, what="opening the study", seconds=st.storage_retry_s)
         worker_loop(study, storage, runner, st, objective, tracker, parent, lock, run_dir, job.contact_sheet_faces)
@@ -356,7 +356,7 @@ def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialR
              "constraints: per image (every image must hold; the worst image is shown) unless reduce: mean"]
     for d in study.user_attrs["tuner"].get("dropped_knobs", []):
         lines.append(f"DROPPED knob -- {d}")
-    rc = 0
+    rc, claimed = 0, False
     try:
         trial, gates = retrying(lambda: best_trial(study, objective, allow_infeasible=st.allow_infeasible),
                                 what="choosing the best trial", seconds=st.storage_retry_s)
@@ -377,20 +377,19 @@ def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialR
         lines += ["metrics (image means): " + ", ".join(f"{k}={v:.3f}" for k, v in preset["metrics"].items()
                                                        if v is not None),
                   f"preset: {path}", f"tuned outputs: {run_dir / 'best_outputs'}"]
-        if held_out is not None:  # does it transfer? the held-out split against its truth
-            try:
-                lines += validate.run(study, objective, held_out, run_dir)
-            except TunerError as e:  # the preset stands; say why there is no table
-                lines.append(f"validation failed: {first_line(e)}")
         # every worker writes the (same) preset beside it; MLflow's study run gets it once
-        if retrying(functools.partial(_claim_parent_log, study, lock, trial.number, sum(states.values())),
-                    what="claiming the study's result", seconds=st.storage_retry_s):
+        claimed = retrying(functools.partial(_claim_parent_log, study, lock, trial.number, sum(states.values())),
+                           what="claiming the study's result", seconds=st.storage_retry_s)
+        if claimed:
             tracker.log_parent(parent, metrics={"best_value": trial.values[0]}, artifacts=[path],
                                tags={"best_trial": str(trial.number)})
     except ConfigError as e:
         lines.append(f"no preset exported: {e}")
         rc = 1
     atomic_write_bytes(run_dir / "summary.txt", ("\n".join(lines) + "\n").encode())
+    if rc == 0 and held_out is not None and claimed:  # does it transfer? once, by the worker that logged the result
+        lines += validate.lines(study, objective, held_out, run_dir, trial)
+        atomic_write_bytes(run_dir / "summary.txt", ("\n".join(lines) + "\n").encode())
     for line in lines:
         log.info("%s", line)
     if tracker.failures:

@@ -56,6 +56,8 @@ def mid(y: np.ndarray, s: float) -> np.ndarray:
 # and prints these numbers and the validation error).  Fitted at x4 only.
 GAP_FIT = {"intercept": 16.03, "s01": 2.21, "s12": -1.22, "noise": -0.74}
 GAP_FALLBACK = 3.2  # the train split's median gap, for an input whose skin is too small to read
+GAP_RANGE = (-1.5, 7.0)  # the truth's range on the train split (every level, 128 and 256 px): predictions are clipped to it
+GAP_SCALE = 4  # the upscale factor it was fitted at
 MIN_SKIN_PX = 50
 
 
@@ -77,13 +79,15 @@ def input_features(lr: np.ndarray, skin: np.ndarray) -> dict[str, float] | None:
 
 
 def predicted_gap(lr: np.ndarray, skin: np.ndarray) -> float:
-    """A real photograph's skin texture above a Lanczos upscale, octaves, predicted from the input
-    ``lr`` and its skin mask alone (:data:`GAP_FIT`); :data:`GAP_FALLBACK` where the skin is too
-    small to read."""
+    """A real photograph's skin texture above a Lanczos upscale at x4, octaves, predicted from the
+    input ``lr`` and its skin mask alone (:data:`GAP_FIT`), clipped to :data:`GAP_RANGE` (a flat,
+    noiseless skin would otherwise extrapolate to ~18 octaves); :data:`GAP_FALLBACK` where the skin
+    is too small to read."""
     f = input_features(lr, skin)
     if f is None:
         return GAP_FALLBACK
-    return GAP_FIT["intercept"] + sum(GAP_FIT[k] * v for k, v in f.items())
+    gap = GAP_FIT["intercept"] + sum(GAP_FIT[k] * v for k, v in f.items())
+    return float(min(max(gap, GAP_RANGE[0]), GAP_RANGE[1]))
 
 
 def _solve(a: float, b: float, c: float, target: float, hi: float) -> float:

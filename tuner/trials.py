@@ -299,15 +299,20 @@ def per_image_values(rows: list[dict[str, Any]], names: list[str]) -> dict[str, 
     return out
 
 
+def baseline_settings(study: Any, runner: TrialRunner) -> Params:
+    """Trial 0's params: the configured ones with the searched knobs at their baseline values."""
+    return Params(**{**asdict(runner.base_params), **study.user_attrs.get("baseline_params", {})})
+
+
 def ensure_baseline(study: Any, runner: TrialRunner, objective: O.Objective) -> dict[str, Any] | None:
     """The baseline trial's per-image values; recomputed (from cached stages) when trial 0 has
     not finished, failed or was lost, so a relative gate is never silently off."""
     baseline = study.user_attrs.get("baseline")
     if baseline is not None or not objective.needs_baseline():
         return baseline
-    bp = {**asdict(runner.base_params), **study.user_attrs.get("baseline_params", {})}
+    bp = baseline_settings(study, runner)
     log.info("baseline values missing (trial 0 not finished); computing them with %s", bp)
-    rows, _ = runner.evaluate(runner.base, Params(**bp))
+    rows, _ = runner.evaluate(runner.base, bp)
     baseline = per_image_values(rows, [c.metric for c in objective.constraints])
     study.set_user_attr("baseline", baseline)
     return baseline

@@ -11,8 +11,9 @@ Three rows, each per degradation level of the pairs (``clean`` = none):
 
 Per row: faces whose skin texture is within +-0.5 octave of the real photograph's
 (``texture_hr``), its median, the skin-statistics distance (``lbp_hr``), HaarPSI, the *worst*
-identity distance and the *worst* LR-PSNR change against the defaults on the same image (a
-guard rail is per image).  Written to ``validation.csv`` (per image) and ``validation.txt`` in
+identity distance, the *worst* LR-PSNR change against the defaults on the same image, and the
+study's own gates on the held-out images (each on every image, relative ones against the
+defaults row, as the study's baseline) -- a guard rail is per image.  Written to ``validation.csv`` (per image) and ``validation.txt`` in
 the run directory, with ``cheeks.png``: 100 % cheek crops per validation face (input Lanczos |
 defaults | best fixed | tuned | truth), because people check texture by eye.
 """
@@ -29,13 +30,13 @@ import numpy as np
 import pandas as pd
 
 from . import objective as O
-from .dataset import Dataset
 from .errors import ConfigError
 from .export import best_trial
-from .facegeom import skin_mask
+from .facegeom import cheek_crop, skin_mask
 from .images import atomic_write_bytes, encode, from_array
 from .pipeline import Params, Result
-from .report import cheek_crop
+from .storage import first_line
+from .trials import baseline_settings, per_image_values
 
 log = logging.getLogger("tuner")
 
@@ -44,37 +45,32 @@ WITHIN = 0.5  # octaves
 CROP = 96
 
 
-def level_of(name: str, ds: Dataset) -> str:
-    """The degradation level of item ``name`` (``<stem>@<level>`` with several levels)."""
-    assert ds.pairs is not None
-    level = name.rsplit("@", 1)[1] if "@" in name else ds.pairs.levels[0]
-    return "clean" if level == "none" else level
-
-
-def rows_to_score(study: Any, objective: O.Objective, runner: Any) -> list[tuple[str, str, Any, Params]]:
-    """(label, trial number or "-", spec, params) of the three rows; the fixed row is left out where
-    no trial with the policy off holds every gate."""
-    base = replace(runner.base_params, **{**(study.user_attrs.get("baseline_params") or {}), "texture_target": None})
-    out: list[tuple[str, str, Any, Params]] = [("model defaults", "baseline", runner.base, base)]
+def rows_to_score(study: Any, objective: O.Objective, runner: Any, tuned: Any) -> list[tuple[str, str, Any, Params]]:
+    """(label, trial number, spec, params) of the three rows: the study's baseline settings with the
+    policy off, the best trial with the policy off that holds every gate (left out, with a warning,
+    where there is none), and ``tuned``, the exported trial."""
+    out: list[tuple[str, str, Any, Params]] = [
+        ("model defaults", "baseline", runner.base, replace(baseline_settings(study, runner), texture_target=None))]
     try:
         fixed, _ = best_trial(study, objective, allow_infeasible=False,
                               keep=lambda t: t.user_attrs["settings"]["params"].get("texture_target") is None)
         out.append(("best fixed global", str(fixed.number), *runner.settings_of(fixed)))
     except ConfigError as e:  # no such trial: the table says so, the other rows still run
         log.warning("validation: no fixed global row: %s", e)
-    tuned, _ = best_trial(study, objective, allow_infeasible=True)
     out.append(("tuned", str(tuned.number), *runner.settings_of(tuned)))
     return out
 
 
-def table(per_image: pd.DataFrame) -> pd.DataFrame:
-    """The per-row, per-set summary of ``per_image`` (columns row, trial, set, image and metrics)."""
-    base = per_image[per_image.row == "model defaults"].set_index("image")["lr_psnr"]
+def table(per_image: pd.DataFrame, base: str = "model defaults",
+          gates: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
+    """The per-row, per-set summary of ``per_image`` (columns row, trial, set, image and metrics);
+    LR-PSNR is compared per image with row ``base``; ``gates[(row, set)]`` is shown where given."""
+    ref = per_image[per_image.row == base].set_index(["set", "image"])["lr_psnr"]
     out = []
     for (row, trial, level), d in per_image.groupby(["row", "trial", "set"], sort=False):
         t = d.texture_hr.to_numpy(float)
         ok = t[np.isfinite(t)]
-        drop = d.lr_psnr.to_numpy(float) - base.reindex(d.image).to_numpy(float)
+        drop = d.lr_psnr.to_numpy(float) - ref.reindex(pd.MultiIndex.from_frame(d[["set", "image"]])).to_numpy(float)
         out.append({"set": level, "row": row, "trial": trial, "faces": len(ok),
                     f"within {WITHIN:g} oct": f"{int(np.sum(np.abs(ok) <= WITHIN))}/{len(ok)}",
                     "texture_hr median": float(np.median(ok)) if len(ok) else math.nan,
@@ -82,36 +78,58 @@ def table(per_image: pd.DataFrame) -> pd.DataFrame:
                     **({"haarpsi_hr": float(np.nanmean(d.haarpsi_hr))} if "haarpsi_hr" in d else {}),
                     "identity max": float(np.nanmax(d.identity)) if d.identity.notna().any() else math.nan,
                     "lr_psnr mean": float(np.nanmean(d.lr_psnr)),
-                    "lr_psnr worst vs defaults": float(np.nanmin(drop)) if np.isfinite(drop).any() else math.nan})
-    return pd.DataFrame(out).sort_values(["set", "row"], kind="stable", key=lambda c: c.map(_ORDER).fillna(0))
+                    "lr_psnr worst vs defaults": float(np.nanmin(drop)) if np.isfinite(drop).any() else math.nan,
+                    **({"gates (every image)": gates.get((row, level), "")} if gates is not None else {})})
+    sets = list(dict.fromkeys(per_image.set))  # first-seen order: the dataset's
+    return pd.DataFrame(out).sort_values("set", kind="stable", key=lambda c: c.map(sets.index))
 
 
-_ORDER = {"clean": 0, "model defaults": 0, "best fixed global": 1, "tuned": 2}
+def lines(study: Any, objective: O.Objective, runner: Any, run_dir: Path, tuned: Any) -> list[str]:
+    """:func:`run`'s summary lines, or one saying why it failed (the study's preset stands either way)."""
+    try:
+        return run(study, objective, runner, run_dir, tuned)
+    except Exception as e:  # logged with its traceback, and said in the summary: not swallowed
+        log.exception("validation of the held-out split failed")
+        return [f"validation failed: {first_line(e)}"]
 
 
-def run(study: Any, objective: O.Objective, runner: Any, run_dir: Path) -> list[str]:
+def run(study: Any, objective: O.Objective, runner: Any, run_dir: Path, tuned: Any) -> list[str]:
     """Score the three rows on ``runner``'s dataset (the validation split); write the files; return
     the table as summary lines."""
     ds = runner.dataset
     missing = [m for m in NEEDS if m not in runner.metric_names]
     if missing:
         return [f"validation: not run: the metric set lacks {missing}"]
-    records, outputs = [], {}
-    for label, trial, spec, params in rows_to_score(study, objective, runner):
-        rows, results = runner.evaluate(spec, params)
-        outputs[label] = results
+    records, outputs, rows_of = [], {}, {}
+    for label, trial, spec, params in rows_to_score(study, objective, runner, tuned):
+        rows, outputs[label] = runner.evaluate(spec, params)
+        rows_of[label] = rows
         for r in rows:
-            records.append({"row": label, "trial": trial, "set": level_of(r["image"], ds), "image": r["image"],
+            records.append({"row": label, "trial": trial, "set": level_name(ds.items[r["index"]]), "image": r["image"],
                             **{m: r.get(m, math.nan) for m in (*NEEDS, "haarpsi_hr", "pores_hr")
                                if m in runner.metric_names}})
+    # the study's gates on the held-out images; relative ones against the defaults row (the baseline)
+    baseline: dict[str, Any] = per_image_values(rows_of["model defaults"], [c.metric for c in objective.constraints])
+    gates = {}
+    for label, rows in rows_of.items():
+        for level in dict.fromkeys(level_name(it) for it in ds.items):
+            subset = [r for r in rows if level_name(ds.items[r["index"]]) == level]
+            bad = [f"{c.describe().split(' (')[0]}: {g.value:.3g} ({g.image})"
+                   for c, g in zip(objective.constraints, objective.gates(subset, baseline), strict=True)
+                   if g.violation > 0]
+            gates[(label, level)] = "; ".join(bad) if bad else "all hold"
     per_image = pd.DataFrame(records)
     atomic_write_bytes(run_dir / "validation.csv", per_image.to_csv(index=False).encode())
-    summary = table(per_image)
-    text = summary.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+    text = table(per_image, gates=gates).to_string(index=False, float_format=lambda v: f"{v:.3f}")
     atomic_write_bytes(run_dir / "validation.txt", (f"validation split: {len(ds.items)} images\n{text}\n").encode())
     sheet = cheek_sheet(ds.items, outputs, run_dir / "cheeks.png")
     return [f"validation ({len(ds.items)} held-out images; {run_dir / 'validation.txt'}):", *text.splitlines(),
             f"cheek crops: {sheet}" if sheet else "cheek crops: no face with enough skin"]
+
+
+def level_name(item: Any) -> str:
+    """The set a held-out item belongs to: ``clean`` or its degradation level."""
+    return "clean" if item.level in (None, "none") else str(item.level)
 
 
 def cheek_sheet(items: list[Any], outputs: dict[str, list[Result]], path: Path) -> Path | None:

@@ -25,7 +25,7 @@ import math
 import cv2
 import numpy as np
 
-from ..texture import hf, mid, predicted_gap
+from ..texture import GAP_SCALE, hf, mid, predicted_gap
 from .context import Context
 
 LBP_POINTS, LBP_RADIUS = 8, 1
@@ -83,6 +83,9 @@ def texture_excess(ctx: Context) -> float:
     truth itself on soft, degraded inputs (their real photographs sit 4-7 octaves, 12-20 dB, above a
     Lanczos upscale); this one moves with what the input allows.
     """
+    if abs(ctx.ref.scale - GAP_SCALE) > 0.01:
+        ctx.notes["texture_excess"] = f"the texture predictor is fitted at x{GAP_SCALE}"
+        return math.nan
     c = crunch(ctx)
     if math.isnan(c):
         return c
