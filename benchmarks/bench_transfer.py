@@ -139,12 +139,16 @@ def fit(max_side: int) -> None:
     print(f"truth's skin texture above a Lanczos upscale, octaves ({len(train)} train, {len(val)} validation rows):")
     for (side, level), d in df.groupby(["side", "level"]):
         t = d[~d.val]
-        print(f"  LR {side} px, {level}: train median {t.gap.median():.2f} (range {d.gap.min():.2f}..{d.gap.max():.2f})")
+        print(f"  LR {side} px, {level}: train median {t.gap.median():.2f} (train range {t.gap.min():.2f}..{t.gap.max():.2f})")
+    both = train[(train.side == max_side) & train.level.isin(["none", "medium"])]
+    print(f"  train median at LR {max_side} px, clean + medium: {both.gap.median():.2f} (a fixed target above Lanczos); "
+          f"train range, all rows: {train.gap.min():.2f}..{train.gap.max():.2f} (tuner.texture.GAP_RANGE)")
     print("  predictor (train fit): " + ", ".join(f"{k} {v:.2f}" for k, v in zip(["intercept", *names], coef, strict=True))
           + "; shipped in tuner.texture.GAP_FIT: " + ", ".join(f"{v:.2f}" for v in shipped))
     loo = [np.abs(predict(lstsq(train[train.face != f]), d) - d.gap) for f, d in train.groupby("face")]
     print(f"  leave-one-face-out on train: median |error| {np.median(np.concatenate(loo)):.2f} octave")
-    const = train.gap.median()
+    const = train.gap.median()  # tuner.texture.GAP_FALLBACK
+    print(f"  train median, all rows: {const:.2f} (tuner.texture.GAP_FALLBACK, and the constant compared below)")
     for (side, level), d in val.groupby(["side", "level"]):
         err, err_c = np.abs(predict(shipped, d) - d.gap), np.abs(d.gap - const)
         print(f"  validation, LR {side} px, {level}: median |error| {np.median(err):.2f} octave, within 0.5: "

@@ -243,10 +243,11 @@ def test_default_colour_gate_separates_shifts_from_sharpening(portrait):
 @pytest.mark.slow
 def test_texture_excess_passes_real_skin_where_a_fixed_crunch_band_fails_it():
     """The truth itself (the real photograph behind each LR/HR pair) against the two crunch gates,
-    at an LR size the predictor was not fitted at (192 px): on degraded inputs many real photographs
-    sit above ``crunch <= 11 dB`` (calibrated on clean downscales), while ``texture_excess <= 1``
-    octave passes nearly all of them, sits near 0 on most, and rises on every face when the same
-    photograph is unsharp-masked (amount 1)."""
+    at an LR size the predictor was not fitted at (192 px; most portraits are train ones): on
+    degraded inputs many real photographs sit above ``crunch <= 11 dB`` (calibrated on clean
+    downscales), while ``texture_excess <= 1`` octave passes nearly all of them and sits within an
+    octave of 0 on most; an unsharp mask (amount 1) of the same photograph raises it on every face
+    (through crunch: the prediction is the input's, the same for both)."""
     from tuner.dataset import Pairs, load
 
     detect = FaceDetector()

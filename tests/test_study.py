@@ -179,9 +179,10 @@ def test_bad_images_are_skipped_and_empty_dataset_is_an_error(tmp_path, tiny_wei
     ("face.detector=retinaface", "face.detector is now detection.detector"),
     ("+blend_variant=skin", "blend_variant is now params.blend_variant"),
     ("detection.threshold=1.5", "detection.threshold"),
+    ("params.texture_anchor=predicted upscale.outscale=2", "fitted at x4"),
 ])
 def test_config_errors_before_any_model_loads(tmp_path, portraits, override, message, run_cli):
-    r = run_cli(*_tune_args(tmp_path, portraits, "cfg", override), cwd=tmp_path)  # no weights in tmp_path
+    r = run_cli(*_tune_args(tmp_path, portraits, "cfg", *override.split()), cwd=tmp_path)  # no weights in tmp_path
     assert r.returncode == 1 and message in r.stderr, r.stderr[-2000:]
 
 

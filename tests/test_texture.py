@@ -142,6 +142,7 @@ def test_the_prediction_is_refused_at_another_scale(tiny_weights):
     an = M.InputAnalysis(it.image.rgb, res.faces or FaceDetector()(it.image.rgb), res.image.rgb.shape[:2])
     ctx = M.Context(res.image.rgb, an)
     assert math.isnan(M.score(ctx, ["texture_excess"])["texture_excess"])
+    assert "fitted at x4" in ctx.notes["texture_excess"]  # NaN for that reason, not for want of a face
 
 
 def test_more_noise_predicts_less_texture_above_lanczos(cases):

@@ -59,6 +59,9 @@ def test_the_default_study_tunes_the_policy_and_reports_the_held_out_split(tmp_p
     summary = (run / "summary.txt").read_text()
     assert "validation (2 held-out images" in summary and "within 0.5 oct" in summary
     assert "gates (every image)" in summary  # the study's own guard rails, on the held-out images
+    rows_txt = [ln for ln in (run / "validation.txt").read_text().splitlines()[2:] if ln.strip()]
+    assert len(rows_txt) == 2 * len(rows)
+    assert all(ln.rstrip().endswith("all hold") or "(A02_usnavy_grace_hopper@" in ln for ln in rows_txt), rows_txt
     assert (run / "validation.txt").read_text().count("model defaults") == 2
     # the contact sheet: one row per held-out face, input Lanczos | each row | truth, at 100 %
     with PILImage.open(run / "cheeks.png") as im:
@@ -72,18 +75,25 @@ def test_the_default_study_tunes_the_policy_and_reports_the_held_out_split(tmp_p
     for name in train:
         assert (tmp_path / "out" / name).read_bytes() == (run / "best_outputs" / name).read_bytes(), name
 
+    # the same command again: nothing to run, and the summary still carries the held-out table
+    before = (run / "validation.txt").read_text()
+    r = run_cli(*args, cwd=tmp_path, env={"TUNER_CACHE_DIR": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (run / "validation.txt").read_text() == before
+    assert "validation (" in (run / "summary.txt").read_text() and "within 0.5 oct" in (run / "summary.txt").read_text()
+
 
 def test_the_table_counts_faces_per_set_and_reports_the_worst_image():
     rows = []
     for level in ("clean", "medium"):  # the same portraits in two sets: compared within each set
         shift = 0.0 if level == "clean" else -3.0
-        for row, tex, psnr, ident in (("model defaults", [-2.0, -1.8], [30.0, 34.0], [0.2, 0.25]),
-                                      ("tuned", [0.3, -0.7], [31.5, 32.5], [0.1, 0.5])):
-            for img, t, p, d in zip(("a", "b"), tex, psnr, ident, strict=True):
+        for row, tex, psnr, ident, hp in (("model defaults", [-2.0, -1.8], [30.0, 34.0], [0.2, 0.25], [0.8, 0.8]),
+                                          ("tuned", [0.3, -0.7], [31.5, 32.5], [0.1, 0.5], [0.95, 0.7])):
+            for img, t, p, d, h in zip(("a", "b"), tex, psnr, ident, hp, strict=True):
                 rows.append({"row": row, "trial": "1", "set": level, "image": img, "texture_hr": t,
-                             "lbp_hr": 0.1, "identity": d, "lr_psnr": p + shift})
+                             "lbp_hr": 0.1, "identity": d, "lr_psnr": p + shift, "haarpsi_hr": h})
     rows.append({"row": "tuned", "trial": "1", "set": "clean", "image": "c", "texture_hr": math.nan,
-                 "lbp_hr": math.nan, "identity": math.nan, "lr_psnr": 33.0})  # no face: not counted as a face
+                 "lbp_hr": math.nan, "identity": math.nan, "lr_psnr": 33.0, "haarpsi_hr": 0.9})  # no face: not counted
     t = table(pd.DataFrame(rows), gates={("tuned", "clean"): "identity: 0.5 (b)"})
     clean = t[t.set == "clean"].set_index("row")
     assert list(t.set) == ["clean", "clean", "medium", "medium"]
@@ -95,6 +105,8 @@ def test_the_table_counts_faces_per_set_and_reports_the_worst_image():
     assert clean.loc["model defaults", "lr_psnr worst vs defaults"] == 0.0
     assert t[t.set == "medium"].set_index("row").loc["tuned", "lr_psnr worst vs defaults"] == pytest.approx(-1.5)
     assert clean.loc["tuned", "gates (every image)"] == "identity: 0.5 (b)"
+    # HaarPSI's mean rises (0.825 vs 0.8), but image b lost 0.1: shown per image too
+    assert clean.loc["tuned", "haarpsi_hr worst vs defaults"] == pytest.approx(-0.1)
 
 
 def test_the_rows_are_the_baseline_the_best_trial_with_the_policy_off_and_the_exported_one():

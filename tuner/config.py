@@ -169,11 +169,8 @@ def pipeline_config(cfg: Any) -> PipelineConfig:
     detector, threshold = detection(cfg)
     dni_plan(model, partner, params.denoise)  # validates denoise against the model
     spec = PipelineSpec(
-        model=model,
-        face=face,
-        partner=partner,
-        tile_pad=int(up.get("tile_pad", 10)),
-        pre_pad=int(up.get("pre_pad", 10)),
+        model=model, face=face, partner=partner,
+        tile_pad=int(up.get("tile_pad", 10)), pre_pad=int(up.get("pre_pad", 10)),
         overlap=int(up.get("overlap", 0)),
         outscale=None if up.get("outscale") is None else float(up["outscale"]),
         half=bool(up.get("half", False)),
@@ -187,6 +184,9 @@ def pipeline_config(cfg: Any) -> PipelineConfig:
         raise ConfigError("upscale.tile_pad, pre_pad and overlap must be >= 0")
     if isinstance(params.tile, int) and params.tile and spec.overlap * 2 >= params.tile:
         raise ConfigError(f"upscale.overlap={spec.overlap} must be less than half of params.tile={params.tile}")
+    if params.texture_anchor == "predicted" and model.arch.get("type") != "auto" and (spec.outscale or model.scale) != 4:
+        raise ConfigError(f"params.texture_anchor=predicted is fitted at x4; this pipeline upscales "
+                          f"x{spec.outscale or model.scale:g} (use params.texture_anchor=lanczos)")
     return PipelineConfig(spec=spec, params=params, store=store, cache=stage_cache(cfg))
 
 

@@ -48,7 +48,7 @@ from .storage import (
     retrying,
     worker_id,
 )
-from .texture import GAP_FIT
+from .texture import PREDICTOR
 from .tracking import Tracker
 from .trials import TrialRunner, run_trial
 from .weights import WeightStore
@@ -118,7 +118,7 @@ def study_identity(base: PipelineSpec, base_params: Params, space: Mapping[str, 
                          "outscale": base.outscale, "blend_variant": base_params.blend_variant,
                          "face_upsample": base_params.face_upsample, "detector": base.detector,
                          "detection_threshold": base.detection_threshold, "half": base.half,
-                         **({"texture_anchor": base_params.texture_anchor, "texture_predictor": GAP_FIT}
+                         **({"texture_anchor": base_params.texture_anchor, "texture_predictor": PREDICTOR}
                             if base_params.texture_anchor != "lanczos" else {})},
             # the knobs that are not searched stay at these values
             "params": {**{k: getattr(base_params, k) for k in ("tile", "denoise", "face_weight", "blend")},
@@ -387,8 +387,8 @@ def finish(study: Any, st: StudySettings, objective: O.Objective, runner: TrialR
         lines.append(f"no preset exported: {e}")
         rc = 1
     atomic_write_bytes(run_dir / "summary.txt", ("\n".join(lines) + "\n").encode())
-    if rc == 0 and held_out is not None and claimed:  # does it transfer? once, by the worker that logged the result
-        lines += validate.lines(study, objective, held_out, run_dir, trial)
+    if rc == 0 and held_out is not None:  # does it transfer? scored by the worker that logged the result
+        lines += validate.lines(study, objective, held_out, run_dir, trial, rerun=claimed)
         atomic_write_bytes(run_dir / "summary.txt", ("\n".join(lines) + "\n").encode())
     for line in lines:
         log.info("%s", line)

@@ -55,10 +55,11 @@ def mid(y: np.ndarray, s: float) -> np.ndarray:
 # degradation level, LR max side 128 and 256; `python benchmarks/bench_transfer.py --fit` refits
 # and prints these numbers and the validation error).  Fitted at x4 only.
 GAP_FIT = {"intercept": 16.03, "s01": 2.21, "s12": -1.22, "noise": -0.74}
-GAP_FALLBACK = 3.2  # the train split's median gap, for an input whose skin is too small to read
-GAP_RANGE = (-1.5, 7.0)  # the truth's range on the train split (every level, 128 and 256 px): predictions are clipped to it
+GAP_FALLBACK = 3.06  # the train split's median gap (every level, both sizes), for skin too small to read
+GAP_RANGE = (0.3, 6.9)  # the truth's range on the train split (0.37..6.85; every level, 128 and 256 px): predictions are clipped to it
 GAP_SCALE = 4  # the upscale factor it was fitted at
 MIN_SKIN_PX = 50
+PREDICTOR = {"fit": GAP_FIT, "range": GAP_RANGE, "fallback": GAP_FALLBACK, "min_skin_px": MIN_SKIN_PX}  # all it is
 
 
 def input_features(lr: np.ndarray, skin: np.ndarray) -> dict[str, float] | None:

@@ -64,28 +64,39 @@ def rows_to_score(study: Any, objective: O.Objective, runner: Any, tuned: Any) -
 def table(per_image: pd.DataFrame, base: str = "model defaults",
           gates: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
     """The per-row, per-set summary of ``per_image`` (columns row, trial, set, image and metrics);
-    LR-PSNR is compared per image with row ``base``; ``gates[(row, set)]`` is shown where given."""
-    ref = per_image[per_image.row == base].set_index(["set", "image"])["lr_psnr"]
+    LR-PSNR and HaarPSI are compared per image with row ``base`` (the worst change is shown);
+    ``gates[(row, set)]`` is shown where given."""
+    ref = per_image[per_image.row == base].set_index(["set", "image"])
+
+    def worst_change(d: pd.DataFrame, m: str) -> float:  # per image against row ``base``, the worst one
+        diff = d[m].to_numpy(float) - ref[m].reindex(pd.MultiIndex.from_frame(d[["set", "image"]])).to_numpy(float)
+        return float(np.nanmin(diff)) if np.isfinite(diff).any() else math.nan
+
     out = []
     for (row, trial, level), d in per_image.groupby(["row", "trial", "set"], sort=False):
         t = d.texture_hr.to_numpy(float)
         ok = t[np.isfinite(t)]
-        drop = d.lr_psnr.to_numpy(float) - ref.reindex(pd.MultiIndex.from_frame(d[["set", "image"]])).to_numpy(float)
         out.append({"set": level, "row": row, "trial": trial, "faces": len(ok),
                     f"within {WITHIN:g} oct": f"{int(np.sum(np.abs(ok) <= WITHIN))}/{len(ok)}",
                     "texture_hr median": float(np.median(ok)) if len(ok) else math.nan,
                     "lbp_hr": float(np.nanmean(d.lbp_hr)) if d.lbp_hr.notna().any() else math.nan,
-                    **({"haarpsi_hr": float(np.nanmean(d.haarpsi_hr))} if "haarpsi_hr" in d else {}),
+                    **({"haarpsi_hr": float(np.nanmean(d.haarpsi_hr)),
+                        "haarpsi_hr worst vs defaults": worst_change(d, "haarpsi_hr")} if "haarpsi_hr" in d else {}),
                     "identity max": float(np.nanmax(d.identity)) if d.identity.notna().any() else math.nan,
                     "lr_psnr mean": float(np.nanmean(d.lr_psnr)),
-                    "lr_psnr worst vs defaults": float(np.nanmin(drop)) if np.isfinite(drop).any() else math.nan,
+                    "lr_psnr worst vs defaults": worst_change(d, "lr_psnr"),
                     **({"gates (every image)": gates.get((row, level), "")} if gates is not None else {})})
     sets = list(dict.fromkeys(per_image.set))  # first-seen order: the dataset's
     return pd.DataFrame(out).sort_values("set", kind="stable", key=lambda c: c.map(sets.index))
 
 
-def lines(study: Any, objective: O.Objective, runner: Any, run_dir: Path, tuned: Any) -> list[str]:
-    """:func:`run`'s summary lines, or one saying why it failed (the study's preset stands either way)."""
+def lines(study: Any, objective: O.Objective, runner: Any, run_dir: Path, tuned: Any, *, rerun: bool) -> list[str]:
+    """:func:`run`'s summary lines, or one saying why it failed (the study's preset stands either way).
+    Without ``rerun`` (another worker logged this result) an existing ``validation.txt`` for the
+    same trial is quoted instead of scored again."""
+    done = run_dir / "validation.txt"
+    if not rerun and done.is_file() and f"tuned trial {tuned.number}\n" in done.read_text():
+        return [f"validation ({done}):", *done.read_text().splitlines()[1:]]
     try:
         return run(study, objective, runner, run_dir, tuned)
     except Exception as e:  # logged with its traceback, and said in the summary: not swallowed
@@ -121,7 +132,8 @@ def run(study: Any, objective: O.Objective, runner: Any, run_dir: Path, tuned: A
     per_image = pd.DataFrame(records)
     atomic_write_bytes(run_dir / "validation.csv", per_image.to_csv(index=False).encode())
     text = table(per_image, gates=gates).to_string(index=False, float_format=lambda v: f"{v:.3f}")
-    atomic_write_bytes(run_dir / "validation.txt", (f"validation split: {len(ds.items)} images\n{text}\n").encode())
+    atomic_write_bytes(run_dir / "validation.txt",
+                       (f"validation split: {len(ds.items)} images, tuned trial {tuned.number}\n{text}\n").encode())
     sheet = cheek_sheet(ds.items, outputs, run_dir / "cheeks.png")
     return [f"validation ({len(ds.items)} held-out images; {run_dir / 'validation.txt'}):", *text.splitlines(),
             f"cheek crops: {sheet}" if sheet else "cheek crops: no face with enough skin"]
