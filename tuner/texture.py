@@ -19,7 +19,7 @@ Both act through a soft skin mask (1 on the skin, feathered to 0 within ~2 ``sca
 and both are deterministic: the grain's seed comes from the input's content hash.  Measured
 against ground truth (``python benchmarks/bench_transfer.py --fit``), a real photograph's skin
 carries more ``hf`` energy than the Lanczos upscale of its x4 downscale: 2.0-3.3 octaves (clean)
-and 1.4-5.5 (degraded, medium) at 128 px inputs, 2.4-4.5 and 1.2-6.9 at 256 px; see the README
+and 1.4-5.5 (degraded, medium) at 128 px inputs, 2.4-4.5 and 1.7-6.9 at 256 px (train split); see the README
 for what the policy does to ``texture_hr`` and ``lbp_hr``.
 
 Where the target is anchored (``params.texture_anchor``): ``lanczos`` -- ``target`` octaves above
