@@ -21,7 +21,6 @@ policy's fixed target; it also refits the no-reference predictor (``tuner.textur
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
@@ -98,14 +97,10 @@ def fit(max_side: int) -> None:
     """The truth's skin texture above Lanczos per face, and the no-reference predictor of it
     (:data:`tuner.texture.GAP_FIT`): refitted here on the train split of every degradation level
     at LR max side 128 and ``max_side``, and scored on the validation split."""
+    from tuner import metrics as M
     from tuner.degrade import LEVELS, in_validation
-    from tuner.facegeom import skin_mask
     from tuner.faces import FaceDetector
-    from tuner.images import luminance, reference_upscale
-    from tuner.texture import GAP_FIT, hf, input_features
-
-    def energy(y: np.ndarray, m: np.ndarray, s: float) -> float:
-        return float(np.mean(hf(y, s)[m] ** 2))
+    from tuner.texture import GAP_FIT, input_features
 
     rows = []
     detect = FaceDetector()
@@ -116,12 +111,12 @@ def fit(max_side: int) -> None:
                 faces = detect(lr)
                 if not faces:
                     continue
-                ref = reference_upscale(lr, hr.shape[:2])
-                m = skin_mask(ref, [f.scaled(4) for f in faces])
-                feats = input_features(lr, skin_mask(lr, faces))
-                if m.sum() < 200 or feats is None:
+                an = M.InputAnalysis(lr, faces, hr.shape[:2], hr=hr)
+                feats = input_features(lr, an.skin_in)
+                if an.skin_out.sum() < 200 or feats is None:
                     continue
-                gap = math.log2(energy(luminance(hr), m, 4) / energy(luminance(ref), m, 4))
+                # the truth's texture above R is -texture_hr of R itself
+                gap = -M.score(M.Context(an.reference, an), ["texture_hr"])["texture_hr"]
                 rows.append({"side": side, "level": level, "face": it.name, "val": in_validation(it.name),
                              "gap": gap, **feats})
     df = pd.DataFrame(rows)

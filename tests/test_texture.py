@@ -20,7 +20,7 @@ from tuner.facegeom import skin_mask
 from tuner.faces import FaceDetector
 from tuner.images import reference_upscale
 from tuner.pipeline import Params, Pipeline, PipelineSpec
-from tuner.texture import GAP_FALLBACK, GAP_RANGE, input_features, match_texture, predicted_gap
+from tuner.texture import GAP_FALLBACK, GAP_FIT, GAP_RANGE, input_features, match_texture, predicted_gap
 from tuner.weights import ModelSpec, WeightStore
 
 
@@ -115,7 +115,7 @@ def test_the_prediction_needs_enough_skin_and_stays_in_the_range_it_was_fitted_o
     assert input_features(rgb, skin) is None and predicted_gap(rgb, skin) == GAP_FALLBACK
     skin[:] = True  # flat, noiseless "skin": the linear fit alone would say ~18 octaves
     f = input_features(rgb, skin)
-    assert f is not None and 16.0 + 2.2 * f["s01"] - 1.2 * f["s12"] - 0.74 * f["noise"] > 10
+    assert f is not None and GAP_FIT["intercept"] + sum(GAP_FIT[k] * v for k, v in f.items()) > 10
     assert predicted_gap(rgb, skin) == GAP_RANGE[1]
 
 

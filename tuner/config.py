@@ -25,6 +25,7 @@ from .pipeline import Params, PipelineSpec, dni_plan
 from .settings import UPSCALE_KEYS
 from .spec import DEFAULT_MAX_OUTPUT_PIXELS, MemoryLimits
 from .storage import StudySettings, check_study_name
+from .texture import GAP_SCALE
 from .upscale import arch_scale
 from .weights import ModelSpec, WeightStore, catalogue, load_state_dict
 
@@ -184,8 +185,8 @@ def pipeline_config(cfg: Any) -> PipelineConfig:
         raise ConfigError("upscale.tile_pad, pre_pad and overlap must be >= 0")
     if isinstance(params.tile, int) and params.tile and spec.overlap * 2 >= params.tile:
         raise ConfigError(f"upscale.overlap={spec.overlap} must be less than half of params.tile={params.tile}")
-    if params.texture_anchor == "predicted" and model.arch.get("type") != "auto" and (spec.outscale or model.scale) != 4:
-        raise ConfigError(f"params.texture_anchor=predicted is fitted at x4; this pipeline upscales "
+    if params.texture_anchor == "predicted" and model.arch.get("type") != "auto" and (spec.outscale or model.scale) != GAP_SCALE:
+        raise ConfigError(f"params.texture_anchor=predicted is fitted at x{GAP_SCALE}; this pipeline upscales "
                           f"x{spec.outscale or model.scale:g} (use params.texture_anchor=lanczos)")
     return PipelineConfig(spec=spec, params=params, store=store, cache=stage_cache(cfg))
 

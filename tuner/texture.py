@@ -70,9 +70,8 @@ def input_features(lr: np.ndarray, skin: np.ndarray) -> dict[str, float] | None:
     None where the skin has under :data:`MIN_SKIN_PX` pixels."""
     if int(skin.sum()) < MIN_SKIN_PX:
         return None
-    y = luminance(lr)
-    g = [y] + [cv2.GaussianBlur(y, (0, 0), s) for s in (0.375, 0.75, 1.5)]
-    e = [float(np.mean((g[i] - g[i + 1])[skin] ** 2)) + 1e-12 for i in range(3)]
+    y = luminance(lr)  # the input's own top three octaves: the policy's bands at scale 1 and 2
+    e = [float(np.mean(b[skin] ** 2)) + 1e-12 for b in (hf(y, 1), mid(y, 1), mid(y, 2))]
     k = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
     lap = cv2.filter2D(y, -1, k)[1:-1, 1:-1]
     sigma = math.sqrt(math.pi / 2) * float(np.mean(np.abs(lap))) / 6 * 255

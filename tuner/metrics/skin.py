@@ -25,6 +25,7 @@ import math
 import cv2
 import numpy as np
 
+from ..images import luminance
 from ..texture import GAP_SCALE, hf, mid, predicted_gap
 from .context import Context
 
@@ -43,24 +44,28 @@ def _skin_crops(ctx: Context, name: str) -> tuple[np.ndarray, np.ndarray, np.nda
 _hf, _mid = hf, mid
 
 
-def _ref_energy(ctx: Context, key: str, band) -> float:  # type: ignore[no-untyped-def]
-    memo = ctx.ref.memo
+def skin_energy(ctx: Context, band, of: str = "output") -> float:  # type: ignore[no-untyped-def]
+    """Mean energy of ``band`` (:func:`_hf` or :func:`_mid`) over the skin crop of the output, of R
+    (``of="R"``) or of the ground truth (``of="HR"``); computed once per output (crunch, wax,
+    texture_excess and the *_hr metrics share it) or once per input.  Call after :func:`_skin_crops`."""
+    memo, key = (ctx.extras, f"e_{band.__name__}") if of == "output" else (ctx.ref.memo, f"e_{band.__name__}_{of}")
     if key not in memo:
         box = ctx.ref.skin_box
         assert box is not None
-        memo[key] = float(np.mean(band(ctx.ref.y_ref[box], ctx.ref.scale)[ctx.ref.skin_out[box]] ** 2))
-    return memo[key]
+        if of == "HR":
+            assert ctx.ref.hr is not None
+            y = luminance(ctx.ref.hr)
+        else:
+            y = ctx.y_out if of == "output" else ctx.ref.y_ref
+        memo[key] = float(np.mean(band(y[box], ctx.ref.scale)[ctx.ref.skin_out[box]] ** 2))
+    return float(memo[key])
 
 
 def _band_db(ctx: Context, name: str, band) -> float:  # type: ignore[no-untyped-def]
     """10*log10(E_band(O) / E_band(R)) over skin; NaN (noted) without skin."""
-    c = _skin_crops(ctx, name)
-    if c is None:
+    if _skin_crops(ctx, name) is None:
         return math.nan
-    yo, _, m = c
-    e_o = float(np.mean(band(yo, ctx.ref.scale)[m] ** 2))
-    e_r = _ref_energy(ctx, f"e_{band.__name__}_ref", band)
-    return 10.0 * math.log10((e_o + 1e-10) / (e_r + 1e-10))
+    return 10.0 * math.log10((skin_energy(ctx, band) + 1e-10) / (skin_energy(ctx, band, "R") + 1e-10))
 
 
 def crunch(ctx: Context) -> float:

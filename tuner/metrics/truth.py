@@ -23,7 +23,7 @@ import numpy as np
 
 from ..images import luminance
 from .context import Context
-from .skin import _hf, _lbp_codes, _mid, _skin_crops
+from .skin import _hf, _lbp_codes, _mid, _skin_crops, skin_energy
 
 
 def _truth(ctx: Context, name: str) -> np.ndarray | None:
@@ -34,19 +34,9 @@ def _truth(ctx: Context, name: str) -> np.ndarray | None:
 
 
 def _octaves(ctx: Context, name: str, band) -> float:  # type: ignore[no-untyped-def]
-    if _truth(ctx, name) is None:
+    if _truth(ctx, name) is None or _skin_crops(ctx, name) is None:
         return math.nan
-    c = _skin_crops(ctx, name)
-    if c is None:
-        return math.nan
-    yo, _, m = c
-    memo, key = ctx.ref.memo, f"hr_{band.__name__}"
-    if key not in memo:
-        box = ctx.ref.skin_box
-        assert box is not None and ctx.ref.hr is not None
-        memo[key] = float(np.mean(band(luminance(ctx.ref.hr)[box], ctx.ref.scale)[m] ** 2))
-    e_o = float(np.mean(band(yo, ctx.ref.scale)[m] ** 2))
-    return math.log2((e_o + 1e-10) / (memo[key] + 1e-10))
+    return math.log2((skin_energy(ctx, band) + 1e-10) / (skin_energy(ctx, band, "HR") + 1e-10))
 
 
 def texture_hr(ctx: Context) -> float:
