@@ -142,8 +142,8 @@ def test_a_worker_killed_on_postgres_has_its_trial_failed_and_requeued(tmp_path,
                  "study.heartbeat.grace_period=3", "tracking=none", "study.pruner.enabled=false")
     victim, survivor = _spawn(args, tmp_path, n=2)
 
-    def victims_running(ts):
-        return [t.number for t in ts if t.state.name == "RUNNING"
+    def victims_running(ts):  # inside a trial: claimed by the victim and its parameters drawn (claim comes first)
+        return [t.number for t in ts if t.state.name == "RUNNING" and t.params
                 and t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
 
     running = []
