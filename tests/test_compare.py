@@ -164,6 +164,28 @@ def test_gates_count_a_missing_candidate_value_and_skip_what_cannot_be_checked()
         C.Rules.from_mapping({"gates": {"identity": {"max": None}}})
 
 
+def test_an_absolute_gate_relaxed_to_the_baseline_follows_what_the_input_allows():
+    """Real degraded inputs: the model as shipped already halos past the clean-calibrated 0.03 (0.067
+    measured), so an absolute edge_halo gate fails every candidate there, better or not.  Relaxed to the
+    baseline, per image: no worse than the baseline where the baseline is above the band, the band elsewhere."""
+    base = C.SideRun(rows={"soft": {"edge_halo": 0.067}, "clean": {"edge_halo": 0.014}})
+    better = C.SideRun(rows={"soft": {"edge_halo": 0.05}, "clean": {"edge_halo": 0.02}})
+    worse = C.SideRun(rows={"soft": {"edge_halo": 0.07}, "clean": {"edge_halo": 0.02}})
+    crunchy = C.SideRun(rows={"soft": {"edge_halo": 0.05}, "clean": {"edge_halo": 0.035}})
+    absolute = C.GateRule("edge_halo", max=0.03)
+    relaxed = C.GateRule("edge_halo", max=0.03, relax_to_baseline=0.0)
+    assert [f["image"] for f in C.gate_result(absolute, ["soft", "clean"], base, better)["failing"]] == ["soft"]
+    assert C.gate_result(relaxed, ["soft", "clean"], base, better)["holds"]
+    got = C.gate_result(relaxed, ["soft", "clean"], base, worse)["failing"]
+    assert [f["image"] for f in got] == ["soft"] and got[0]["excess"] == pytest.approx(0.003)
+    # the clean image is held to the band, not to the baseline's 0.014 + 0
+    assert [f["image"] for f in C.gate_result(relaxed, ["soft", "clean"], base, crunchy)["failing"]] == ["clean"]
+    rules = C.Rules.from_mapping({"gates": {"edge_halo": {"max": 0.03, "relax_to_baseline": 0.0}}})
+    assert rules.gates == (relaxed,)
+    with pytest.raises(Exception, match="relaxes a max"):
+        C.Rules.from_mapping({"gates": {"edge_halo": {"max_relative": 0.01, "relax_to_baseline": 0.0}}})
+
+
 def test_a_candidate_that_fails_on_an_image_fails_the_comparison(tmp_path, tiny_weights, copy_portraits,
                                                                 monkeypatch):
     from tuner.errors import PipelineError

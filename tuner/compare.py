@@ -21,7 +21,8 @@ Both sides are scored against one analysis of each input (the faces the baseline
 finds), so a candidate cannot dodge the face metrics by finding no face.  Hard gates are per
 image (a regression on one face fails, whatever the mean): ``max`` bounds the candidate's
 value, ``min_relative`` / ``max_relative`` bound it against the same image's baseline value,
-and a candidate without a value where the baseline has one violates the gate.  The verdict
+``relax_to_baseline`` (with ``max``) lifts ``max`` to the baseline's value + this on an image where
+the baseline is already past it (the study's arithmetic, :class:`tuner.objective.Constraint`), and a candidate without a value where the baseline has one violates the gate.  The verdict
 is ``fail`` when any metric or gate fails, or when the candidate fails to run on an image the
 baseline ran on.
 
@@ -70,6 +71,7 @@ class GateRule:
     max: float | None = None  # candidate value <= max on every image
     min_relative: float | None = None  # candidate >= baseline + min_relative on every image
     max_relative: float | None = None  # candidate <= baseline + max_relative on every image
+    relax_to_baseline: float | None = None  # with max: per image, max(max, baseline + this) (as the study's)
 
 
 @dataclass(frozen=True)
@@ -96,10 +98,12 @@ class Rules:
         gates = []
         for name, g in (m.get("gates") or {}).items():
             g = {k: v for k, v in (g or {}).items() if v is not None}
-            check_keys(g, {"max", "min_relative", "max_relative"}, f"compare.gates.{name}")
+            check_keys(g, {"max", "min_relative", "max_relative", "relax_to_baseline"}, f"compare.gates.{name}")
             M.get(name)
             if not g:
                 raise ConfigError(f"compare.gates.{name} needs max, min_relative or max_relative")
+            if "relax_to_baseline" in g and "max" not in g:
+                raise ConfigError(f"compare.gates.{name}: relax_to_baseline relaxes a max, and there is none")
             gates.append(GateRule(name, **{k: float(v) for k, v in g.items()}))
         alpha = float(m.get("alpha", 0.05))
         if not 0 < alpha < 1:
@@ -208,7 +212,8 @@ def metric_stats(harms: Sequence[float], rule: MetricRule, rules: Rules, *, miss
 def gate_result(gate: GateRule, images: list[str], base: SideRun, cand: SideRun) -> dict[str, Any]:
     """Per image: the candidate's value against the gate; the failing images, worst first."""
     failing: list[dict[str, Any]] = []
-    bound = O.Constraint(gate.metric, max=gate.max, min_relative=gate.min_relative, max_relative=gate.max_relative)
+    bound = O.Constraint(gate.metric, max=gate.max, min_relative=gate.min_relative, max_relative=gate.max_relative,
+                         relax_to_baseline=gate.relax_to_baseline)
     checked = 0
     for name in images:
         c, b = cand.rows[name].get(gate.metric, math.nan), base.rows[name].get(gate.metric, math.nan)
