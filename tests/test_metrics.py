@@ -13,10 +13,9 @@ from PIL import Image as PILImage
 
 from tuner.errors import MetricError
 from tuner.faces import FaceDetector
-from tuner.images import decode, fit_max_side
+from tuner.images import decode, downscale, fit_max_side
 from tuner.metrics import Context, InputAnalysis, get, score, table
 from tuner.metrics.artifacts import seam_score
-from tuner.metrics.context import downscale
 
 LADDER_PORTRAITS = ["A13_flickr_ccby_05.jpg", "A02_usnavy_grace_hopper.jpg", "A04_whitehouse_obama_2012.jpg"]
 

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from .errors import ConfigError
+from .images import downscale
 
 
 @dataclass(frozen=True)
@@ -42,16 +43,6 @@ STRENGTHS = {
     "strong": Strength(blur=(0.8, 2.5), noise=(3.0, 15.0), poisson=(0.3, 1.5), jpeg=(40, 75), first_scale=(0.5, 1.0)),
 }
 LEVELS = ("none", *STRENGTHS)
-
-
-def downscale(hr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Antialiased bicubic downscale to ``size`` = (H, W) (as MATLAB imresize / PIL)."""
-    from PIL import Image as PILImage
-
-    chans = [np.asarray(PILImage.fromarray(np.ascontiguousarray(hr[..., c], dtype=np.float32), mode="F")
-                        .resize((size[1], size[0]), PILImage.Resampling.BICUBIC, reducing_gap=None))
-             for c in range(hr.shape[2])]
-    return np.clip(np.stack(chans, axis=2), 0, 1).astype(np.float32)
 
 
 def crop_to_scale(hr: np.ndarray, scale: int) -> np.ndarray:

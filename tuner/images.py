@@ -363,6 +363,17 @@ def reference_upscale(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resize(rgb, size, interpolation=cv2.INTER_LANCZOS4)
 
 
+def downscale(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Antialiased bicubic downscale of an (H, W, C) float image to ``size`` = (H, W), clipped to
+    [0, 1]: PIL's BICUBIC (a = -0.5, the kernel stretched by the scale; MATLAB's ``imresize``) on
+    each channel in float (mode "F", no 8-bit rounding).  The clean pairs' LR and LR-consistency's
+    output-to-input downscale are both this."""
+    chans = [np.asarray(PILImage.fromarray(np.ascontiguousarray(rgb[..., c], dtype=np.float32), mode="F")
+                        .resize((size[1], size[0]), PILImage.Resampling.BICUBIC, reducing_gap=None))
+             for c in range(rgb.shape[2])]
+    return np.clip(np.stack(chans, axis=2), 0, 1).astype(np.float32)
+
+
 def fit_max_side(image: Image, max_side: int | None) -> Image:
     """Downscale (INTER_AREA) so the long side is at most ``max_side``; never upscales."""
     if not max_side:

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from ..facegeom import Face, skin_mask
-from ..images import luminance, reference_upscale
+from ..images import downscale, luminance, reference_upscale
 
 # one network loads at a time in a process: scoring threads ask for their models at once on a
 # study's first trial, and two threads importing dlib / building torch networks together deadlocked
@@ -52,16 +52,6 @@ def bbox(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
     h, w = mask.shape
     return (slice(max(ys.min() - margin, 0), min(ys.max() + margin + 1, h)),
             slice(max(xs.min() - margin, 0), min(xs.max() + margin + 1, w)))
-
-
-def downscale(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Antialiased bicubic downscale (as MATLAB imresize / PIL) to ``size`` = (H, W)."""
-    import torch
-    import torch.nn.functional as F
-
-    t = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
-    out = F.interpolate(t, size=size, mode="bicubic", antialias=True, align_corners=False)
-    return np.clip(out[0].numpy().transpose(1, 2, 0), 0, 1).astype(np.float32)
 
 
 @dataclass
