@@ -9,6 +9,7 @@ For the clean and the degraded (medium) pairs of the bundled portraits, rows:
   study, ``tuner tune experiment=nr`` -- and ``runs/default``, the default study's tuned policy),
 - the texture policy (general-x4v3) with a fixed target (``--target`` octaves above Lanczos) and
   with a per-image one (``--offset`` octaves above the predicted truth, ``texture_anchor=predicted``),
+  and that per-image policy on x4plus (a sharper source: ``tuner tune model=RealESRGAN_x4plus``),
 and per row: faces whose skin texture is within +-0.5 octave of the truth's (``texture_hr``),
 its median, the LBP-statistics distance and HaarPSI to the truth, the worst identity distance,
 and the mean LR-PSNR.  ``--fit`` instead measures, per face, the truth's skin texture above a
@@ -32,6 +33,7 @@ from tuner.cache import StageCache
 from tuner.dataset import Pairs, load
 from tuner.pipeline import Params, Pipeline, PipelineSpec, Result
 from tuner.scoring import Scorer
+from tuner.texture import GAP_RANGE
 from tuner.validate import cheek_sheet
 from tuner.validate import table as validation_table
 from tuner.weights import WeightStore, catalogue
@@ -46,12 +48,14 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=3.3)
     ap.add_argument("--offset", type=float, default=0.0, help="texture_target of the predicted-anchor policy row")
     ap.add_argument("--fit", action="store_true", help="measure the target on the train split and exit")
+    ap.add_argument("--search", action="store_true",
+                    help="with --fit: also rank every subset of up to four candidate features by leave-one-out error")
     ap.add_argument("--no-x4plus", action="store_true", help="leave out RealESRGAN_x4plus (slow on CPU at 512 px)")
     ap.add_argument("--preset", nargs="*", default=[str(ROOT / "runs" / n / "best_preset.yaml") for n in ("nr", "default")],
                     help="presets to score as rows (those that exist); default: the nr and the default study's")
     a = ap.parse_args()
     if a.fit:
-        fit(a.max_side)
+        fit(a.max_side, search=a.search)
         return
     need_weights("realesr-general-x4v3.pth", "RealESRGAN_x4plus.pth")
     models = catalogue("model")
@@ -71,6 +75,10 @@ def main() -> None:
     rows_spec.append((f"policy, texture_target={a.target:g} above Lanczos", general, Params(texture_target=a.target)))
     rows_spec.append((f"policy, texture_target={a.offset:g} above the predicted truth", general,
                       Params(texture_target=a.offset, texture_anchor="predicted")))
+    if not a.no_x4plus:  # the same policy with x4plus as its source
+        rows_spec.append((f"policy on x4plus, texture_target={a.offset:g} above the predicted truth",
+                          PipelineSpec(model=models["RealESRGAN_x4plus"]),
+                          Params(texture_target=a.offset, texture_anchor="predicted")))
     out_dir = ROOT / "benchmarks" / "results"
     records = []
     for level, label in (("none", "clean"), ("medium", "degraded")):
@@ -93,10 +101,12 @@ def main() -> None:
           "(per face: input Lanczos | general default | policy, predicted anchor | HR)")
 
 
-def fit(max_side: int) -> None:
+def fit(max_side: int, *, search: bool = False) -> None:
     """The truth's skin texture above Lanczos per face, and the no-reference predictor of it
     (:data:`tuner.texture.GAP_FIT`): refitted here on the train split of every degradation level
-    at LR max side 128 and ``max_side``, and scored on the validation split."""
+    at LR max side 128 and ``max_side``, and scored on the validation split.  ``search``: also
+    rank every subset of up to four candidate features (:func:`candidates`) by leave-one-portrait-out
+    error on the train split, with their validation error beside it."""
     from tuner import metrics as M
     from tuner.degrade import LEVELS, in_validation
     from tuner.faces import FaceDetector
@@ -104,10 +114,17 @@ def fit(max_side: int) -> None:
 
     rows = []
     detect = FaceDetector()
+    pipe = None
+    if search:
+        need_weights("realesr-general-x4v3.pth")
+        pipe = Pipeline(PipelineSpec(model=catalogue("model")["realesr-general-x4v3"]),
+                        store=WeightStore(weights_dir=WEIGHTS, allow_download=False),
+                        cache=StageCache(Path.home() / ".cache" / "tuner" / "stages"))
     for side in sorted({128, max_side}):
         for level in LEVELS:
             for it in load(None, max_side=side, pairs=Pairs(degradation=level)).items:
                 lr, hr = it.image.rgb, it.hr
+                assert hr is not None  # pairs carry their truth
                 faces = detect(lr)
                 if not faces:
                     continue
@@ -117,8 +134,9 @@ def fit(max_side: int) -> None:
                     continue
                 # the truth's texture above R is -texture_hr of R itself
                 gap = -M.score(M.Context(an.reference, an), ["texture_hr"])["texture_hr"]
-                rows.append({"side": side, "level": level, "face": it.name, "val": in_validation(it.name),
-                             "gap": gap, **feats})
+                extra = candidates(M, an, it, pipe) if pipe is not None else {}
+                rows.append({"side": side, "level": level, "face": it.name.split("@")[0],
+                             "val": in_validation(it.name), "gap": gap, **feats, **extra})
     df = pd.DataFrame(rows)
     names = [k for k in GAP_FIT if k != "intercept"]
 
@@ -149,6 +167,64 @@ def fit(max_side: int) -> None:
         print(f"  validation, LR {side} px, {level}: median |error| {np.median(err):.2f} octave, within 0.5: "
               f"{int(np.sum(err <= 0.5))}/{len(d)} (a constant {const:.2f}: {np.median(err_c):.2f}, "
               f"{int(np.sum(err_c <= 0.5))}/{len(d)})")
+
+
+    if pipe is not None:
+        rank(df, max_side)
+
+
+def candidates(M, an, it, pipe: Pipeline) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Candidate features beyond the shipped three: the next octave's slope (``s23``), the skin's size
+    (``skin_px``, log2 LR pixels) and what general-x4v3 itself
+    puts in crunch's and wax's bands above R (``sr_hf``, ``sr_mid``, octaves: a learned prior's guess)."""
+    import math
+
+    from tuner.images import luminance
+    from tuner.metrics import skin as S
+    from tuner.texture import mid
+
+    y = luminance(it.image.rgb)
+    e2, e3 = (float(np.mean(mid(y, s)[an.skin_in] ** 2)) + 1e-12 for s in (2, 4))
+    ctx = M.Context(pipe.run(it.image, Params()).sr, an)
+    S._skin_crops(ctx, "sr")
+    sr = {k: math.log2(S.skin_energy(ctx, band) / S.skin_energy(ctx, band, of="R")) for k, band in
+          (("sr_hf", S._hf), ("sr_mid", S._mid))}
+    return {"s23": math.log2(e2 / e3), "skin_px": math.log2(int(an.skin_in.sum())), **sr}
+
+
+def rank(df: pd.DataFrame, max_side: int) -> None:
+    """Every subset of up to four candidate features, least squares, ranked by leave-one-portrait-out
+    median |error| on the train split; beside it the validation error (all levels and sizes, and at
+    ``max_side`` clean + medium, the default study's set) and the share within 0.5 octave there."""
+    import itertools
+
+    names = ["s01", "s12", "s23", "noise", "skin_px", "big", "sr_hf", "sr_mid"]
+    df = df.assign(big=(df.side == df.side.max()).astype(float))  # the dataset's max_side: 1 at the larger
+    train, val = df[~df.val], df[df.val]
+    study = val[(val.side == max_side) & val.level.isin(["none", "medium"])]
+
+    def design(d: pd.DataFrame, cols: list[str]) -> np.ndarray:
+        return np.c_[np.ones(len(d)), d[cols].to_numpy()]
+
+    def coef(d: pd.DataFrame, cols: list[str]) -> np.ndarray:
+        return np.linalg.lstsq(design(d, cols), d.gap.to_numpy(), rcond=None)[0]
+
+    out = []
+    for k in range(1, 5):
+        for cols in map(list, itertools.combinations(names, k)):
+            loo = np.concatenate([np.abs(design(d, cols) @ coef(train[train.face != f], cols) - d.gap)
+                                  for f, d in train.groupby("face")])
+            c = coef(train, cols)
+            e_all = np.abs(np.clip(design(val, cols) @ c, *GAP_RANGE) - val.gap)
+            e_st = np.abs(np.clip(design(study, cols) @ c, *GAP_RANGE) - study.gap)
+            out.append((float(np.median(loo)), float(np.median(e_all)), float(np.median(e_st)),
+                        f"{int(np.sum(e_st <= 0.5))}/{len(study)}", "+".join(cols)))
+    out.sort()
+    print(f"feature subsets by leave-one-portrait-out median |error| on train (of {len(out)}; validation beside it):")
+    print(f"  {'loo':>5} {'val':>5} {'val ' + str(max_side) + ' c+m':>11} {'within':>7}  features")
+    shipped = "+".join(k for k in ("s01", "s12", "noise"))
+    for r in out[:12] + [r for r in out if r[4] == shipped]:
+        print(f"  {r[0]:5.2f} {r[1]:5.2f} {r[2]:11.2f} {r[3]:>7}  {r[4]}" + ("  (shipped)" if r[4] == shipped else ""))
 
 
 if __name__ == "__main__":

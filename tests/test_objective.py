@@ -94,6 +94,22 @@ def test_best_trial_never_picks_one_that_fails_on_a_single_image():
     assert best_trial(study, obj2, allow_infeasible=True)[0].values == [1.0]
 
 
+def test_a_study_with_no_feasible_trial_says_what_kept_each_out():
+    """No preset: the error names, per constraint, how many trials broke it, and the nearest trial
+    (fewest constraints broken, then the best value) with the constraint, value and image it broke."""
+    obj = O.from_mapping({"terms": [{"metric": "piqe"}],
+                          "constraints": {"identity": {"max": 0.45}, "crunch": {"max": 11}}})
+    study = optuna.create_study()
+    _trial(study, 1.0, {"identity": {"a": 0.2, "b": 0.7}, "crunch": {"a": 12.0, "b": 5.0}})  # breaks both
+    _trial(study, 3.0, {"identity": {"a": 0.2, "b": 0.3}, "crunch": {"a": 14.0, "b": 5.0}})  # crunch only
+    _trial(study, 2.0, {"identity": {"a": 0.5, "b": 0.3}, "crunch": {"a": 9.0, "b": 5.0}})   # identity only, better
+    with pytest.raises(ConfigError) as e:
+        best_trial(study, obj, allow_infeasible=False)
+    msg = str(e.value)
+    assert "identity <= 0.45 (every image) 2/3" in msg and "crunch <= 11 (every image) 2/3" in msg
+    assert "nearest: trial 2, which breaks ['identity <= 0.45 (every image): 0.5 on a']" in msg
+
+
 def test_export_without_a_baseline_says_how_to_fix_it():
     obj = O.from_mapping({"terms": [{"metric": "piqe"}], "constraints": {"lr_psnr": {"min_relative": -1}}})
     study = optuna.create_study()

@@ -57,9 +57,8 @@ def best_trial(study: Any, objective: O.Objective, *, allow_infeasible: bool, nu
         for t, g in trials:
             if t.number == number:
                 if not holds(g) and not allow_infeasible:
-                    bad = [f"{c.describe()}: {x.value:.4g}" + (f" on {x.image}" if x.image else "")
-                           for c, x in zip(objective.constraints, g, strict=True) if x.violation > 0]
-                    raise ConfigError(f"trial {number} violates {bad}; pass allow_infeasible=true to export it")
+                    raise ConfigError(f"trial {number} violates {_violated(objective, g)}; "
+                                      "pass allow_infeasible=true to export it")
                 return t, g
         raise ConfigError(f"trial {number} is not a completed trial of study '{study.study_name}'")
     feasible = [(t, g) for t, g in trials if holds(g)]
@@ -67,7 +66,8 @@ def best_trial(study: Any, objective: O.Objective, *, allow_infeasible: bool, nu
     if not pool:
         raise ConfigError(
             f"study '{study.study_name}' has no completed trial that satisfies the constraints on every image "
-            f"({len(trials)} completed); run more trials, relax conf/objective, or pass allow_infeasible=true"
+            f"({len(trials)} completed){why_infeasible(trials, objective)}; run more trials, relax conf/objective, "
+            "or pass allow_infeasible=true"
         )
     if objective.mode == "composite":
         return min(pool, key=lambda tg: tg[0].values[0])
@@ -76,6 +76,22 @@ def best_trial(study: Any, objective: O.Objective, *, allow_infeasible: bool, nu
                      for t, _ in pool])
     norm = (vals - vals.min(0)) / np.maximum(vals.max(0) - vals.min(0), 1e-12)
     return pool[int(np.argmin(norm.sum(1)))]
+
+
+def _violated(objective: O.Objective, gates: list[O.Gate]) -> list[str]:
+    return [f"{c.describe()}: {x.value:.4g}" + (f" on {x.image}" if x.image else "")
+            for c, x in zip(objective.constraints, gates, strict=True) if x.violation > 0]
+
+
+def why_infeasible(trials: list[tuple[Any, list[O.Gate]]], objective: O.Objective) -> str:
+    """What kept every trial out: per constraint, how many trials broke it; and the nearest trial (the
+    fewest constraints broken, then the best value) with what it broke, worst image each."""
+    if not trials:
+        return ""
+    broken = {c.describe(): sum(g[i].violation > 0 for _, g in trials) for i, c in enumerate(objective.constraints)}
+    t, g = min(trials, key=lambda tg: (sum(x.violation > 0 for x in tg[1]), tg[0].values[0]))
+    counts = ", ".join(f"{k} {n}/{len(trials)}" for k, n in broken.items() if n)
+    return f"; trials breaking each constraint: {counts}; nearest: trial {t.number}, which breaks {_violated(objective, g)}"
 
 
 def build_preset(study: Any, trial: Any, gates: list[O.Gate], objective: O.Objective) -> dict[str, Any]:
