@@ -72,6 +72,7 @@ def test_the_default_study_tunes_the_policy_and_reports_the_held_out_split(tmp_p
                 "output_format=png", f"weights_dir={tiny_weights}", *SRVGG_OVERRIDES, *GFPGAN_OVERRIDES,
                 env={"TUNER_CACHE_DIR": str(tmp_path / "fresh-cache")})
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "the predictor's bias changes with input size" in r.stdout + r.stderr  # tuned at 128 px, enhanced at any size
     for name in train:
         assert (tmp_path / "out" / name).read_bytes() == (run / "best_outputs" / name).read_bytes(), name
 

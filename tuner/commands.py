@@ -58,6 +58,11 @@ def enhance(cfg: Any) -> int:
         check_identity(preset, pipe, allow_mismatch=bool(cfg.get("allow_weights_mismatch", False)))
         if max_side is None and preset.get("max_side"):
             log.warning("preset was tuned at max_side=%s (a proxy size); enhancing at full size", preset["max_side"])
+            if (preset.get("pipeline") or {}).get("texture_anchor") == "predicted":
+                log.warning("its texture_target (%s octave from the predicted real texture) was tuned on inputs of "
+                            "at most %s px: the predictor's bias changes with input size (measured 128 vs 256 px: "
+                            "README, Scale), so check the skin on full-size inputs", preset["params"].get("texture_target"),
+                            preset["max_side"])
     failures: list[tuple[Path, str]] = []
     for f in tqdm(files, desc="enhance", unit="img", disable=len(files) < 2):
         try:
