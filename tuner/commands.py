@@ -53,20 +53,26 @@ def enhance(cfg: Any) -> int:
     mem = pc.spec.memory
     log.info("memory budget %.1f GB per image (limits.max_memory_gb), outputs up to %d pixels "
              "(limits.max_output_pixels), params.tile=%s", budget_bytes(mem) / 2**30, mem.max_output_pixels, pc.params.tile)
+    preset: dict[str, Any] = {}
     if cfg.get("preset"):
         preset = load_preset(cfg.preset)
         check_identity(preset, pipe, allow_mismatch=bool(cfg.get("allow_weights_mismatch", False)))
         if max_side is None and preset.get("max_side"):
             log.warning("preset was tuned at max_side=%s (a proxy size); enhancing at full size", preset["max_side"])
-            if (preset.get("pipeline") or {}).get("texture_anchor") == "predicted":
-                log.warning("its texture_target (%s octave from the predicted real texture) was tuned on inputs of "
-                            "at most %s px: the predictor's bias changes with input size (measured 128 vs 256 px: "
-                            "README, Scale), so check the skin on full-size inputs", preset["params"].get("texture_target"),
-                            preset["max_side"])
+    # a predicted-anchor offset was tuned at one input size, and the predictor's bias changes with size
+    size_checked = bool(preset.get("max_side")
+                        and (preset.get("pipeline") or {}).get("texture_anchor") == "predicted")
     failures: list[tuple[Path, str]] = []
     for f in tqdm(files, desc="enhance", unit="img", disable=len(files) < 2):
         try:
             image = fit_max_side(decode(f, limits=lim), None if max_side is None else int(max_side))
+            tuned_side = int(preset.get("max_side") or 0)
+            if size_checked and max(image.size) > tuned_side:
+                log.warning("%s is %d px on its long side; this preset's texture_target (%s octave from the predicted "
+                            "real texture) was tuned on inputs of at most %s px, and the predictor's bias changes with "
+                            "input size (128 vs 256 px measured: README, Scale): check the skin at this size "
+                            "(said once)", f.name, max(image.size), pc.params.texture_target, tuned_side)
+                size_checked = False
             result = pipe.run(image, pc.params)
             suffix = f.suffix if fmt == "same" else f".{fmt}"
             dest = encode(result.image, out_dir / f"{f.stem}{suffix}")

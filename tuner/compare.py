@@ -22,9 +22,11 @@ finds), so a candidate cannot dodge the face metrics by finding no face.  Hard g
 image (a regression on one face fails, whatever the mean): ``max`` bounds the candidate's
 value, ``min_relative`` / ``max_relative`` bound it against the same image's baseline value,
 ``relax_to_baseline`` (with ``max``) lifts ``max`` to the baseline's value + this on an image where
-the baseline is already past it (the study's arithmetic, :class:`tuner.objective.Constraint`), and a candidate without a value where the baseline has one violates the gate.  The verdict
-is ``fail`` when any metric or gate fails, or when the candidate fails to run on an image the
-baseline ran on.
+the baseline is already past it (the study's arithmetic, :class:`tuner.objective.Constraint`; here
+the baseline is the side being replaced, so such an image may not get worse than production;
+``excess`` in compare.json is measured from the bound applied), and a candidate without a value
+where the baseline has one violates the gate.  The verdict is ``fail`` when any metric or gate
+fails, or when the candidate fails to run on an image the baseline ran on.
 
 Nothing here reads a config: :func:`tuner.config.compare_job` builds the sides and rules.
 """

@@ -89,7 +89,8 @@ def why_infeasible(trials: list[tuple[Any, list[O.Gate]]], objective: O.Objectiv
     if not trials:
         return ""
     broken = {c.describe(): sum(g[i].violation > 0 for _, g in trials) for i, c in enumerate(objective.constraints)}
-    t, g = min(trials, key=lambda tg: (sum(x.violation > 0 for x in tg[1]), tg[0].values[0]))
+    sign = 1.0 if objective.directions[0] == "minimize" else -1.0  # then the best first objective
+    t, g = min(trials, key=lambda tg: (sum(x.violation > 0 for x in tg[1]), sign * tg[0].values[0]))
     counts = ", ".join(f"{k} {n}/{len(trials)}" for k, n in broken.items() if n)
     return f"; trials breaking each constraint: {counts}; nearest: trial {t.number}, which breaks {_violated(objective, g)}"
 
