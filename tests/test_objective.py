@@ -142,6 +142,28 @@ def test_a_band_relaxed_to_the_baseline_only_where_the_input_is_already_past_it(
     assert c.gate(worse, nan_base).violation == pytest.approx(0.06)
 
 
+def test_identity_relaxed_to_the_baseline_never_lets_another_person_through():
+    """A tiny face on an old photograph: the model as shipped is already at 0.451 (measured, A09), past
+    0.45, so no trial that keeps it could ever export.  Relaxed to the baseline, that face may stay where
+    the model as shipped put it -- but never past relax_limit (0.6: another person), whatever the baseline did."""
+    c = O.from_mapping({"terms": [{"metric": "piqe"}], "constraints": {
+        "identity": {"max": 0.45, "relax_to_baseline": 0.0, "relax_limit": 0.6}}}).constraints[0]
+    base = {"identity": {"old": 0.451, "swapped": 0.7, "clean": 0.2}}
+    kept = [{"image": "old", "identity": 0.451}, {"image": "clean", "identity": 0.3}]
+    assert c.gate(kept, base).violation <= 0 < O.Constraint("identity", max=0.45).gate(kept, base).violation
+    g = c.gate([{"image": "old", "identity": 0.46}, {"image": "clean", "identity": 0.3}], base)
+    assert g.image == "old" and g.violation == pytest.approx(0.009)
+    # the baseline turned this face into another person: the bound stops at 0.6, not at its 0.7
+    g = c.gate([{"image": "swapped", "identity": 0.65}], base)
+    assert g.violation == pytest.approx(0.05)
+    assert c.gate([{"image": "clean", "identity": 0.46}], base).violation == pytest.approx(0.01)  # band kept
+    assert "up to 0.6" in c.describe()
+    with pytest.raises(ConfigError, match="relax_limit"):
+        O.Constraint("identity", max=0.45, relax_limit=0.6)
+    with pytest.raises(ConfigError, match="relax_limit"):
+        O.Constraint("identity", max=0.45, relax_to_baseline=0.0, relax_limit=0.4)
+
+
 def test_the_baseline_trial_holds_against_its_own_stored_values():
     """The baseline's per-image values are stored to 6 decimals; the baseline trial itself must not
     fail a band relaxed to them by a rounding residue (it did: 4e-7 over, so TPE saw the model as

@@ -46,3 +46,31 @@ def test_x4plus_is_crunchier_than_its_lanczos_blend():
     a = score(Context(plain.image.rgb, analysis), ["crunch", "edge_halo"])
     b = score(Context(blended.image.rgb, analysis), ["crunch", "edge_halo"])
     assert a["crunch"] > b["crunch"] + 1.0 and a["edge_halo"] > b["edge_halo"], (a, b)
+
+
+OLD_PHOTOS = ["A03_usnavy_grace_hopper_128px.jpg", "A06_lincoln_1860s_160px.png", "A08_douglass_brady_c1880.png",
+              "A09_sojourner_truth_1864.png", "A11_usct_25th_regiment_1864_group.jpg"]
+
+
+@pytest.mark.weights
+@pytest.mark.slow
+@needs_shared_weights("realesr-general-x4v3.pth")
+def test_a_short_study_on_real_old_photographs_exports_a_preset_with_the_default_constraints(tmp_path, copy_portraits,
+                                                                                           run_cli):
+    """Real degradation, not a synthetic one: five scanned and compressed old photographs, no truth.  The
+    bands calibrated on clean downscales (edge overshoot, wax, identity on a 75 px face) are already broken
+    there by the model as shipped; relative to it, a 6-trial default study must still export a preset whose
+    gates hold on every image."""
+    import yaml
+
+    folder = copy_portraits(OLD_PHOTOS, "old")
+    r = run_cli("tune", "study.name=old", "dataset=portraits", f"dataset.path={folder}", "study.n_trials=6",
+                f"weights_dir={SHARED_WEIGHTS}", cwd=tmp_path)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    run = tmp_path / "runs" / "old"
+    preset = yaml.safe_load((run / "best_preset.yaml").read_text())
+    assert preset["constraints"] and all(c["holds"] for c in preset["constraints"].values())
+    # the relaxed gates were needed: the model as shipped is past the clean bands on some of these photographs
+    halo = next(v for k, v in preset["constraints"].items() if k.startswith("edge_halo"))
+    assert halo["value"] > 0.03
+    assert "constraints hold on every image: True" in (run / "summary.txt").read_text()

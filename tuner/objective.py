@@ -23,7 +23,8 @@ compared with the same metric *of the same image* under the baseline trial (the 
 as shipped, trial 0); ``relax_to_baseline`` (with ``max``): on an image where the baseline is
 already past ``max`` (a real, degraded input the band was not calibrated on), the bound becomes
 that image's baseline value plus this -- the guard rail relative to what the input allows,
-no worse than the model as shipped -- while inputs inside the band keep ``max``.  NaN values
+no worse than the model as shipped -- while inputs inside the band keep ``max``; ``relax_limit``
+caps that relaxed bound (identity: never past 0.6, another person, whatever the baseline did).  NaN values
 do not apply (e.g. seam without tiling) and count as satisfied.  A relative gate with no
 baseline is an error, never silently disabled.
 """
@@ -90,11 +91,15 @@ class Constraint:
     max_relative: float | None = None
     min_relative: float | None = None
     relax_to_baseline: float | None = None  # with max: per image, max(max, baseline + this)
+    relax_limit: float | None = None  # with relax_to_baseline: the relaxed bound never goes above this
     reduce: str = "worst"  # worst (every image must hold) | mean
 
     def __post_init__(self) -> None:
         if self.relax_to_baseline is not None and self.max is None:
             raise ConfigError(f"constraint '{self.metric}': relax_to_baseline relaxes a max, and there is none")
+        if self.relax_limit is not None and (self.relax_to_baseline is None or self.max is None
+                                             or self.relax_limit < self.max):
+            raise ConfigError(f"constraint '{self.metric}': relax_limit caps relax_to_baseline and must be >= max")
 
     @property
     def relative(self) -> bool:
@@ -116,7 +121,8 @@ class Constraint:
         if self.max is not None:
             bound = self.max
             if self.relax_to_baseline is not None and not math.isnan(b):
-                bound = max(bound, b + self.relax_to_baseline)
+                relaxed = b + self.relax_to_baseline
+                bound = max(bound, relaxed if self.relax_limit is None else min(relaxed, self.relax_limit))
             v = max(v, value - bound)
         if self.min is not None:
             v = max(v, self.min - value)
@@ -158,7 +164,9 @@ class Constraint:
         parts = []
         if self.max is not None:
             parts.append(f"<= {self.max:g}" + ("" if self.relax_to_baseline is None else
-                                               f" (or baseline {self.relax_to_baseline:+g} where it is above)"))
+                                               f" (or baseline {self.relax_to_baseline:+g} where it is above"
+                                               + ("" if self.relax_limit is None else f", up to {self.relax_limit:g}")
+                                               + ")"))
         if self.min is not None:
             parts.append(f">= {self.min:g}")
         if self.max_relative is not None:
@@ -260,7 +268,7 @@ def from_mapping(node: Mapping[str, Any]) -> Objective:
     for name, c in (node.get("constraints") or {}).items():
         M.get(name)
         c = dict(c or {})
-        bad = set(c) - {"max", "min", "max_relative", "min_relative", "relax_to_baseline", "reduce"}
+        bad = set(c) - {"max", "min", "max_relative", "min_relative", "relax_to_baseline", "relax_limit", "reduce"}
         if bad:
             raise ConfigError(f"constraint '{name}': unknown keys {sorted(bad)}")
         reduce = str(c.pop("reduce", "worst"))
