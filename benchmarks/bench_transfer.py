@@ -33,7 +33,7 @@ from tuner.cache import StageCache
 from tuner.dataset import Pairs, load
 from tuner.pipeline import Params, Pipeline, PipelineSpec, Result
 from tuner.scoring import Scorer
-from tuner.texture import GAP_RANGE
+from tuner.texture import GAP_FIT, GAP_RANGE
 from tuner.validate import cheek_sheet
 from tuner.validate import table as validation_table
 from tuner.weights import WeightStore, catalogue
@@ -110,7 +110,7 @@ def fit(max_side: int, *, search: bool = False) -> None:
     from tuner import metrics as M
     from tuner.degrade import LEVELS, in_validation
     from tuner.faces import FaceDetector
-    from tuner.texture import GAP_FIT, input_features
+    from tuner.texture import input_features
 
     rows = []
     detect = FaceDetector()
@@ -217,12 +217,12 @@ def rank(df: pd.DataFrame, max_side: int) -> None:
             out.append((float(np.median(loo)), float(np.median(err(val, c, cols))), float(np.median(e_st)),
                         f"{int(np.sum(e_st <= 0.5))}/{len(study)}", "+".join(cols)))
     out.sort()
-    shipped = next(r for r in out if r[4] == "s01+s12+noise")
+    shipped = next(r for r in out if r[4] == "+".join(k for k in GAP_FIT if k != "intercept"))
     print(f"feature subsets by leave-one-portrait-out median |error| on train (of {len(out)}; validation beside it; "
           "every error with the prediction clipped to GAP_RANGE):")
     print(f"  {'loo':>5} {'val':>5} {'val ' + str(max_side) + ' c+m':>11} {'within':>7}  features")
     best_val = min(out, key=lambda r: r[2])
-    for r in [*out[:12], best_val, shipped]:
+    for r in dict.fromkeys([*out[:12], best_val, shipped]):  # each once
         tag = "  (shipped)" if r is shipped else "  (best on validation at this size)" if r is best_val else ""
         print(f"  {r[0]:5.2f} {r[1]:5.2f} {r[2]:11.2f} {r[3]:>7}  {r[4]}{tag}")
     print(f"  subsets under 0.3 octave leave-one-out: {sum(r[0] < 0.3 for r in out)}; better than the shipped three "

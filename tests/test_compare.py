@@ -184,6 +184,12 @@ def test_an_absolute_gate_relaxed_to_the_baseline_follows_what_the_input_allows(
     assert rules.gates == (relaxed,)
     with pytest.raises(Exception, match="relaxes a max"):
         C.Rules.from_mapping({"gates": {"edge_halo": {"max_relative": 0.01, "relax_to_baseline": 0.0}}})
+    # identity as the default study gates it: relaxed where the baseline already moves a face, never past 0.6
+    ident = C.Rules.from_mapping({"gates": {"identity": {"max": 0.45, "relax_to_baseline": 0.0,
+                                                         "relax_limit": 0.6}}}).gates[0]
+    base_id = C.SideRun(rows={"old": {"identity": 0.7}})
+    got = C.gate_result(ident, ["old"], base_id, C.SideRun(rows={"old": {"identity": 0.65}}))["failing"]
+    assert [f["image"] for f in got] == ["old"] and got[0]["excess"] == pytest.approx(0.05)
 
 
 def test_a_candidate_that_fails_on_an_image_fails_the_comparison(tmp_path, tiny_weights, copy_portraits,

@@ -162,6 +162,10 @@ def test_identity_relaxed_to_the_baseline_never_lets_another_person_through():
         O.Constraint("identity", max=0.45, relax_limit=0.6)
     with pytest.raises(ConfigError, match="relax_limit"):
         O.Constraint("identity", max=0.45, relax_to_baseline=0.0, relax_limit=0.4)
+    with pytest.raises(ConfigError, match="relax_limit"):  # NaN would silently lift the cap
+        O.Constraint("identity", max=0.45, relax_to_baseline=0.0, relax_limit=float("nan"))
+    with pytest.raises(ConfigError, match="per-image cap"):  # a mean of 0.3 and 0.8 must not pass
+        O.Constraint("identity", max=0.45, relax_to_baseline=0.0, relax_limit=0.6, reduce="mean")
 
 
 def test_the_baseline_trial_holds_against_its_own_stored_values():

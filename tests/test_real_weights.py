@@ -70,7 +70,10 @@ def test_a_short_study_on_real_old_photographs_exports_a_preset_with_the_default
     run = tmp_path / "runs" / "old"
     preset = yaml.safe_load((run / "best_preset.yaml").read_text())
     assert preset["constraints"] and all(c["holds"] for c in preset["constraints"].values())
-    # the relaxed gates were needed: the model as shipped is past the clean bands on some of these photographs
-    halo = next(v for k, v in preset["constraints"].items() if k.startswith("edge_halo"))
-    assert halo["value"] > 0.03
     assert "constraints hold on every image: True" in (run / "summary.txt").read_text()
+    # the relaxed gates were needed: the model as shipped (the stored baseline) is past the clean bands here
+    import optuna
+
+    base = optuna.load_study(study_name="old", storage=f"sqlite:///{run / 'study.db'}").user_attrs["baseline"]
+    assert max(v for v in base["edge_halo"].values() if v is not None) > 0.03
+    assert base["identity"]["A09_sojourner_truth_1864"] > 0.45  # a 75 px face, moved by the model as shipped

@@ -74,6 +74,7 @@ class GateRule:
     min_relative: float | None = None  # candidate >= baseline + min_relative on every image
     max_relative: float | None = None  # candidate <= baseline + max_relative on every image
     relax_to_baseline: float | None = None  # with max: per image, max(max, baseline + this) (as the study's)
+    relax_limit: float | None = None  # with relax_to_baseline: the relaxed bound never goes above this
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,14 @@ class Rules:
         gates = []
         for name, g in (m.get("gates") or {}).items():
             g = {k: v for k, v in (g or {}).items() if v is not None}
-            check_keys(g, {"max", "min_relative", "max_relative", "relax_to_baseline"}, f"compare.gates.{name}")
+            check_keys(g, {"max", "min_relative", "max_relative", "relax_to_baseline", "relax_limit"},
+                       f"compare.gates.{name}")
             M.get(name)
             if not g:
                 raise ConfigError(f"compare.gates.{name} needs max, min_relative or max_relative")
-            if "relax_to_baseline" in g and "max" not in g:
-                raise ConfigError(f"compare.gates.{name}: relax_to_baseline relaxes a max, and there is none")
-            gates.append(GateRule(name, **{k: float(v) for k, v in g.items()}))
+            rule = GateRule(name, **{k: float(v) for k, v in g.items()})
+            _bound(rule)  # the study's checks: relax_to_baseline needs max, relax_limit a relax_to_baseline
+            gates.append(rule)
         alpha = float(m.get("alpha", 0.05))
         if not 0 < alpha < 1:
             raise ConfigError(f"compare.alpha must be in (0, 1), got {alpha}")
@@ -211,11 +213,15 @@ def metric_stats(harms: Sequence[float], rule: MetricRule, rules: Rules, *, miss
             "verdict": verdict}
 
 
+def _bound(gate: GateRule) -> O.Constraint:
+    return O.Constraint(gate.metric, max=gate.max, min_relative=gate.min_relative, max_relative=gate.max_relative,
+                        relax_to_baseline=gate.relax_to_baseline, relax_limit=gate.relax_limit)
+
+
 def gate_result(gate: GateRule, images: list[str], base: SideRun, cand: SideRun) -> dict[str, Any]:
     """Per image: the candidate's value against the gate; the failing images, worst first."""
     failing: list[dict[str, Any]] = []
-    bound = O.Constraint(gate.metric, max=gate.max, min_relative=gate.min_relative, max_relative=gate.max_relative,
-                         relax_to_baseline=gate.relax_to_baseline)
+    bound = _bound(gate)
     checked = 0
     for name in images:
         c, b = cand.rows[name].get(gate.metric, math.nan), base.rows[name].get(gate.metric, math.nan)

@@ -24,7 +24,7 @@ as shipped, trial 0); ``relax_to_baseline`` (with ``max``): on an image where th
 already past ``max`` (a real, degraded input the band was not calibrated on), the bound becomes
 that image's baseline value plus this -- the guard rail relative to what the input allows,
 no worse than the model as shipped -- while inputs inside the band keep ``max``; ``relax_limit``
-caps that relaxed bound (identity: never past 0.6, another person, whatever the baseline did).  NaN values
+caps that relaxed bound (identity: above 0.6, another person, always fails, whatever the baseline did).  NaN values
 do not apply (e.g. seam without tiling) and count as satisfied.  A relative gate with no
 baseline is an error, never silently disabled.
 """
@@ -98,8 +98,11 @@ class Constraint:
         if self.relax_to_baseline is not None and self.max is None:
             raise ConfigError(f"constraint '{self.metric}': relax_to_baseline relaxes a max, and there is none")
         if self.relax_limit is not None and (self.relax_to_baseline is None or self.max is None
-                                             or self.relax_limit < self.max):
-            raise ConfigError(f"constraint '{self.metric}': relax_limit caps relax_to_baseline and must be >= max")
+                                             or not math.isfinite(self.relax_limit) or self.relax_limit < self.max):
+            raise ConfigError(f"constraint '{self.metric}': relax_limit caps relax_to_baseline and must be a number "
+                              ">= max")
+        if self.relax_limit is not None and self.reduce != "worst":
+            raise ConfigError(f"constraint '{self.metric}': relax_limit is a per-image cap; it needs reduce: worst")
 
     @property
     def relative(self) -> bool:
