@@ -88,6 +88,7 @@ class Pipeline:
         self._restorer: FaceRestorer | None = None
         self._detector: FaceDetector | None = None
         self._detect_memo: dict[str, list[Face]] = {}
+        self._gap_memo: dict[str, float] = {}  # input hash -> predicted texture gap (texture_anchor=predicted)
         # ("R", input, h, w) and ("sr", stage key) -> array, in least-recently-used order
         self._memo: dict[tuple[str, ...], np.ndarray] = {}
         self._memo_limit = int(memo_limit_bytes)
@@ -120,6 +121,17 @@ class Pipeline:
             ref = reference_upscale(image.rgb, size)
             self._remember(key, ref)
         return ref
+
+    def predicted_gap(self, image: Image, ihash: str, faces: list[Face], scale: float) -> float:
+        """The texture anchor of ``texture_anchor=predicted`` (:func:`tuner.texture.predicted_gap`): a
+        function of the input alone (its faces come from the input, memoised by its hash), so computed
+        once per input, not once per trial."""
+        if abs(scale - GAP_SCALE) > 0.01:
+            raise ConfigError(f"params.texture_anchor=predicted is fitted at x{GAP_SCALE}; this pipeline "
+                              f"upscales x{scale:g} (use texture_anchor=lanczos)")
+        if ihash not in self._gap_memo:
+            self._gap_memo[ihash] = predicted_gap(image.rgb, skin_mask(image.rgb, faces))
+        return self._gap_memo[ihash]
 
     def memo_bytes(self) -> int:
         """RAM held between calls (R and SR outputs)."""
@@ -296,14 +308,9 @@ class Pipeline:
         texture = None
         if params.texture_target is not None:
             assert skin is not None
-            target = params.texture_target
-            if params.texture_anchor == "predicted":
-                if abs(scale - GAP_SCALE) > 0.01:
-                    raise ConfigError(f"params.texture_anchor=predicted is fitted at x{GAP_SCALE}; this pipeline "
-                                      f"upscales x{scale:g} (use texture_anchor=lanczos)")
-                gap = predicted_gap(image.rgb, skin_mask(image.rgb, faces))
-                target += gap
-            out, texture = match_texture(out, ref, skin, scale=scale, target=target, seed=int(ihash[:12], 16))
+            gap = self.predicted_gap(image, ihash, faces, scale) if params.texture_anchor == "predicted" else 0.0
+            out, texture = match_texture(out, ref, skin, scale=scale, target=params.texture_target + gap,
+                                         seed=int(ihash[:12], 16))
             if params.texture_anchor == "predicted":
                 texture["predicted_gap"] = gap
         alpha = None if image.alpha is None else resize(image.alpha, (h, w), interpolation=cv2.INTER_LINEAR)
