@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -16,8 +17,9 @@ import yaml
 from conftest import GFPGAN_OVERRIDES, SRVGG_OVERRIDES
 from PIL import Image as PILImage
 
+from tuner import objective as O
 from tuner.degrade import in_validation
-from tuner.validate import CROP, table
+from tuner.validate import CROP, held_out_gates, table
 
 IMAGES = ["A02_usnavy_grace_hopper.jpg", "A13_flickr_ccby_05.jpg", "A19_flickr_ccby_26.jpg"]  # A02 is held out
 
@@ -36,6 +38,7 @@ def test_the_default_study_tunes_the_policy_and_reports_the_held_out_split(tmp_p
     code = ("import sys; from tuner.cli import main; rc = main(sys.argv[1:]); "
             "print('PYIQA-IMPORTED', 'pyiqa' in sys.modules); sys.exit(rc)")
     env = dict(os.environ, TUNER_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("TUNER_WEIGHTS_DIR", None)  # as run_cli: only the tiny weights given here
     r = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -62,6 +65,8 @@ def test_the_default_study_tunes_the_policy_and_reports_the_held_out_split(tmp_p
     rows_txt = [ln for ln in (run / "validation.txt").read_text().splitlines()[2:] if ln.strip()]
     assert len(rows_txt) == 2 * len(rows)
     assert all(ln.rstrip().endswith("all hold") or "(A02_usnavy_grace_hopper@" in ln for ln in rows_txt), rows_txt
+    broken = re.compile(r"\w+ [<>]= [^;]*: [-+\d.e]+ \(A02_usnavy_grace_hopper@(none|medium)\)$")
+    assert all(ln.rstrip().endswith("all hold") or broken.search(ln.rstrip()) for ln in rows_txt), rows_txt
     assert (run / "validation.txt").read_text().count("model defaults") == 2
     # the contact sheet: one row per held-out face, input Lanczos | each row | truth, at 100 %
     with PILImage.open(run / "cheeks.png") as im:
@@ -152,3 +157,21 @@ def test_the_rows_are_the_baseline_the_best_trial_with_the_policy_off_and_the_ex
     defaults, fixed, tuned = (p for _, _, _, p in rows)
     assert defaults.blend == 0.0 and defaults.texture_target is None  # the baseline's knobs, the policy off
     assert fixed.blend == 0.3 and fixed.texture_target is None and tuned.texture_target == 0.25
+
+
+def test_the_held_out_gates_name_each_broken_gate_per_row_and_set():
+    """The study's own gates on the held-out images: per image (one crunchy face fails its row, whatever
+    the mean), relative ones against the model defaults row, each broken gate with its value and image."""
+    obj = O.from_mapping({"terms": [{"metric": "piqe"}], "constraints": {
+        "texture_hr": {"max": 1.0}, "lr_psnr": {"min_relative": -1.0}}})
+    level_of = {"a@none": "clean", "b@none": "clean", "a@medium": "medium"}
+
+    def rows(tex, psnr):
+        return [{"image": k, "texture_hr": t, "lr_psnr": p} for k, t, p in zip(level_of, tex, psnr, strict=True)]
+
+    got = held_out_gates(obj, {"model defaults": rows([-2.0, -1.5, -3.0], [30.0, 31.0, 28.0]),
+                               "tuned": rows([-0.6, 1.4, 0.2], [30.5, 31.2, 26.5])}, level_of)
+    assert got[("model defaults", "clean")] == got[("model defaults", "medium")] == "all hold"
+    # clean: mean texture (0.4) is fine, b is 1.4 octaves over its truth; medium: 1.5 dB under the defaults
+    assert got[("tuned", "clean")] == "texture_hr <= 1: 1.4 (b@none)"
+    assert got[("tuned", "medium")] == "lr_psnr >= baseline -1: 26.5 (a@medium)"

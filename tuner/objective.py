@@ -164,6 +164,11 @@ class Constraint:
         return Gate(0.0, math.nan, None) if worst.image is None else worst
 
     def describe(self) -> str:
+        where = "every image" if self.reduce == "worst" else "image mean"
+        return f"{self.metric} {self.bounds()} ({where})"
+
+    def bounds(self) -> str:
+        """The bounds alone, e.g. ``<= 0.45 (or baseline +0 where it is above, up to 0.6)``."""
         parts = []
         if self.max is not None:
             parts.append(f"<= {self.max:g}" + ("" if self.relax_to_baseline is None else
@@ -176,8 +181,7 @@ class Constraint:
             parts.append(f"<= baseline {self.max_relative:+g}")
         if self.min_relative is not None:
             parts.append(f">= baseline {self.min_relative:+g}")
-        where = "every image" if self.reduce == "worst" else "image mean"
-        return f"{self.metric} " + " and ".join(parts) + f" ({where})"
+        return " and ".join(parts)
 
 
 def _f(x: Any) -> float:

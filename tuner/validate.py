@@ -119,16 +119,8 @@ def run(study: Any, objective: O.Objective, runner: Any, run_dir: Path, tuned: A
             records.append({"row": label, "trial": trial, "set": level_name(ds.items[r["index"]]), "image": r["image"],
                             **{m: r.get(m, math.nan) for m in (*NEEDS, "haarpsi_hr", "pores_hr")
                                if m in runner.metric_names}})
-    # the study's gates on the held-out images; relative ones against the defaults row (the baseline)
-    baseline: dict[str, Any] = per_image_values(rows_of["model defaults"], [c.metric for c in objective.constraints])
-    gates = {}
-    for label, rows in rows_of.items():
-        for level in dict.fromkeys(level_name(it) for it in ds.items):
-            subset = [r for r in rows if level_name(ds.items[r["index"]]) == level]
-            bad = [f"{c.describe().split(' (')[0]}: {g.value:.3g} ({g.image})"
-                   for c, g in zip(objective.constraints, objective.gates(subset, baseline), strict=True)
-                   if g.violation > 0]
-            gates[(label, level)] = "; ".join(bad) if bad else "all hold"
+    gates = held_out_gates(objective, rows_of, {r["image"]: level_name(ds.items[r["index"]])
+                                                for r in rows_of["model defaults"]})
     per_image = pd.DataFrame(records)
     atomic_write_bytes(run_dir / "validation.csv", per_image.to_csv(index=False).encode())
     text = table(per_image, gates=gates).to_string(index=False, float_format=lambda v: f"{v:.3f}")
@@ -137,6 +129,23 @@ def run(study: Any, objective: O.Objective, runner: Any, run_dir: Path, tuned: A
     sheet = cheek_sheet(ds.items, outputs, run_dir / "cheeks.png")
     return [f"validation ({len(ds.items)} held-out images; {run_dir / 'validation.txt'}):", *text.splitlines(),
             f"cheek crops: {sheet}" if sheet else "cheek crops: no face with enough skin"]
+
+
+def held_out_gates(objective: O.Objective, rows_of: dict[str, list[dict[str, Any]]],
+                   level_of: dict[str, str]) -> dict[tuple[str, str], str]:
+    """The study's gates on the held-out images, per (row, set): "all hold", or each broken gate with
+    its value and image.  Each gate on every image; relative ones against the ``model defaults`` row
+    (the study's baseline settings)."""
+    baseline: dict[str, Any] = per_image_values(rows_of["model defaults"], [c.metric for c in objective.constraints])
+    out = {}
+    for label, rows in rows_of.items():
+        for level in dict.fromkeys(level_of.values()):
+            subset = [r for r in rows if level_of[r["image"]] == level]
+            bad = [f"{c.metric} {c.bounds()}: {g.value:.3g} ({g.image})"
+                   for c, g in zip(objective.constraints, objective.gates(subset, baseline), strict=True)
+                   if g.violation > 0]
+            out[(label, level)] = "; ".join(bad) if bad else "all hold"
+    return out
 
 
 def level_name(item: Any) -> str:
