@@ -143,8 +143,8 @@ def fit(max_side: int, *, search: bool = False) -> None:
     def lstsq(d: pd.DataFrame) -> np.ndarray:
         return np.linalg.lstsq(np.c_[np.ones(len(d)), d[names].to_numpy()], d.gap.to_numpy(), rcond=None)[0]
 
-    def predict(c: np.ndarray, d: pd.DataFrame) -> np.ndarray:
-        return np.c_[np.ones(len(d)), d[names].to_numpy()] @ c
+    def predict(c: np.ndarray, d: pd.DataFrame) -> np.ndarray:  # clipped, as tuner.texture.predicted_gap
+        return np.clip(np.c_[np.ones(len(d)), d[names].to_numpy()] @ c, *GAP_RANGE)
 
     train, val = df[~df.val], df[df.val]
     coef = lstsq(train)
