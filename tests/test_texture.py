@@ -70,6 +70,25 @@ def test_grain_brings_waxy_skin_to_the_truths_texture_and_statistics(cases):
         assert a["lbp_hr"] < b["lbp_hr"]
 
 
+def test_a_sharper_source_fills_waxy_skin_before_grain_and_grain_only_tops_it_up(cases):
+    """``sharp=`` (a second, sharper source): a waxy output takes the sharp source's skin first, as much
+    as lands on the target, and grain only covers what the sharp source lacks; a crunchy output
+    ignores it (R is mixed in as before)."""
+    for hr, ref, skin, an in cases:
+        half = np.clip((ref + hr) / 2, 0, 1).astype(np.float32)
+        below_half = _octaves_above_r(half, an) - 0.5
+        out, info = match_texture(ref, ref, skin, scale=4, target=below_half, seed=7, sharp=half)
+        assert abs(_octaves_above_r(out, an) - below_half) < 0.1 and 0 < info["sharp"] < 1 and info["grain"] == 0
+        above = _octaves_above_r(hr, an) + 0.5  # more than the sharp source has: all of it, then grain
+        out, info = match_texture(ref, ref, skin, scale=4, target=above, seed=7, sharp=hr.astype(np.float32))
+        _, alone = match_texture(ref, ref, skin, scale=4, target=above, seed=7)
+        assert abs(_octaves_above_r(out, an) - above) < 0.1 and info["sharp"] == 1.0
+        assert 0 < info["grain"] < alone["grain"]
+        crunchy = np.clip(hr + 2.0 * (hr - cv2.GaussianBlur(hr, (0, 0), 1.5)), 0, 1).astype(np.float32)
+        out, info = match_texture(crunchy, ref, skin, scale=4, target=1.5, seed=7, sharp=hr.astype(np.float32))
+        assert "sharp" not in info and info["mix"] > 0 and abs(_octaves_above_r(out, an) - 1.5) < 0.1
+
+
 def test_deterministic_and_a_no_op_without_skin(cases):
     hr, ref, skin, _ = cases[0]
     a, _ = match_texture(ref, ref, skin, scale=4, target=2.0, seed=3)

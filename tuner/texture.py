@@ -13,7 +13,11 @@ skin only, it moves the output's energy in the ``hf`` band to ``E_hf(R) * 2**tar
 - too little (waxy: even the SR output is flatter than the target, as on every clean input
   measured): add seeded grain -- Gaussian noise, band-limited to the ``hf`` band, modulated by
   the local luminance (darker skin shows less grain) -- with the amplitude that lands on the
-  target (closed form again), the retoucher's fix for plastic skin.
+  target (closed form again), the retoucher's fix for plastic skin;
+- too little, with a sharper second source (``sharp``, another model's output): its skin first,
+  as much as lands on the target (closed form), then grain for what it lacks.  Measured on the
+  held-out pairs, x4plus's skin adds little over grain alone (README, "Two sources per image"), so
+  the pipeline runs one model and passes none; ``benchmarks/bench_transfer.py`` scores it.
 
 Both act through a soft skin mask (1 on the skin, feathered to 0 within ~2 ``scale`` px of it),
 and both are deterministic: the grain's seed comes from the input's content hash.  Measured
@@ -110,10 +114,11 @@ def _solve(a: float, b: float, c: float, target: float, hi: float) -> float:
 
 
 def match_texture(out: np.ndarray, ref: np.ndarray, skin: np.ndarray, *, scale: float, target: float,
-                  seed: int) -> tuple[np.ndarray, dict[str, float]]:
+                  seed: int, sharp: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """``out`` with its skin's ``hf`` energy moved to ``E_hf(ref) * 2**target``; returns the image
-    and what was done (``mix``: share of R mixed in; ``grain``: grain amplitude; energies in
-    octaves above R before and after).  No skin: ``out`` unchanged."""
+    and what was done (``mix``: share of R mixed in; ``sharp``: share of ``sharp`` mixed in, where
+    given and the skin is waxy; ``grain``: grain amplitude; energies in octaves above R before and
+    after).  No skin: ``out`` unchanged."""
     if not skin.any():
         return out, {"mix": 0.0, "grain": 0.0}
     y_o, y_r = luminance(out), luminance(ref)
@@ -130,17 +135,28 @@ def match_texture(out: np.ndarray, ref: np.ndarray, skin: np.ndarray, *, scale: 
         w = _solve(e_o, float(np.mean(a * d)), float(np.mean(d * d)), e_t, 1.0)
         result = out + w * soft * (ref - out)
         info["mix"] = w
-    else:  # waxy: band-limited grain, shaped by the local luminance
-        rng = np.random.default_rng(seed)
-        noise = rng.standard_normal(y_o.shape).astype(np.float32)
-        shape = np.sqrt(np.clip(cv2.GaussianBlur(y_o, (0, 0), 2 * scale), 0.02, 1.0))
-        g = hf(noise, scale)
-        g /= float(np.std(g[skin])) + 1e-12
-        g *= shape / float(np.mean(shape[skin]))
-        gs = hf(g * soft[:, :, 0], scale)[skin]  # what the grain adds to the measured band
-        amp = _solve(e_o, float(np.mean(a * gs)), float(np.mean(gs * gs)), e_t, MAX_GRAIN)
-        result = out + (amp * g * soft[:, :, 0])[:, :, None]
-        info["grain"] = amp
+    else:  # waxy: a sharper source's skin first (when given), then band-limited grain for what is left
+        result, reached = out, False
+        if sharp is not None:
+            d = hf(soft[:, :, 0] * (luminance(sharp) - y_o), scale)[skin]
+            w = _solve(e_o, float(np.mean(a * d)), float(np.mean(d * d)), e_t, 1.0)
+            result = out + w * soft * (sharp - out)
+            y_o = luminance(result)
+            a = hf(y_o, scale)[skin]
+            e_o = float(np.mean(a * a))
+            info["sharp"] = w
+            reached = e_o >= e_t * (1 - 1e-4)  # on the target, to rounding: no grain
+        if not reached:
+            rng = np.random.default_rng(seed)
+            noise = rng.standard_normal(y_o.shape).astype(np.float32)
+            shape = np.sqrt(np.clip(cv2.GaussianBlur(y_o, (0, 0), 2 * scale), 0.02, 1.0))
+            g = hf(noise, scale)
+            g /= float(np.std(g[skin])) + 1e-12
+            g *= shape / float(np.mean(shape[skin]))
+            gs = hf(g * soft[:, :, 0], scale)[skin]  # what the grain adds to the measured band
+            amp = _solve(e_o, float(np.mean(a * gs)), float(np.mean(gs * gs)), e_t, MAX_GRAIN)
+            result = result + (amp * g * soft[:, :, 0])[:, :, None]
+            info["grain"] = amp
     result = np.clip(result, 0.0, 1.0).astype(np.float32)
     info["after"] = math.log2((float(np.mean(hf(luminance(result), scale)[skin] ** 2)) + 1e-12) / e_r)
     return result, info
