@@ -9,7 +9,9 @@ For the clean and the degraded (medium) pairs of the bundled portraits, rows:
   study, ``tuner tune experiment=nr`` -- and ``runs/default``, the default study's tuned policy),
 - the texture policy (general-x4v3) with a fixed target (``--target`` octaves above Lanczos) and
   with a per-image one (``--offset`` octaves above the predicted truth, ``texture_anchor=predicted``),
-  and that per-image policy on x4plus (a sharper source: ``tuner tune model=RealESRGAN_x4plus``),
+  that per-image policy on x4plus (a sharper source: ``tuner tune model=RealESRGAN_x4plus``), and on
+  general-x4v3 with x4plus's skin mixed in before any grain (``match_texture(sharp=...)``, a second
+  source per image; not wired into the pipeline, see the README),
 and per row: faces whose skin texture is within +-0.5 octave of the truth's (``texture_hr``),
 its median, the LBP-statistics distance and HaarPSI to the truth, the worst identity distance,
 and the mean LR-PSNR.  ``--fit`` instead measures, per face, the truth's skin texture above a
@@ -48,6 +50,8 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=3.3)
     ap.add_argument("--offset", type=float, default=0.0, help="texture_target of the predicted-anchor policy row")
     ap.add_argument("--fit", action="store_true", help="measure the target on the train split and exit")
+    ap.add_argument("--sides", type=int, nargs="*", default=[160, 192],
+                    help="with --fit: further LR sizes, for the predictor's bias by size and by the truth's provenance only")
     ap.add_argument("--search", action="store_true",
                     help="with --fit: also rank every subset of up to four candidate features by leave-one-out error")
     ap.add_argument("--no-x4plus", action="store_true", help="leave out RealESRGAN_x4plus (slow on CPU at 512 px)")
@@ -55,7 +59,7 @@ def main() -> None:
                     help="presets to score as rows (those that exist); default: the nr and the default study's")
     a = ap.parse_args()
     if a.fit:
-        fit(a.max_side, search=a.search)
+        fit(a.max_side, search=a.search, sides=a.sides)
         return
     need_weights("realesr-general-x4v3.pth", "RealESRGAN_x4plus.pth")
     models = catalogue("model")
@@ -75,10 +79,12 @@ def main() -> None:
     rows_spec.append((f"policy, texture_target={a.target:g} above Lanczos", general, Params(texture_target=a.target)))
     rows_spec.append((f"policy, texture_target={a.offset:g} above the predicted truth", general,
                       Params(texture_target=a.offset, texture_anchor="predicted")))
-    if not a.no_x4plus:  # the same policy with x4plus as its source
-        rows_spec.append((f"policy on x4plus, texture_target={a.offset:g} above the predicted truth",
-                          PipelineSpec(model=models["RealESRGAN_x4plus"]),
+    x4plus = Pipeline(PipelineSpec(model=models["RealESRGAN_x4plus"]), store=store, cache=cache)
+    two_sources = f"policy, x4plus's skin before grain, texture_target={a.offset:g} above the predicted truth"
+    if not a.no_x4plus:  # the same policy with x4plus as its source, and with x4plus as a second source
+        rows_spec.append((f"policy on x4plus, texture_target={a.offset:g} above the predicted truth", x4plus.spec,
                           Params(texture_target=a.offset, texture_anchor="predicted")))
+        rows_spec.append((two_sources, general, Params(texture_target=a.offset, texture_anchor="predicted")))
     out_dir = ROOT / "benchmarks" / "results"
     records = []
     for level, label in (("none", "clean"), ("medium", "degraded")):
@@ -88,7 +94,7 @@ def main() -> None:
             pipe = Pipeline(spec, store=store, cache=cache)
             scorer = Scorer(NAMES, iqa_max_side=1024, detector="retinaface", detection_threshold=0.9, cache=cache)
             for it in ds.items:
-                res = pipe.run(it.image, params)
+                res = pipe.run(it.image, params) if name != two_sources else second_source(pipe, x4plus, it, params)
                 v, _ = scorer.score(res, scorer.analysis(it, res, pipe))
                 records.append({"row": name, "trial": "-", "set": label, "image": it.name, **v})
                 if name.startswith("general-x4v3") or "predicted" in name:
@@ -101,12 +107,38 @@ def main() -> None:
           "(per face: input Lanczos | general default | policy, predicted anchor | HR)")
 
 
-def fit(max_side: int, *, search: bool = False) -> None:
+def second_source(pipe: Pipeline, sharp: Pipeline, it, params: Params) -> Result:  # type: ignore[no-untyped-def]
+    """The policy as :meth:`Pipeline.run` applies it (same skin mask, anchor and seed), with ``sharp``'s
+    upscale as a second source that waxy skin takes before any grain."""
+    from dataclasses import replace
+
+    from tuner.facegeom import skin_mask
+    from tuner.hashing import array_hash
+    from tuner.texture import match_texture
+
+    assert params.texture_target is not None and params.texture_anchor == "predicted"
+    base = pipe.run(it.image, replace(params, texture_target=None))
+    ihash = array_hash(it.image.rgb)
+    faces = pipe.detect(it.image, ihash)  # a run without the policy looks for no faces
+    skin = skin_mask(base.reference, [f.scaled(base.scale) for f in faces])
+    gap = pipe.predicted_gap(it.image, ihash, faces, base.scale)
+    out, info = match_texture(base.image.rgb, base.reference, skin, scale=base.scale,
+                              target=params.texture_target + gap, seed=int(ihash[:12], 16),
+                              sharp=sharp.run(it.image, Params()).sr)
+    return replace(base, image=base.image.with_rgb(out, base.image.alpha), faces=faces,
+                   texture={**info, "predicted_gap": gap})
+
+
+def fit(max_side: int, *, search: bool = False, sides: list[int] | None = None) -> None:
     """The truth's skin texture above Lanczos per face, and the no-reference predictor of it
     (:data:`tuner.texture.GAP_FIT`): refitted here on the train split of every degradation level
     at LR max side 128 and ``max_side``, and scored on the validation split.  ``search``: also
     rank every subset of up to four candidate features (:func:`candidates`) by leave-one-portrait-out
-    error on the train split, with their validation error beside it."""
+    error on the train split, with their validation error beside it.  ``sides``: further LR sizes, not
+    fitted on, for the shipped predictor's signed error by size and by whether the truth is the
+    portrait at its own resolution (``native``) or a downscale of it."""
+    from PIL import Image as PILImage
+
     from tuner import metrics as M
     from tuner.degrade import LEVELS, in_validation
     from tuner.faces import FaceDetector
@@ -120,7 +152,7 @@ def fit(max_side: int, *, search: bool = False) -> None:
         pipe = Pipeline(PipelineSpec(model=catalogue("model")["realesr-general-x4v3"]),
                         store=WeightStore(weights_dir=WEIGHTS, allow_download=False),
                         cache=StageCache(Path.home() / ".cache" / "tuner" / "stages"))
-    for side in sorted({128, max_side}):
+    for side in sorted({128, max_side, *(sides or [])}):
         for level in LEVELS:
             for it in load(None, max_side=side, pairs=Pairs(degradation=level)).items:
                 lr, hr = it.image.rgb, it.hr
@@ -135,9 +167,12 @@ def fit(max_side: int, *, search: bool = False) -> None:
                 # the truth's texture above R is -texture_hr of R itself
                 gap = -M.score(M.Context(an.reference, an), ["texture_hr"])["texture_hr"]
                 extra = candidates(M, an, it, pipe) if pipe is not None else {}
-                rows.append({"side": side, "level": level, "face": it.name.split("@")[0],
+                with PILImage.open(it.path) as im:
+                    native = max(im.size) <= side * 4  # the HR is the portrait itself, not a downscale of it
+                rows.append({"side": side, "level": level, "face": it.name.split("@")[0], "native": native,
                              "val": in_validation(it.name), "gap": gap, **feats, **extra})
-    df = pd.DataFrame(rows)
+    every = pd.DataFrame(rows)
+    df = every[every.side.isin([128, max_side])].reset_index(drop=True)  # what the predictor is fitted on
     names = [k for k in GAP_FIT if k != "intercept"]
 
     def lstsq(d: pd.DataFrame) -> np.ndarray:
@@ -167,8 +202,32 @@ def fit(max_side: int, *, search: bool = False) -> None:
         print(f"  validation, LR {side} px, {level}: median |error| {np.median(err):.2f} octave, within 0.5: "
               f"{int(np.sum(err <= 0.5))}/{len(d)} (a constant {const:.2f}: {np.median(err_c):.2f}, "
               f"{int(np.sum(err_c <= 0.5))}/{len(d)})")
+    bias(every, predict(shipped, every))
     if pipe is not None:
         rank(df, max_side)
+
+
+def bias(df: pd.DataFrame, pred: np.ndarray) -> None:
+    """The shipped predictor's signed error (prediction - truth, octaves; + = it expects more texture
+    than the real photograph has) by LR size and by the truth's provenance: ``native`` where the HR is
+    the portrait at its own resolution, ``downscaled`` where the portrait was larger than the HR."""
+    d = df.assign(err=pred - df.gap.to_numpy(), truth=np.where(df.native, "native", "downscaled"))
+    g = d.groupby(["truth", "side"]).err
+    print("predictor's signed error by LR size and the truth's provenance (train and validation rows; "
+          "median, with the median |error| and the rows):")
+    for (truth, side), e in g:
+        print(f"  {truth:>10} truth, LR {side} px: {e.median():+.2f} (|error| {e.abs().median():.2f}, {len(e)} rows)")
+    # the same photograph at the same degradation, at two consecutive sizes: the size's share of it vs the provenance's
+    err = d.pivot_table(index=["face", "level"], columns="side", values="err")
+    nat = d.pivot_table(index=["face", "level"], columns="side", values="native")
+    sides = sorted(d.side.unique())
+    for a, b in zip(sides, sides[1:], strict=False):
+        for label, m in (("downscaled at both", (nat[a] == 0) & (nat[b] == 0)),
+                         ("downscaled, then native", (nat[a] == 0) & (nat[b] == 1))):
+            diff = (err[a] - err[b])[m].dropna()
+            if len(diff):
+                print(f"  same photograph and level, LR {a} vs {b} px, truth {label}: error {a} - {b} px "
+                      f"{diff.median():+.2f} (median of {len(diff)}, {int((diff > 0).sum())} positive)")
 
 
 def candidates(M, an, it, pipe: Pipeline) -> dict[str, float]:  # type: ignore[no-untyped-def]

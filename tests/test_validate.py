@@ -80,7 +80,7 @@ def test_the_default_study_tunes_the_policy_and_reports_the_held_out_split(tmp_p
     for name in train:
         assert (tmp_path / "out" / name).read_bytes() == (run / "best_outputs" / name).read_bytes(), name
     # at the size it was tuned at, nothing to warn about; above it, the offset's size transfer is unmeasured
-    warning = "the predictor's bias changes with input size"
+    warning = "its landing against real skin is unmeasured above that size"
     assert warning not in r.stdout + r.stderr
     r = run_cli("enhance", f"input={portraits / IMAGES[1]}", f"output={tmp_path / 'big'}",
                 f"preset={run / 'best_preset.yaml'}", "max_side=160", f"weights_dir={tiny_weights}",

@@ -59,7 +59,7 @@ def enhance(cfg: Any) -> int:
         check_identity(preset, pipe, allow_mismatch=bool(cfg.get("allow_weights_mismatch", False)))
         if max_side is None and preset.get("max_side"):
             log.warning("preset was tuned at max_side=%s (a proxy size); enhancing at full size", preset["max_side"])
-    # a predicted-anchor offset was tuned at one input size, and the predictor's bias changes with size
+    # a predicted-anchor offset was tuned at one input size; against truth it is unmeasured above it
     size_checked = bool(preset.get("max_side")
                         and (preset.get("pipeline") or {}).get("texture_anchor") == "predicted")
     failures: list[tuple[Path, str]] = []
@@ -69,9 +69,9 @@ def enhance(cfg: Any) -> int:
             tuned_side = int(preset.get("max_side") or 0)
             if size_checked and max(image.size) > tuned_side:
                 log.warning("%s is %d px on its long side; this preset's texture_target (%s octave from the predicted "
-                            "real texture) was tuned on inputs of at most %s px, and the predictor's bias changes with "
-                            "input size (128 vs 256 px measured: README, Scale): check the skin at this size "
-                            "(said once)", f.name, max(image.size), pc.params.texture_target, tuned_side)
+                            "real texture) was tuned on inputs of at most %s px, and its landing against real skin is "
+                            "unmeasured above that size (README, Scale): check the skin at this size (said once)",
+                            f.name, max(image.size), pc.params.texture_target, tuned_side)
                 size_checked = False
             result = pipe.run(image, pc.params)
             suffix = f.suffix if fmt == "same" else f".{fmt}"
