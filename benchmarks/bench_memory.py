@@ -77,7 +77,7 @@ def child_pipeline(c: dict[str, Any]) -> dict[str, Any]:
 
     spec = PipelineSpec(model=catalogue("model")[c["model"]])
     pipe = Pipeline(spec, store=WeightStore(weights_dir=WEIGHTS, allow_download=False), memo_limit_bytes=0)
-    params = Params(tile=c["tile"], blend=c["blend"], blend_variant=c["variant"])
+    params = Params(tile=c["tile"], blend=c["blend"], blend_variant=c["variant"], **c.get("policy", {}))
     out = Path(tempfile.mkdtemp()) / "out.png"
     pipe.run(_portrait(32), params)  # load the model, initialise oneDNN: not part of the peak
     image = _portrait(c["size"])
@@ -116,6 +116,7 @@ def child_post(c: dict[str, Any]) -> dict[str, Any]:
     from tuner.facegeom import Face, skin_mask
     from tuner.faces import RestoredFace, paste_faces
     from tuner.images import encode, reference_upscale
+    from tuner.texture import match_texture
 
     n = c["size"]
     image = _portrait(n)
@@ -131,8 +132,11 @@ def child_post(c: dict[str, Any]) -> dict[str, Any]:
     def run() -> None:
         ref = reference_upscale(image.rgb, (h, w))
         out = paste_faces(sr, restored, scale=4.0, weight=0.5) if c["faces"] else sr
-        skin = skin_mask(ref, [face.scaled(4.0)]) if c["variant"] == "skin" else None
+        skin = skin_mask(ref, [face.scaled(4.0)]) if c["variant"] == "skin" or "texture" in c else None
         out = blend(out, ref, amount=0.3, variant=c["variant"], skin=skin, scale=4.0)
+        if "texture" in c:  # the texture policy: -3 mixes R in (the stand-in SR is crunchy), +8 adds grain
+            assert skin is not None
+            out, _ = match_texture(out, ref, skin, scale=4.0, target=c["texture"], seed=0)
         encode(image.with_rgb(out), out_path)
 
     peak, dt = _measure(run)
@@ -175,17 +179,18 @@ def estimate(case: dict[str, Any]) -> tuple[int, str]:
 
     spec = PipelineSpec(model=catalogue("model")[case["model"]])
     e = estimate_memory(spec, (case["size"], case["size"]), case["tile"],
-                        params=Params(blend=case["blend"], blend_variant=case["variant"]))
+                        params=Params(blend=case["blend"], blend_variant=case["variant"], **case.get("policy", {})))
     return e.host, max(e.stages, key=lambda k: e.stages[k])
 
 
 def table(cases: list[dict[str, Any]], timeout: float) -> None:
-    print(f"{'model':<22}{'input':>7}{'tile':>6}  {'variant':<10}{'measured MB':>12}{'estimate MB':>12}"
+    print(f"{'model':<22}{'input':>7}{'tile':>6}  {'variant':<12}{'measured MB':>12}{'estimate MB':>12}"
           f"{'est/meas':>9}  {'set by':<8}{'time s':>7}")
     for c in cases:
         res = run_child({"kind": "pipeline", **c}, timeout)
         est, stage = estimate(c)
-        head = f"{c['model']:<22}{c['size']:>7}{c['tile']:>6}  {c['variant']:<10}"
+        variant = c["variant"] + ("+policy" if "policy" in c else "")
+        head = f"{c['model']:<22}{c['size']:>7}{c['tile']:>6}  {variant:<12}"
         if "error" in res:
             print(f"{head}{'-':>12}{est / 2**20:>12.0f}{'-':>9}  {stage:<8}  error: {res['error']}")
             continue
@@ -221,6 +226,12 @@ def calibrate(timeout: float) -> None:
                 print(f"{variant:<12}{faces!s:>6}  error: {res['error']}")
                 continue
             print(f"{variant:<12}{faces!s:>6}{res['peak'] / 2**20:>9.0f}{res['bytes_per_out_px']:>10.1f}")
+    for target, what in ((-3.0, "texture policy, mixing R in"), (8.0, "texture policy, adding grain")):
+        res = run_child({"kind": "post", "variant": "skin", "faces": True, "size": 512, "texture": target}, timeout)
+        if "error" in res:
+            print(f"{what}: error: {res['error']}")
+            continue
+        print(f"{'skin':<12}{'True':>6}{res['peak'] / 2**20:>9.0f}{res['bytes_per_out_px']:>10.1f}  + {what}")
     res = run_child({"kind": "gfpgan"}, timeout)
     print(f"\nGFPGANv1.4 forward on one 512 px face (random weights): "
           f"{res['peak'] / 2**20:.0f} MB" if "error" not in res else f"\nGFPGAN: error {res['error']}")
@@ -250,6 +261,9 @@ def main() -> None:
              for n in a.sizes for t in a.tiles]
     cases.append({"model": "realesr-general-x4v3", "size": max(a.sizes), "tile": min(a.tiles), "variant": "frequency",
                   "blend": 0.3})
+    # the default study's tuned policy (runs/default): skin blend 0.79, texture_target -0.5 from the predicted truth
+    cases.append({"model": "realesr-general-x4v3", "size": max(a.sizes), "tile": min(a.tiles), "variant": "skin",
+                  "blend": 0.79, "policy": {"texture_target": -0.5, "texture_anchor": "predicted"}})
     if a.x4plus_size:
         cases += [{"model": "RealESRGAN_x4plus", "size": a.x4plus_size, "tile": t, "variant": "global", "blend": 0.3}
                   for t in (0, 128)]
