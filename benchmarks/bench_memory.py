@@ -128,6 +128,7 @@ def child_post(c: dict[str, Any]) -> dict[str, Any]:
     restored = [RestoredFace(crop=np.random.default_rng(1).random((512, 512, 3), dtype=np.float32),
                              matrix=np.array([[k, 0, -0.3 * n * k], [0, k, -0.3 * n * k]]))]
     out_path = Path(tempfile.mkdtemp()) / "out.png"
+    did: dict[str, float] = {}
 
     def run() -> None:
         ref = reference_upscale(image.rgb, (h, w))
@@ -136,11 +137,12 @@ def child_post(c: dict[str, Any]) -> dict[str, Any]:
         out = blend(out, ref, amount=0.3, variant=c["variant"], skin=skin, scale=4.0)
         if "texture" in c:  # the texture policy: -3 mixes R in (the stand-in SR is crunchy), +8 adds grain
             assert skin is not None
-            out, _ = match_texture(out, ref, skin, scale=4.0, target=c["texture"], seed=0)
+            out, info = match_texture(out, ref, skin, scale=4.0, target=c["texture"], seed=0)
+            did.update(mix=info["mix"], grain=info["grain"])
         encode(image.with_rgb(out), out_path)
 
     peak, dt = _measure(run)
-    return {"peak": peak, "seconds": dt, "bytes_per_out_px": peak / (h * w)}
+    return {"peak": peak, "seconds": dt, "bytes_per_out_px": peak / (h * w), **did}
 
 
 def child_gfpgan(c: dict[str, Any]) -> dict[str, Any]:
@@ -226,12 +228,16 @@ def calibrate(timeout: float) -> None:
                 print(f"{variant:<12}{faces!s:>6}  error: {res['error']}")
                 continue
             print(f"{variant:<12}{faces!s:>6}{res['peak'] / 2**20:>9.0f}{res['bytes_per_out_px']:>10.1f}")
-    for target, what in ((-3.0, "texture policy, mixing R in"), (8.0, "texture policy, adding grain")):
+    for target, path, what in ((-3.0, "mix", "texture policy, mixing R in"), (8.0, "grain", "texture policy, adding grain")):
         res = run_child({"kind": "post", "variant": "skin", "faces": True, "size": 512, "texture": target}, timeout)
         if "error" in res:
             print(f"{what}: error: {res['error']}")
             continue
-        print(f"{'skin':<12}{'True':>6}{res['peak'] / 2**20:>9.0f}{res['bytes_per_out_px']:>10.1f}  + {what}")
+        if not (res["mix"] > 0) == (path == "mix") or not (res["grain"] > 0) == (path == "grain"):
+            print(f"{what}: took the other path (mix {res['mix']:.3g}, grain {res['grain']:.3g}), not measured")
+            continue
+        print(f"{'skin':<12}{'True':>6}{res['peak'] / 2**20:>9.0f}{res['bytes_per_out_px']:>10.1f}  + {what} "
+              f"({path} {res[path]:.2f})")
     res = run_child({"kind": "gfpgan"}, timeout)
     print(f"\nGFPGANv1.4 forward on one 512 px face (random weights): "
           f"{res['peak'] / 2**20:.0f} MB" if "error" not in res else f"\nGFPGAN: error {res['error']}")

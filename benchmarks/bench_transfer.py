@@ -17,7 +17,9 @@ its median, the LBP-statistics distance and HaarPSI to the truth, the worst iden
 and the mean LR-PSNR.  ``--fit`` instead measures, per face, the truth's skin texture above a
 Lanczos upscale of the LR (octaves, crunch's band): its median on the *train* split is the
 policy's fixed target; it also refits the no-reference predictor (``tuner.texture.GAP_FIT``,
-``params.texture_anchor=predicted``) on the train split and prints its error on the validation split.  Also writes a contact sheet of 100 % cheek crops per face
+``params.texture_anchor=predicted``) on the train split and prints its error on the validation split,
+and, with further sizes (``--sides``, not fitted on), its signed error out of sample by LR size and by
+whether the truth is the portrait at its own resolution or a downscale of it.  Also writes a contact sheet of 100 % cheek crops per face
 (input Lanczos | general default | policy with the predicted anchor | HR) to ``benchmarks/results/cheeks_<set>.png``.
 """
 
@@ -81,6 +83,7 @@ def main() -> None:
                       Params(texture_target=a.offset, texture_anchor="predicted")))
     x4plus = Pipeline(PipelineSpec(model=models["RealESRGAN_x4plus"]), store=store, cache=cache)
     two_sources = f"policy, x4plus's skin before grain, texture_target={a.offset:g} above the predicted truth"
+    grain_alone = rows_spec[-1][0]
     if not a.no_x4plus:  # the same policy with x4plus as its source, and with x4plus as a second source
         rows_spec.append((f"policy on x4plus, texture_target={a.offset:g} above the predicted truth", x4plus.spec,
                           Params(texture_target=a.offset, texture_anchor="predicted")))
@@ -96,20 +99,37 @@ def main() -> None:
             for it in ds.items:
                 res = pipe.run(it.image, params) if name != two_sources else second_source(pipe, x4plus, it, params)
                 v, _ = scorer.score(res, scorer.analysis(it, res, pipe))
-                records.append({"row": name, "trial": "-", "set": label, "image": it.name, **v})
-                if name.startswith("general-x4v3") or "predicted" in name:
+                records.append({"row": name, "trial": "-", "set": label, "image": it.name, **v,
+                                **{f"policy_{k}": (res.texture or {}).get(k, np.nan) for k in ("sharp", "grain")}})
+                if name in (rows_spec[0][0], grain_alone):
                     sheets.setdefault(name, []).append(res)
         cheek_sheet(ds.items, sheets, out_dir / f"cheeks_{label}.png")
     print(f"split {a.split}, LR max side {a.max_side} (x4 outputs), policy target {a.target:g}:")
     table = validation_table(pd.DataFrame(records), base="general-x4v3 default").drop(columns="trial")
     print(pd.DataFrame(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if not a.no_x4plus:
+        paired(pd.DataFrame(records), two_sources, grain_alone)
     print(f"contact sheets: {out_dir}/cheeks_clean.png, cheeks_degraded.png "
-          "(per face: input Lanczos | general default | policy, predicted anchor | HR)")
+          f"(per face: input Lanczos | general default | {grain_alone} | HR)")
+
+
+def paired(df: pd.DataFrame, two: str, alone: str) -> None:
+    """The two-source row against grain alone, image by image: how much of x4plus's skin each face
+    took, where grain was still added, and the worst per-image change of each metric."""
+    for label, d in df.groupby("set", sort=False):
+        t, g = (d[d.row == r].set_index("image") for r in (two, alone))
+        took = t.policy_sharp
+        print(f"  {label}: x4plus's skin taken in full on {int((took == 1).sum())}, partly on "
+              f"{int(((took > 0) & (took < 1)).sum())}, not at all on {int((took == 0).sum())} of {len(t)} faces; grain "
+              f"still added on {int((t.policy_grain > 0).sum())}; against grain alone, per face: "
+              + ", ".join(f"{m} {(t[m] - g[m]).min():+.3f}..{(t[m] - g[m]).max():+.3f}"
+                          for m in ("lbp_hr", "haarpsi_hr", "identity", "lr_psnr")))
 
 
 def second_source(pipe: Pipeline, sharp: Pipeline, it, params: Params) -> Result:  # type: ignore[no-untyped-def]
     """The policy as :meth:`Pipeline.run` applies it (same skin mask, anchor and seed), with ``sharp``'s
-    upscale as a second source that waxy skin takes before any grain."""
+    upscale as a second source that waxy skin takes before any grain.  (The base run is planned without
+    the policy: the same tile as Pipeline.run's for a fixed ``params.tile``, which this row uses.)"""
     from dataclasses import replace
 
     from tuner.facegeom import skin_mask
@@ -202,19 +222,25 @@ def fit(max_side: int, *, search: bool = False, sides: list[int] | None = None) 
         print(f"  validation, LR {side} px, {level}: median |error| {np.median(err):.2f} octave, within 0.5: "
               f"{int(np.sum(err <= 0.5))}/{len(d)} (a constant {const:.2f}: {np.median(err_c):.2f}, "
               f"{int(np.sum(err_c <= 0.5))}/{len(d)})")
-    bias(every, predict(shipped, every))
+    # every row predicted out of sample: a train portrait's rows by a fit without that portrait (the shipped
+    # coefficients' refit, leave one portrait out), a validation portrait's by the train fit itself
+    oos = np.full(len(every), np.nan)
+    for f in every.face.unique():
+        rows_f = (every.face == f).to_numpy()
+        oos[rows_f] = predict(lstsq(train[train.face != f]), every[rows_f])
+    bias(every, oos)
     if pipe is not None:
         rank(df, max_side)
 
 
 def bias(df: pd.DataFrame, pred: np.ndarray) -> None:
-    """The shipped predictor's signed error (prediction - truth, octaves; + = it expects more texture
-    than the real photograph has) by LR size and by the truth's provenance: ``native`` where the HR is
-    the portrait at its own resolution, ``downscaled`` where the portrait was larger than the HR."""
+    """The predictor's signed error out of sample (prediction - truth, octaves; + = it expects more
+    texture than the real photograph has) by LR size and by the truth's provenance: ``native`` where
+    the HR is the portrait at its own resolution, ``downscaled`` where the portrait was larger than the HR."""
     d = df.assign(err=pred - df.gap.to_numpy(), truth=np.where(df.native, "native", "downscaled"))
     g = d.groupby(["truth", "side"]).err
-    print("predictor's signed error by LR size and the truth's provenance (train and validation rows; "
-          "median, with the median |error| and the rows):")
+    print("predictor's signed error by LR size and the truth's provenance (every row out of sample: train "
+          "portraits left out one at a time; median, with the median |error| and the rows):")
     for (truth, side), e in g:
         print(f"  {truth:>10} truth, LR {side} px: {e.median():+.2f} (|error| {e.abs().median():.2f}, {len(e)} rows)")
     # the same photograph at the same degradation, at two consecutive sizes: the size's share of it vs the provenance's
@@ -224,10 +250,11 @@ def bias(df: pd.DataFrame, pred: np.ndarray) -> None:
     for a, b in zip(sides, sides[1:], strict=False):
         for label, m in (("downscaled at both", (nat[a] == 0) & (nat[b] == 0)),
                          ("downscaled, then native", (nat[a] == 0) & (nat[b] == 1))):
-            diff = (err[a] - err[b])[m].dropna()
+            diff = (err[b] - err[a])[m].dropna()
             if len(diff):
-                print(f"  same photograph and level, LR {a} vs {b} px, truth {label}: error {a} - {b} px "
-                      f"{diff.median():+.2f} (median of {len(diff)}, {int((diff > 0).sum())} positive)")
+                print(f"  same photograph and level, LR {a} -> {b} px, truth {label}: the error changes by "
+                      f"{diff.median():+.2f} (median of {len(diff)}; {int((diff > 0).sum())} up, "
+                      f"{int((diff < 0).sum())} down)")
 
 
 def candidates(M, an, it, pipe: Pipeline) -> dict[str, float]:  # type: ignore[no-untyped-def]

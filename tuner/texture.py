@@ -19,7 +19,7 @@ skin only, it moves the output's energy in the ``hf`` band to ``E_hf(R) * 2**tar
   held-out pairs, x4plus's skin adds little over grain alone (README, "Two sources per image"), so
   the pipeline runs one model and passes none; ``benchmarks/bench_transfer.py`` scores it.
 
-Both act through a soft skin mask (1 on the skin, feathered to 0 within ~2 ``scale`` px of it),
+All act through a soft skin mask (1 on the skin, feathered to 0 within ~2 ``scale`` px of it),
 and both are deterministic: the grain's seed comes from the input's content hash.  Measured
 against ground truth (``python benchmarks/bench_transfer.py --fit``), a real photograph's skin
 carries more ``hf`` energy than the Lanczos upscale of its x4 downscale: 2.0-3.3 octaves (clean)
