@@ -229,6 +229,19 @@ def fit(max_side: int, *, search: bool = False, sides: list[int] | None = None) 
         rows_f = (every.face == f).to_numpy()
         oos[rows_f] = predict(lstsq(train[train.face != f]), every[rows_f])
     bias(every, oos)
+    # the predictor refitted on native truths only (production's kind: the output stands in for a photograph
+    # at that size), one row per photograph and level, scored like the shipped one
+    native = every[every.native].sort_values("side").drop_duplicates(["face", "level"])
+    nat_train = native[~native.val]
+    c_nat = lstsq(nat_train)
+    loo_nat = [np.abs(predict(lstsq(nat_train[nat_train.face != f]), d) - d.gap) for f, d in nat_train.groupby("face")]
+    print(f"refitted on native truths only ({len(nat_train)} train rows): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in zip(["intercept", *names], c_nat, strict=True))
+          + f"; leave-one-face-out {np.median(np.concatenate(loo_nat)):.2f} octave")
+    for level, d in val[val.side == max_side].groupby("level"):
+        e_s, e_n = np.abs(predict(shipped, d) - d.gap), np.abs(predict(c_nat, d) - d.gap)
+        print(f"  validation, LR {max_side} px, {level}: median |error| {np.median(e_n):.2f} octave, within 0.5: "
+              f"{int(np.sum(e_n <= 0.5))}/{len(d)} (shipped: {np.median(e_s):.2f}, {int(np.sum(e_s <= 0.5))}/{len(d)})")
     if pipe is not None:
         rank(df, max_side)
 
