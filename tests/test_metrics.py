@@ -267,3 +267,38 @@ def test_texture_excess_passes_real_skin_where_a_fixed_crunch_band_fails_it():
         assert np.all(np.array(sharpened)[ok] > excess[ok] + 0.5), (level, sharpened, excess)
         if level == "medium":
             assert np.mean(crunch[ok] > 11.0) >= 0.4, crunch
+
+
+def test_skin_gates_judge_every_face_not_their_pooled_skin():
+    """Two copies of one portrait side by side, one face's skin sharpened (unsharp mask 0.8), the
+    other blurred (sigma 2): each skin metric a gate reads is the worst face's, as it would measure
+    that face alone, where the skin of both faces pooled would pass the gate.  A single face keeps
+    its value (the pooled skin is that face's)."""
+    from tuner.metrics import skin
+
+    p, one = _setup("A13_flickr_ccby_05.jpg", 512)
+    usm = np.clip(p + 0.8 * (p - cv2.GaussianBlur(p, (0, 0), 1.5)), 0, 1)
+    blur = cv2.GaussianBlur(p, (0, 0), 2.0)
+    lr, hr, out = (np.concatenate([a, b], axis=1) for a, b in ((one.input, one.input), (p, p), (usm, blur)))
+    faces = FaceDetector()(lr)
+    assert len(faces) == 2
+    two = InputAnalysis(lr, faces, hr.shape[:2], hr=hr)
+    assert len(two.judged_faces) == 2
+    names = ["crunch", "texture_excess", "texture_hr", "wax", "delta_e_skin"]
+    both = score(Context(out, two), names)
+    left = score(Context(usm, InputAnalysis(one.input, one.faces, p.shape[:2], hr=p)), names)
+    right = score(Context(blur, InputAnalysis(one.input, one.faces, p.shape[:2], hr=p)), names)
+    for m in ("crunch", "texture_excess", "texture_hr"):  # the sharpened face sets them
+        assert abs(both[m] - left[m]) < 0.1 * max(1.0, abs(left[m])), (m, both[m], left[m])
+    assert abs(both["wax"] - right["wax"]) < 0.1 * max(1.0, abs(right["wax"])), (both["wax"], right["wax"])
+    # the gates (conf/objective/default.yaml, truth.yaml) fail on the faces, where the pooled skin passes them
+    ctx = Context(out, InputAnalysis(lr, faces, hr.shape[:2], hr=hr))
+    skin.crunch(ctx)  # fills the energies
+    pooled_crunch = 10 * math.log10(skin.skin_energy(ctx, skin._hf) / skin.skin_energy(ctx, skin._hf, "R"))
+    pooled_hr = math.log2(skin.skin_energy(ctx, skin._hf) / skin.skin_energy(ctx, skin._hf, "HR"))
+    assert left["crunch"] > 11.0 > pooled_crunch and both["crunch"] > 11.0
+    assert left["texture_hr"] > 1.0 > pooled_hr and both["texture_hr"] > 1.0
+    assert right["wax"] > 0.5 and both["wax"] > 0.5
+    # one face: the same value as before the split into faces (its skin is all the skin)
+    single = Context(usm, InputAnalysis(one.input, one.faces, p.shape[:2], hr=p))
+    assert one.judged_faces == [] and score(single, ["crunch"])["crunch"] == left["crunch"]

@@ -52,16 +52,22 @@ def skin_mask(rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
     (and brows above them) and the mouth, intersected with a YCrCb skin-colour model.
     Grey images have no chroma, so there the colour test is skipped.
     """
+    return skin_labels(rgb, faces) > 0
+
+
+def skin_labels(rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
+    """:func:`skin_mask` with each skin pixel labelled by its face: 0 = not skin, ``i + 1`` = the
+    skin of ``faces[i]`` (where two face regions overlap, the later face's); uint16."""
     h, w = rgb.shape[:2]
-    region = np.zeros((h, w), np.uint8)
+    region = np.zeros((h, w), np.uint16)
     holes = np.zeros((h, w), np.uint8)
-    for f in faces:
+    for i, f in enumerate(faces):
         x0, y0, x1, y1 = f.box
         le, re, nose, ml, mr = f.landmarks
         ed = max(float(np.linalg.norm(re - le)), 1.0)
         cx, cy = float(nose[0]), float((y0 + y1) / 2 + 0.05 * (y1 - y0))
         ax, ay = max((x1 - x0) * 0.46, 1.0), max((y1 - y0) * 0.5, 1.0)
-        cv2.ellipse(region, (round(cx), round(cy)), (round(ax), round(ay)), 0, 0, 360, 1, -1)
+        cv2.ellipse(region, (round(cx), round(cy)), (round(ax), round(ay)), 0, 0, 360, i + 1, -1)
         r_eye = round(0.33 * ed)
         for eye in (le, re):
             cv2.circle(holes, (round(eye[0]), round(eye[1])), r_eye, 1, -1)
@@ -76,7 +82,7 @@ def skin_mask(rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
     is_grey = float(np.abs(cr - 128).mean() + np.abs(cb - 128).mean()) < 2.0
     if not is_grey:
         mask &= (cr >= 133) & (cr <= 180) & (cb >= 77) & (cb <= 135)
-    return mask
+    return np.where(mask, region, 0).astype(np.uint16)
 
 
 def cheek_crop(mask: np.ndarray, size: int = 96) -> tuple[slice, slice] | None:

@@ -118,15 +118,19 @@ def delta_e(ctx: Context) -> float:
 
 
 def delta_e_skin(ctx: Context) -> float:
-    """Colour shift over skin, CIEDE2000 (lower better): as :func:`delta_e`, on the input's skin mask."""
+    """Colour shift over skin, CIEDE2000 (lower better): as :func:`delta_e`, on the input's skin mask.
+    With several faces, the largest of all the skin's and each judged face's own
+    (:attr:`InputAnalysis.judged_faces`), so its gate holds for every face."""
     m = ctx.ref.skin_in
     if not m.any():
         ctx.notes["delta_e_skin"] = "no face"
         return math.nan
     memo = ctx.ref.memo
     if "lab_in_skin" not in memo:
-        memo["lab_in_skin"] = _mean_lab(ctx.ref.input, m)
-    return _delta_e(_mean_lab(ctx.down, m), memo["lab_in_skin"])
+        labels = ctx.ref.skin_in_labels
+        masks = [m, *(mi for mi in (labels == i for i in ctx.ref.judged_faces) if mi.any())]
+        memo["lab_in_skin"] = [(mi, _mean_lab(ctx.ref.input, mi)) for mi in masks]
+    return max(_delta_e(_mean_lab(ctx.down, mi), lab) for mi, lab in memo["lab_in_skin"])
 
 
 def lr_psnr(ctx: Context) -> float:

@@ -16,8 +16,9 @@ from typing import Any, Generic, TypeVar
 import cv2
 import numpy as np
 
-from ..facegeom import Face, skin_mask
+from ..facegeom import Face, skin_labels
 from ..images import downscale, luminance, reference_upscale
+from ..texture import MIN_SKIN_PX
 
 # one network loads at a time in a process: scoring threads ask for their models at once on a
 # study's first trial, and two threads importing dlib / building torch networks together deadlocked
@@ -86,13 +87,33 @@ class InputAnalysis:
         return [f.scaled(self.scale) for f in self.faces]
 
     @cached_property
+    def skin_out_labels(self) -> np.ndarray:
+        """Skin at output size, labelled by face (:func:`tuner.facegeom.skin_labels`), computed on R so
+        it is the same region for every trial."""
+        return skin_labels(self.reference, self.faces_out)
+
+    @cached_property
     def skin_out(self) -> np.ndarray:
-        """Skin mask at output size, computed on R so it is the same region for every trial."""
-        return skin_mask(self.reference, self.faces_out)
+        """Skin mask at output size (every face's)."""
+        return self.skin_out_labels > 0
+
+    @cached_property
+    def skin_in_labels(self) -> np.ndarray:
+        return skin_labels(self.input, self.faces)
 
     @cached_property
     def skin_in(self) -> np.ndarray:
-        return skin_mask(self.input, self.faces)
+        return self.skin_in_labels > 0
+
+    @cached_property
+    def judged_faces(self) -> list[int]:
+        """Labels of the faces a per-face guard rail judges on their own, where the input has several:
+        those whose skin covers at least :data:`tuner.texture.MIN_SKIN_PX` input pixels (the least the
+        texture predictor reads).  Empty with one face or none: then the image's value is its skin's."""
+        if len(self.faces) < 2:
+            return []
+        counts = np.bincount(self.skin_out_labels.ravel(), minlength=len(self.faces) + 1)
+        return [i for i in range(1, len(self.faces) + 1) if counts[i] >= MIN_SKIN_PX * self.scale**2]
 
     @cached_property
     def skin_box(self) -> tuple[slice, slice] | None:

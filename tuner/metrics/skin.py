@@ -48,6 +48,15 @@ def skin_energy(ctx: Context, band, of: str = "output") -> float:  # type: ignor
     """Mean energy of ``band`` (:func:`_hf` or :func:`_mid`) over the skin crop of the output, of R
     (``of="R"``) or of the ground truth (``of="HR"``); computed once per output (crunch, wax,
     texture_excess and the *_hr metrics share it) or once per input.  Call after :func:`_skin_crops`."""
+    return float(_energies(ctx, band, of)[0])
+
+
+def face_energies(ctx: Context, band, of: str = "output") -> dict[int, float]:  # type: ignore[no-untyped-def]
+    """:func:`skin_energy` of each face :attr:`InputAnalysis.judged_faces` judges on its own, by label."""
+    return _energies(ctx, band, of)[1]
+
+
+def _energies(ctx: Context, band, of: str) -> tuple[float, dict[int, float]]:  # type: ignore[no-untyped-def]
     memo, key = (ctx.extras, f"e_{band.__name__}") if of == "output" else (ctx.ref.memo, f"e_{band.__name__}_{of}")
     if key not in memo:
         box = ctx.ref.skin_box
@@ -57,15 +66,29 @@ def skin_energy(ctx: Context, band, of: str = "output") -> float:  # type: ignor
             y = luminance(ctx.ref.hr)
         else:
             y = ctx.y_out if of == "output" else ctx.ref.y_ref
-        memo[key] = float(np.mean(band(y[box], ctx.ref.scale)[ctx.ref.skin_out[box]] ** 2))
-    return float(memo[key])
+        b2 = band(y[box], ctx.ref.scale) ** 2
+        faces: dict[int, float] = {}
+        if ctx.ref.judged_faces:
+            labels = ctx.ref.skin_out_labels[box].ravel()
+            n = len(ctx.ref.faces) + 1
+            sums = np.bincount(labels, weights=b2.ravel().astype(np.float64), minlength=n)
+            counts = np.bincount(labels, minlength=n)
+            faces = {i: float(sums[i] / counts[i]) for i in ctx.ref.judged_faces}
+        memo[key] = (float(np.mean(b2[ctx.ref.skin_out[box]])), faces)
+    return memo[key]  # type: ignore[no-any-return]
 
 
-def _band_db(ctx: Context, name: str, band) -> float:  # type: ignore[no-untyped-def]
-    """10*log10(E_band(O) / E_band(R)) over skin; NaN (noted) without skin."""
+def _db(o: float, r: float) -> float:
+    return 10.0 * math.log10((o + 1e-10) / (r + 1e-10))
+
+
+def band_db_faces(ctx: Context, name: str, band) -> list[float]:  # type: ignore[no-untyped-def]
+    """10*log10(E_band(O) / E_band(R)) over all the skin, then over each face judged on its own (where
+    the image has several: :attr:`InputAnalysis.judged_faces`); [] (noted) without skin."""
     if _skin_crops(ctx, name) is None:
-        return math.nan
-    return 10.0 * math.log10((skin_energy(ctx, band) + 1e-10) / (skin_energy(ctx, band, "R") + 1e-10))
+        return []
+    o, r = face_energies(ctx, band), face_energies(ctx, band, "R")
+    return [_db(skin_energy(ctx, band), skin_energy(ctx, band, "R")), *(_db(o[i], r[i]) for i in o)]
 
 
 def crunch(ctx: Context) -> float:
@@ -76,8 +99,12 @@ def crunch(ctx: Context) -> float:
     at f_c, see the module docstring), output versus Lanczos.  A faithful SR
     adds some (natural skin has texture there); over-sharpening (unsharp masking, GAN
     crunch) adds much more.  Typical: Lanczos 0 dB, natural HR skin ~ +5..+12 dB.
+
+    With several faces, the crunchiest of all the skin and each face judged on its own
+    (:attr:`InputAnalysis.judged_faces`): a guard rail on it holds for every face, as identity's does.
     """
-    return _band_db(ctx, "crunch", _hf)
+    v = band_db_faces(ctx, "crunch", _hf)
+    return max(v) if v else math.nan
 
 
 def texture_excess(ctx: Context) -> float:
@@ -91,13 +118,15 @@ def texture_excess(ctx: Context) -> float:
     if abs(ctx.ref.scale - GAP_SCALE) > 0.01:
         ctx.notes["texture_excess"] = f"the texture predictor is fitted at x{GAP_SCALE}"
         return math.nan
-    c = crunch(ctx)
-    if math.isnan(c):
-        return c
+    c = band_db_faces(ctx, "texture_excess", _hf)
+    if not c:
+        return math.nan
     memo = ctx.ref.memo
-    if "predicted_gap" not in memo:
-        memo["predicted_gap"] = predicted_gap(ctx.ref.input, ctx.ref.skin_in)
-    return c / (10.0 * math.log10(2.0)) - float(memo["predicted_gap"])
+    if "predicted_gaps" not in memo:  # all the skin, then each face judged on its own (as crunch)
+        labels = ctx.ref.skin_in_labels
+        memo["predicted_gaps"] = [predicted_gap(ctx.ref.input, ctx.ref.skin_in),
+                                  *(predicted_gap(ctx.ref.input, labels == i) for i in ctx.ref.judged_faces)]
+    return max(db / (10.0 * math.log10(2.0)) - gap for db, gap in zip(c, memo["predicted_gaps"], strict=True))
 
 
 def crunch_grad(ctx: Context) -> float:
@@ -126,9 +155,11 @@ def wax(ctx: Context) -> float:
 
     10*log10(E_mid(R) / E_mid(O)), E_mid(X) = mean over skin of (G_{0.375 s} X - G_{0.75 s} X)^2:
     the pore-scale band f_c/2..f_c (1/16..1/8 cycles/px at x4), which the input still
-    carries.  Smoothing (face restorers, heavy denoise, bilateral filters) removes it.
+    carries.  Smoothing (face restorers, heavy denoise, bilateral filters) removes it.  With
+    several faces, the waxiest (as :func:`crunch`).
     """
-    return -_band_db(ctx, "wax", _mid)
+    v = band_db_faces(ctx, "wax", _mid)
+    return -min(v) if v else math.nan
 
 
 def _lbp_codes(y: np.ndarray, m: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..images import luminance
 from .context import Context
-from .skin import _hf, _lbp_codes, _mid, _skin_crops, skin_energy
+from .skin import _hf, _lbp_codes, _mid, _skin_crops, face_energies, skin_energy
 
 
 def _truth(ctx: Context, name: str) -> np.ndarray | None:
@@ -33,20 +33,27 @@ def _truth(ctx: Context, name: str) -> np.ndarray | None:
     return ctx.ref.hr
 
 
-def _octaves(ctx: Context, name: str, band) -> float:  # type: ignore[no-untyped-def]
+def _octaves(ctx: Context, name: str, band) -> list[float]:  # type: ignore[no-untyped-def]
+    """log2 of the output's energy over the truth's: all the skin, then each face judged on its own."""
     if _truth(ctx, name) is None or _skin_crops(ctx, name) is None:
-        return math.nan
-    return math.log2((skin_energy(ctx, band) + 1e-10) / (skin_energy(ctx, band, "HR") + 1e-10))
+        return []
+    o, hr = face_energies(ctx, band), face_energies(ctx, band, "HR")
+    return [math.log2((skin_energy(ctx, band) + 1e-10) / (skin_energy(ctx, band, "HR") + 1e-10)),
+            *(math.log2((o[i] + 1e-10) / (hr[i] + 1e-10)) for i in o)]
 
 
 def texture_hr(ctx: Context) -> float:
-    """Skin texture against the truth, octaves (0 = the HR's; + more, - less): crunch's band."""
-    return _octaves(ctx, "texture_hr", _hf)
+    """Skin texture against the truth, octaves (0 = the HR's; + more, - less): crunch's band.  With
+    several faces, the crunchiest of all the skin and each face judged on its own (as
+    :func:`tuner.metrics.skin.crunch`), so its gate holds for every face."""
+    v = _octaves(ctx, "texture_hr", _hf)
+    return max(v) if v else math.nan
 
 
 def pores_hr(ctx: Context) -> float:
-    """Pore-band skin texture against the truth, octaves (0 = the HR's): wax's band."""
-    return _octaves(ctx, "pores_hr", _mid)
+    """Pore-band skin texture against the truth, octaves (0 = the HR's): wax's band, over all the skin."""
+    v = _octaves(ctx, "pores_hr", _mid)
+    return v[0] if v else math.nan
 
 
 def _hist(codes: np.ndarray) -> np.ndarray:
