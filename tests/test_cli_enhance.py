@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 import numpy as np
+import pytest
 import yaml
-from conftest import PORTRAITS, SRVGG_OVERRIDES, TINY_RRDB, tiny_state_dict
+from conftest import PORTRAITS, ROOT, SRVGG_OVERRIDES, TINY_RRDB, tiny_state_dict
 from helpers import camera_jpeg
 from PIL import Image as PILImage
 
@@ -137,3 +139,92 @@ def test_enhance_auto_tile_in_a_small_budget(tmp_path, run_cli):
     assert r.returncode == 0, r.stdout + r.stderr
     name = "A02_usnavy_grace_hopper.png"
     assert (tmp_path / "auto" / name).read_bytes() == (tmp_path / "fixed" / name).read_bytes()
+
+
+def _strip(folder, name="strip.png"):
+    """A 16x400 strip: passes decode (limits.min_side=16), but 4 px high after max_side=100."""
+    PILImage.fromarray(np.full((16, 400, 3), 128, np.uint8)).save(folder / name)
+
+
+def test_enhance_refuses_an_image_too_thin_after_max_side_and_goes_on(tmp_path, tiny_weights, run_cli):
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(PORTRAITS / GOOD[0], d / GOOD[0])
+    _strip(d)
+    args = [f"input={d}", f"weights_dir={tiny_weights}", *SRVGG_OVERRIDES, "max_side=100"]
+    r = run_cli("enhance", *args, f"output={tmp_path / 'out'}")
+    log = r.stdout + r.stderr
+    assert r.returncode == 3, log
+    assert "strip.png: 100x4 after max_side=100 is smaller than the minimum side of 16 px" in log
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [GOOD[0]]
+    # below limits.min_side allowed: the pipeline refuses the side its reflect pad (upscale.pre_pad) cannot take
+    r = run_cli("enhance", *args, f"output={tmp_path / 'out2'}", "limits.min_side=2")
+    log = r.stdout + r.stderr
+    assert r.returncode == 3, log
+    assert "strip.png: 100x4 is too small to upscale: upscale.pre_pad=10" in log
+    assert "Traceback" not in log and "unexpected" not in log
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == [GOOD[0]]
+
+
+def _compose(name, overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+def test_enhance_an_unexpected_error_fails_that_image_only(tmp_path, tiny_weights, monkeypatch, caplog):
+    """A bug hit by one image (here the reflect pad's own RuntimeError, with the size guard turned off)
+    is reported by name and the others go on (exit 3); Ctrl-C still stops the run."""
+    from tuner import memory
+    from tuner.commands import enhance
+    from tuner.pipeline import Pipeline
+
+    monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(memory, "min_input_side", lambda arch, pre_pad: 1)
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(PORTRAITS / GOOD[0], d / GOOD[0])
+    _strip(d)
+    cfg = _compose("enhance", [f"input={d}", f"output={tmp_path / 'out'}", f"weights_dir={tiny_weights}",
+                               *SRVGG_OVERRIDES, "max_side=100", "limits.min_side=2"])
+    with caplog.at_level(logging.DEBUG, logger="tuner"):
+        assert enhance(cfg) == 3
+    assert "strip.png: unexpected RuntimeError" in caplog.text and "Traceback" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [GOOD[0]]
+
+    def interrupted(self, image, params):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pipeline, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        enhance(cfg)
+
+
+def test_enhance_refuses_two_inputs_with_one_output(tmp_path, tiny_weights, run_cli):
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(PORTRAITS / GOOD[0], d / "a_ok.jpg")
+    shutil.copy(PORTRAITS / GOOD[0], d / "b_ok.jpg")
+    shutil.copy(PORTRAITS / GOOD[1], d / "b_ok.png")
+    r = run_cli("enhance", f"input={d}", f"output={tmp_path / 'out'}", f"weights_dir={tiny_weights}",
+                *SRVGG_OVERRIDES, "output_format=png")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "b_ok.jpg, b_ok.png -> " in r.stderr and "same output" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_enhance_refuses_to_overwrite_its_inputs(tmp_path, tiny_weights, run_cli):
+    d = tmp_path / "in"
+    d.mkdir()
+    for n in GOOD:
+        shutil.copy(PORTRAITS / n, d / n)
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    r = run_cli("enhance", f"input={d}", f"output={d}", f"weights_dir={tiny_weights}", *SRVGG_OVERRIDES)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "would overwrite input file(s)" in r.stderr and GOOD[0] in r.stderr and GOOD[1] in r.stderr
+    # a single file, written as another format beside itself: refused too (A06 is a png)
+    r = run_cli("enhance", f"input={d / GOOD[1]}", f"output={d}", f"weights_dir={tiny_weights}", *SRVGG_OVERRIDES,
+                "output_format=png")
+    assert r.returncode == 1 and "would overwrite input file(s)" in r.stderr, r.stdout + r.stderr
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before

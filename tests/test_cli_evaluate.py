@@ -143,3 +143,57 @@ def test_a_failed_write_leaves_the_previous_tables_intact(tmp_path, monkeypatch,
         run_evaluate(cfg)
     assert [(out / n).read_text() for n in ("metrics.csv", "summary.csv")] == ["old,complete\n"] * 2
     assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "summary.csv"]  # no temporary left
+
+
+THIN_SET = ["A03_usnavy_grace_hopper_128px.jpg"]
+
+
+def _strip(folder):
+    """A 16x400 strip: passes decode (limits.min_side=16), but 10 px high after dataset.max_side=256."""
+    PILImage.fromarray(np.full((16, 400, 3), 128, np.uint8)).save(folder / "strip.png")
+
+
+def test_evaluate_refuses_an_image_too_thin_after_max_side_and_scores_the_others(tmp_path, tiny_weights, run_cli,
+                                                                             copy_portraits):
+    d = copy_portraits(THIN_SET)
+    _strip(d)
+    r = run_cli("evaluate", f"dataset.path={d}", f"out={tmp_path / 'eval'}", f"weights_dir={tiny_weights}",
+                *SRVGG_OVERRIDES, CHEAP)  # the default dataset.max_side=256
+    log = r.stdout + r.stderr
+    assert r.returncode == 3, log
+    assert "strip.png: 256x10 after dataset.max_side=256 is below limits.min_side=16" in log  # refused at load
+    assert "Traceback" not in log and "unexpected" not in log
+    assert list(pd.read_csv(tmp_path / "eval" / "metrics.csv")["image"]) == ["A03_usnavy_grace_hopper_128px"]
+
+
+def test_evaluate_an_unexpected_error_fails_that_image_only(tmp_path, tiny_weights, monkeypatch, caplog,
+                                                            copy_portraits):
+    """A bug hit by one image (here the reflect pad's own RuntimeError, with the size guard turned off)
+    is reported by name and the rows of the others are written (exit 3); Ctrl-C still stops the run."""
+    import logging
+
+    from hydra import compose, initialize_config_dir
+
+    from tuner import memory
+    from tuner.commands import evaluate as run_evaluate
+    from tuner.pipeline import Pipeline
+
+    monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(memory, "min_input_side", lambda arch, pre_pad: 1)
+    d = copy_portraits(THIN_SET)
+    _strip(d)
+    out = tmp_path / "eval"
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=[f"dataset.path={d}", f"out={out}", f"weights_dir={tiny_weights}",
+                                                         *SRVGG_OVERRIDES, CHEAP, "limits.min_side=2"])
+    with caplog.at_level(logging.DEBUG, logger="tuner"):
+        assert run_evaluate(cfg) == 3
+    assert "strip.png: unexpected RuntimeError" in caplog.text and "Traceback" in caplog.text
+    assert list(pd.read_csv(out / "metrics.csv")["image"]) == ["A03_usnavy_grace_hopper_128px"]
+
+    def interrupted(self, image, params):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pipeline, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluate(cfg)

@@ -218,3 +218,15 @@ def test_valid_exif_orientation_does_not_warn(tmp_path, caplog):
         img = decode(p)
     assert img.size == (40, 20)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_dataset_skips_an_image_too_thin_after_max_side_and_keeps_the_rest(tmp_path):
+    """16x300 passes decode (limits.min_side 16) but is 13 px wide at max_side=256: skipped by name, the
+    good image kept (it would otherwise reach the upscale's reflect pads)."""
+    from tuner.dataset import load
+
+    PILImage.fromarray(np.full((300, 16, 3), 128, np.uint8)).save(tmp_path / "strip.png")
+    PILImage.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "good.png")
+    ds = load(tmp_path, max_side=256)
+    assert [it.name for it in ds.items] == ["good"]
+    assert [f.name for f, _ in ds.failures] == ["strip.png"] and "below limits.min_side=16" in ds.failures[0][1]

@@ -7,17 +7,17 @@ were bad and skipped (each one reported).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from .config import OUTPUT_FORMATS, limits, pipeline_config, to_dict
-from .errors import EXIT_PARTIAL, ConfigError, ImageError, PipelineError, PresetError
+from .errors import EXIT_PARTIAL, ConfigError, ImageError, PipelineError, PresetError, TunerError
 from .images import decode, encode, fit_max_side, list_images
 
 log = logging.getLogger("tuner")
-
 
 
 def input_files(path: str | Path) -> list[Path]:
@@ -32,6 +32,33 @@ def input_files(path: str | Path) -> list[Path]:
     raise ConfigError(f"input={p} does not exist")
 
 
+def destinations(files: list[Path], out_dir: Path, fmt: str) -> list[Path]:
+    """The output path of each input (``output/<stem><suffix>``), worked out before any work.
+
+    Raises :class:`ConfigError` when two inputs would be written to one output, or when an
+    output would be an input file itself (the original would be overwritten)."""
+    dests = [out_dir / f"{f.stem}{f.suffix if fmt == 'same' else '.' + fmt}" for f in files]
+    by_dest: dict[Path, list[Path]] = {}
+    for f, d in zip(files, dests, strict=True):
+        by_dest.setdefault(d.resolve(), []).append(f)
+    clashes = [f"{', '.join(f.name for f in fs)} -> {d}" for d, fs in by_dest.items() if len(fs) > 1]
+    if clashes:
+        raise ConfigError(f"several inputs would be written to the same output ({'; '.join(clashes)}; "
+                          f"output_format={fmt}): rename them, or enhance them into separate output= folders")
+    # the same file, however it is spelt (links, a case-insensitive file system): compare inodes
+    inputs = {_file_id(f): f for f in files}
+    hit = [(f, inputs[_file_id(d)]) for f, d in zip(files, dests, strict=True) if d.exists() and _file_id(d) in inputs]
+    if hit:
+        raise ConfigError(f"output={out_dir} with output_format={fmt} would overwrite input file(s): "
+                          f"{'; '.join(f'{f.name} -> {g}' for f, g in hit)}; choose another output= folder")
+    return dests
+
+
+def _file_id(p: Path) -> tuple[int, int]:
+    st = os.stat(p)
+    return st.st_dev, st.st_ino
+
+
 def enhance(cfg: Any) -> int:
     from .memory import budget_bytes
     from .pipeline import Pipeline
@@ -43,6 +70,7 @@ def enhance(cfg: Any) -> int:
     fmt = str(cfg.get("output_format", "same"))
     if fmt not in OUTPUT_FORMATS:
         raise ConfigError(f"output_format must be one of {OUTPUT_FORMATS}, got {fmt!r}")
+    dests = destinations(files, out_dir, fmt)
     on_error = str(cfg.get("on_error", "skip"))
     if on_error not in ("skip", "fail"):
         raise ConfigError(f"on_error must be skip or fail, got {on_error!r}")
@@ -63,9 +91,12 @@ def enhance(cfg: Any) -> int:
     size_checked = bool(preset.get("max_side")
                         and (preset.get("pipeline") or {}).get("texture_anchor") == "predicted")
     failures: list[tuple[Path, str]] = []
-    for f in tqdm(files, desc="enhance", unit="img", disable=len(files) < 2):
+    for f, dest in tqdm(list(zip(files, dests, strict=True)), desc="enhance", unit="img", disable=len(files) < 2):
         try:
             image = fit_max_side(decode(f, limits=lim), None if max_side is None else int(max_side))
+            if min(image.size) < lim.min_side:
+                raise ImageError(f"{f}: {image.size[1]}x{image.size[0]} after max_side={max_side} is smaller than "
+                                 f"the minimum side of {lim.min_side} px (limits.min_side); raise max_side")
             tuned_side = int(preset.get("max_side") or 0)
             if size_checked and max(image.size) > tuned_side:
                 log.warning("%s is %d px on its long side; this preset's texture_target (%s octave from the predicted "
@@ -74,8 +105,7 @@ def enhance(cfg: Any) -> int:
                             f.name, max(image.size), pc.params.texture_target, tuned_side)
                 size_checked = False
             result = pipe.run(image, pc.params)
-            suffix = f.suffix if fmt == "same" else f".{fmt}"
-            dest = encode(result.image, out_dir / f"{f.stem}{suffix}")
+            encode(result.image, dest)
             log.info("%s -> %s (%dx%d, tile %d, %.2fs)", f.name, dest, result.image.size[1], result.image.size[0],
                      result.tile, result.timings["total"])
         except (ImageError, PipelineError, MemoryError) as e:
@@ -86,6 +116,15 @@ def enhance(cfg: Any) -> int:
                 raise e
             log.error("skipped: %s", e)
             failures.append((f, str(e)))
+        except TunerError:  # configuration, weights: the same for every input, so the run stops
+            raise
+        except Exception as e:  # a bug hit by this input: reported by name, the other inputs go on
+            if on_error == "fail":
+                raise
+            log.debug("%s: traceback", f, exc_info=True)
+            why = f"{f}: unexpected {type(e).__name__}: {e} (its traceback: hydra.verbose=tuner)"
+            log.error("skipped: %s", why)
+            failures.append((f, why))
     done = len(files) - len(failures)
     log.info("enhanced %d of %d image(s) into %s", done, len(files), out_dir)
     for f, why in failures:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import PipelineError
 from .spec import TILE_AUTO, MemoryLimits, Params, PipelineSpec
-from .upscale import CUDA_FACTOR, CUDA_WORKSPACE, UpscaleOptions, arch_scale, upscale_memory
+from .upscale import CUDA_FACTOR, CUDA_WORKSPACE, UpscaleOptions, arch_scale, min_input_side, upscale_memory
 
 # params.tile=auto tries these in order and takes the first whose estimated peak memory fits the
 # budget: the whole image if it fits, else the largest tile that does (fixed, so deterministic).
@@ -197,12 +197,21 @@ def make_plan(spec: PipelineSpec, size: tuple[int, int], params: Params, *, alph
               name: str = "input") -> Plan:
     """Check the guards and decide the tile for an input of ``size`` = (H, W), before any work.
 
-    Raises :class:`PipelineError` naming the input when the output would exceed
+    Raises :class:`PipelineError` naming the input when a side is too small for the upscale's
+    reflect pads (``upscale.pre_pad``), when the output would exceed
     ``limits.max_output_pixels``, or when the estimated peak memory exceeds ``limits.max_memory_gb`` at
     the given tile (or, for ``params.tile=auto``, at every tile of :data:`TILE_LADDER`).  An
     integer ``params.tile`` is used exactly as given.
     """
     lim = spec.memory
+    smallest = min_input_side(spec.model.arch, spec.pre_pad)
+    if min(size) < smallest:
+        # a PipelineError, like the guards below, so every per-input loop skips this input only
+        raise PipelineError(
+            f"{name}: {size[1]}x{size[0]} is too small to upscale: upscale.pre_pad={spec.pre_pad} reflect-pads "
+            f"it, which needs every side to be at least {smallest} px; use a larger input or max_side "
+            "(or a smaller upscale.pre_pad)"
+        )
     oh, ow = output_size(spec, size)
     if oh * ow > lim.max_output_pixels:
         # a PipelineError (not ImageError) so every per-input loop (enhance, evaluate, study) skips it

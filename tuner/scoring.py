@@ -24,7 +24,7 @@ from . import PIPELINE_VERSION
 from . import metrics as M
 from .cache import StageCache
 from .dataset import Dataset, Item
-from .errors import ConfigError, ImageError, PipelineError
+from .errors import ConfigError, ImageError, PipelineError, TunerError
 from .hashing import array_hash, make_key
 from .images import Limits, atomic_write_bytes, decode, encode, list_images
 from .metrics.version import METRICS_VERSION, code_digest
@@ -140,6 +140,20 @@ def _skip(failures: Failures, f: Path, why: str) -> None:
     log.error("skipped: %s", why)
 
 
+def _failed(failures: Failures, f: Path, e: Exception) -> None:
+    """Record that input ``f`` failed with ``e``, so the other inputs go on: a bad image or a refused
+    input by its message, a bug (any exception but a :class:`TunerError`) by its type, with its
+    traceback at debug.  Any other :class:`TunerError` (configuration, weights, metrics: the same
+    for every input) is re-raised and stops the run."""
+    if isinstance(e, (ImageError, PipelineError)):
+        _skip(failures, f, str(e))
+        return
+    if isinstance(e, TunerError):
+        raise e
+    log.debug("%s: traceback", f, exc_info=e)
+    _skip(failures, f, f"{f}: unexpected {type(e).__name__}: {e} (its traceback: hydra.verbose=tuner)")
+
+
 def score_pipeline(ds: Dataset, pipe: Any, params: Any, names: list[str], *, iqa_max_side: int,
                    save_dir: Path | None = None) -> tuple[list[dict[str, Any]], Failures]:
     """Run the pipeline on every image of ``ds`` and score it (optionally writing the outputs)."""
@@ -149,13 +163,13 @@ def score_pipeline(ds: Dataset, pipe: Any, params: Any, names: list[str], *, iqa
     for it in tqdm(ds.items, desc="evaluate", unit="img"):
         try:
             res = pipe.run(it.image, params)
-        except PipelineError as e:
-            _skip(failures, it.path, str(e))
+            if save_dir is not None:
+                encode(res.image, save_dir / f"{it.name}.png")
+            vals, extra = score_one(res.image.rgb, analysis_for(it, res, pipe), names, tile=res.tile,
+                                    face_mask=res.face_mask, iqa_max_side=iqa_max_side)
+        except Exception as e:
+            _failed(failures, it.path, e)
             continue
-        if save_dir is not None:
-            encode(res.image, save_dir / f"{it.name}.png")
-        vals, extra = score_one(res.image.rgb, analysis_for(it, res, pipe), names, tile=res.tile,
-                                face_mask=res.face_mask, iqa_max_side=iqa_max_side)
         rows.append({"image": it.name, **vals, **extra})
     return rows, failures
 
@@ -171,19 +185,19 @@ def score_outputs(ds: Dataset, outputs: Path, names: list[str], *, detector: Any
         if it.name not in by_stem:
             _skip(failures, it.path, f"no output named {it.name}.* in {outputs}")
             continue
+        out_file = by_stem[it.name]
         try:
-            o = decode(by_stem[it.name], limits=limits).rgb
-        except ImageError as e:
-            _skip(failures, by_stem[it.name], str(e))
+            o = decode(out_file, limits=limits).rgb
+            ih, iw = it.image.size
+            if abs((o.shape[0] / ih) / (o.shape[1] / iw) - 1) > 0.02:
+                raise ImageError(f"{out_file}: {o.shape[1]}x{o.shape[0]} is not an upscale of {it.path.name} "
+                                 f"({iw}x{ih} after dataset.max_side={ds.max_side}); with outputs= use "
+                                 "dataset.max_side=null")
+            analysis = M.InputAnalysis(it.image.rgb, detector(it.image.rgb), o.shape[:2], hr=truth_at(it, o.shape[:2]))
+            vals, extra = score_one(o, analysis, names, tile=tile, face_mask=None, iqa_max_side=iqa_max_side)
+        except Exception as e:
+            _failed(failures, out_file, e)
             continue
-        ih, iw = it.image.size
-        if abs((o.shape[0] / ih) / (o.shape[1] / iw) - 1) > 0.02:
-            _skip(failures, by_stem[it.name],
-                  f"{by_stem[it.name]}: {o.shape[1]}x{o.shape[0]} is not an upscale of {it.path.name} "
-                  f"({iw}x{ih} after dataset.max_side={ds.max_side}); with outputs= use dataset.max_side=null")
-            continue
-        analysis = M.InputAnalysis(it.image.rgb, detector(it.image.rgb), o.shape[:2], hr=truth_at(it, o.shape[:2]))
-        vals, extra = score_one(o, analysis, names, tile=tile, face_mask=None, iqa_max_side=iqa_max_side)
         rows.append({"image": it.name, **vals, **extra})
     return rows, failures
 
@@ -205,12 +219,12 @@ def score_folder(folder: Path, names: list[str], *, iqa_max_side: int,
     for f in tqdm(list_images(folder), desc="evaluate", unit="img"):
         try:
             o = decode(f, limits=limits).rgb
-        except ImageError as e:
-            _skip(failures, f, str(e))
+            # NR metrics read only the output: an analysis of the output itself stands in for the input
+            ctx = M.Context(o, M.InputAnalysis(o, [], o.shape[:2]), iqa_max_side=iqa_max_side)
+            vals = {n: (M.score(ctx, [n])[n] if n in nr else math.nan) for n in names}
+        except Exception as e:
+            _failed(failures, f, e)
             continue
-        # NR metrics read only the output: an analysis of the output itself stands in for the input
-        ctx = M.Context(o, M.InputAnalysis(o, [], o.shape[:2]), iqa_max_side=iqa_max_side)
-        vals = {n: (M.score(ctx, [n])[n] if n in nr else math.nan) for n in names}
         notes = {**ctx.notes, **{n: "needs input" for n in names if n not in nr}}
         rows.append({"image": f.stem, **vals, "notes": "; ".join(f"{k}: {v}" for k, v in notes.items())})
     return rows, failures

@@ -134,6 +134,17 @@ class UpscaleMemory:
         return self.network_cuda + self.tiles_out if on_device else 0
 
 
+def min_input_side(arch: Mapping[str, Any], pre_pad: int) -> int:
+    """The smallest input side :meth:`Upscaler.__call__` can take: its reflect pads (``pre_pad``, then
+    the pad to a multiple of 2 / 4 of scale-2 and scale-1 models) must each be smaller than the side
+    they pad, or torch raises."""
+    mod = {2: 2, 1: 4}.get(arch_scale(arch), 1)
+    side = pre_pad + 1
+    while (mod - (side + pre_pad) % mod) % mod >= side + pre_pad:
+        side += 1
+    return side
+
+
 def upscale_memory(arch: Mapping[str, Any], size: tuple[int, int], opts: UpscaleOptions) -> UpscaleMemory:
     """Peak memory of :meth:`Upscaler.__call__` on an input of ``size`` = (H, W) with ``opts``.
 
