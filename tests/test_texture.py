@@ -18,6 +18,7 @@ from tuner.dataset import Pairs, load
 from tuner.errors import ConfigError
 from tuner.facegeom import skin_mask
 from tuner.faces import FaceDetector
+from tuner.hashing import array_hash
 from tuner.images import reference_upscale
 from tuner.pipeline import Params, Pipeline, PipelineSpec
 from tuner.texture import GAP_FALLBACK, GAP_FIT, GAP_RANGE, input_features, match_texture, predicted_gap
@@ -128,6 +129,35 @@ def test_the_predicted_anchor_is_the_lanczos_target_plus_the_per_image_predictio
     fixed = pipe.run(it.image, Params(blend=1.0, texture_target=gap - 0.5))
     assert np.array_equal(pred.image.rgb, fixed.image.rgb)
     assert abs(pred.texture["after"] - (gap - 0.5)) < 0.1
+
+
+def test_with_several_faces_each_face_lands_on_its_own_target(tiny_weights):
+    """Two copies of one LR side by side, the second blurred (so its predicted real texture differs):
+    the predicted-anchor policy puts each face's skin on its own prediction plus the offset, which
+    one target for the pooled skin could not (it would leave one face above and one below)."""
+    from tuner.facegeom import skin_labels
+    from tuner.images import Image
+    from tuner.texture import hf
+
+    it = load(None, max_side=128, pairs=Pairs(split="val")).items[1]
+    lr = it.image.rgb
+    soft = cv2.GaussianBlur(lr, (0, 0), 0.8)
+    two = Image(rgb=np.concatenate([lr, soft], axis=1))
+    model = ModelSpec.from_mapping({"name": "realesr-general-x4v3", "arch": TINY_SRVGG, "key": "params"})
+    pipe = Pipeline(PipelineSpec(model=model), store=WeightStore(weights_dir=tiny_weights))
+    res = pipe.run(two, Params(blend=1.0, texture_target=-0.5, texture_anchor="predicted"))
+    assert len(res.faces) == 2 and res.texture is not None and len(res.texture["faces"]) == 2
+    labels = skin_labels(res.reference, [f.scaled(4) for f in res.faces])
+    y_o, y_r = (cv2.cvtColor(a, cv2.COLOR_RGB2GRAY) for a in (res.image.rgb, res.reference))
+    gaps = []
+    for face in (1, 2):
+        m = labels == face
+        landed = math.log2(float(np.mean(hf(y_o, 4)[m] ** 2)) / float(np.mean(hf(y_r, 4)[m] ** 2)))
+        gaps.append(pipe.predicted_gap(two, array_hash(two.rgb), res.faces, 4.0, face))
+        assert abs(landed - (gaps[-1] - 0.5)) < 0.1, (face, landed, gaps)
+    assert abs(gaps[0] - gaps[1]) > 0.3  # two different targets, each met
+    again = pipe.run(two, Params(blend=1.0, texture_target=-0.5, texture_anchor="predicted"))
+    assert np.array_equal(res.image.rgb, again.image.rgb)
 
 
 def test_the_prediction_needs_enough_skin_and_stays_in_the_range_it_was_fitted_on():

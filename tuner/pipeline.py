@@ -21,6 +21,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -29,13 +30,13 @@ from . import PIPELINE_VERSION
 from .blend import blend
 from .cache import StageCache
 from .errors import ConfigError
-from .facegeom import Face, faces_from_array, faces_to_array, skin_mask
+from .facegeom import Face, faces_from_array, faces_to_array, skin_labels
 from .faces import FaceDetector, FaceRestorer, RestoredFace, paste_faces, paste_masks, restore_faces
 from .hashing import array_hash, make_key
 from .images import Image, prefilter, reference_upscale, resize
 from .memory import Plan, format_gb, make_plan, output_size
 from .spec import TILE_AUTO, Params, PipelineSpec
-from .texture import GAP_SCALE, match_texture, predicted_gap
+from .texture import GAP_SCALE, judged_faces, match_texture, predicted_gap
 from .upscale import UpscaleOptions, Upscaler, interpolate
 from .weights import ModelSpec, WeightStore, content_hash, load_state_dict
 
@@ -56,7 +57,7 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     cached: dict[str, bool] = field(default_factory=dict)
     plan: Plan | None = None  # the tile chosen (also ``tile``) and the memory estimate behind it
-    texture: dict[str, float] | None = None  # what params.texture_target did (tuner.texture.match_texture)
+    texture: dict[str, Any] | None = None  # what params.texture_target did (Pipeline._texture)
 
 
 def dni_plan(model: ModelSpec, partner: ModelSpec | None, denoise: float | None) -> list[tuple[ModelSpec, float]]:
@@ -126,16 +127,38 @@ class Pipeline:
             self._remember(key, ref)
         return ref
 
-    def predicted_gap(self, image: Image, ihash: str, faces: list[Face], scale: float) -> float:
-        """The texture anchor of ``texture_anchor=predicted`` (:func:`tuner.texture.predicted_gap`): a
-        function of the input alone (its faces come from the input, memoised by its hash), so computed
-        once per input, not once per trial."""
+    def predicted_gap(self, image: Image, ihash: str, faces: list[Face], scale: float, face: int = 0) -> float:
+        """The texture anchor of ``texture_anchor=predicted`` (:func:`tuner.texture.predicted_gap`), over
+        all the skin (``face`` 0) or face ``face``'s (1-based): a function of the input alone (its faces
+        come from the input, memoised by its hash), so computed once per input, not once per trial."""
         if abs(scale - GAP_SCALE) > 0.01:
             raise ConfigError(f"params.texture_anchor=predicted is fitted at x{GAP_SCALE}; this pipeline "
                               f"upscales x{scale:g} (use texture_anchor=lanczos)")
-        if ihash not in self._gap_memo:
-            self._gap_memo[ihash] = predicted_gap(image.rgb, skin_mask(image.rgb, faces))
-        return self._gap_memo[ihash]
+        key = ihash if face == 0 else f"{ihash}:{face}"
+        if key not in self._gap_memo:
+            labels = skin_labels(image.rgb, faces)
+            self._gap_memo[key] = predicted_gap(image.rgb, labels > 0 if face == 0 else labels == face)
+        return self._gap_memo[key]
+
+    def _texture(self, out: np.ndarray, ref: np.ndarray, labels: np.ndarray, image: Image, ihash: str,
+                 faces: list[Face], scale: float, params: Params) -> tuple[np.ndarray, dict[str, Any]]:
+        """The texture policy (:func:`tuner.texture.match_texture`) on the skin, and what it did.  With
+        several faces, each face the guard rails judge on its own (:func:`tuner.texture.judged_faces`) gets
+        its own anchor and lands on it; the other faces' skin together gets the image's."""
+        assert params.texture_target is not None
+        predicted = params.texture_anchor == "predicted"
+        seed = int(ihash[:12], 16)
+        judged = judged_faces(labels, len(faces), scale)
+        parts = [(i, labels == i) for i in judged] if judged else [(0, labels > 0)]
+        if judged and np.isin(labels, [0, *judged], invert=True).any():
+            parts.append((0, np.isin(labels, [0, *judged], invert=True)))
+        infos: list[dict[str, Any]] = []
+        for i, skin in parts:
+            gap = self.predicted_gap(image, ihash, faces, scale, i) if predicted else 0.0
+            out, info = match_texture(out, ref, skin, scale=scale, target=params.texture_target + gap, seed=seed)
+            infos.append({**info, **({"predicted_gap": gap} if predicted else {})})
+        return out, infos[0] if not judged else {"faces": [{"face": i, **d} for (i, _), d in zip(parts, infos,
+                                                                                                 strict=True)]}
 
     def memo_bytes(self) -> int:
         """RAM held between calls (R and SR outputs)."""
@@ -316,18 +339,15 @@ class Pipeline:
         timings["faces"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         ref = self.reference(image, ihash, (h, w))
-        skin = None
+        labels = None
         if params.blend_variant == "skin" or params.texture_target is not None:
-            skin = skin_mask(ref, [f.scaled(scale) for f in faces])
-        out = blend(out, ref, amount=params.blend, variant=params.blend_variant, skin=skin, scale=scale)
+            labels = skin_labels(ref, [f.scaled(scale) for f in faces])
+        out = blend(out, ref, amount=params.blend, variant=params.blend_variant,
+                    skin=None if labels is None else labels > 0, scale=scale)
         texture = None
         if params.texture_target is not None:
-            assert skin is not None
-            gap = self.predicted_gap(image, ihash, faces, scale) if params.texture_anchor == "predicted" else 0.0
-            out, texture = match_texture(out, ref, skin, scale=scale, target=params.texture_target + gap,
-                                         seed=int(ihash[:12], 16))
-            if params.texture_anchor == "predicted":
-                texture["predicted_gap"] = gap
+            assert labels is not None
+            out, texture = self._texture(out, ref, labels, image, ihash, faces, scale, params)
         alpha = None if image.alpha is None else resize(image.alpha, (h, w), interpolation=cv2.INTER_LINEAR)
         timings["blend"] = time.perf_counter() - t2
         timings["total"] = time.perf_counter() - t0

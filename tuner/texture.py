@@ -66,6 +66,16 @@ MIN_SKIN_PX = 50
 PREDICTOR = {"fit": GAP_FIT, "range": GAP_RANGE, "fallback": GAP_FALLBACK, "min_skin_px": MIN_SKIN_PX}  # all it is
 
 
+def judged_faces(labels: np.ndarray, n_faces: int, scale: float) -> list[int]:
+    """Labels (1-based, as :func:`tuner.facegeom.skin_labels`) of the faces judged on their own where an
+    image has several: those whose skin (``labels``, at ``scale`` x the input) covers at least
+    :data:`MIN_SKIN_PX` input pixels, the least the predictor reads.  [] with one face or none."""
+    if n_faces < 2:
+        return []
+    counts = np.bincount(labels.ravel(), minlength=n_faces + 1)
+    return [i for i in range(1, n_faces + 1) if counts[i] >= MIN_SKIN_PX * scale**2]
+
+
 def input_features(lr: np.ndarray, skin: np.ndarray) -> dict[str, float] | None:
     """What the predictor reads from the input (LR, RGB) over its skin mask: the slope of the skin's
     spectrum over its top two octaves (``s01``: log2 energy ratio of the band at the input's Nyquist

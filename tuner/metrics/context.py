@@ -18,7 +18,7 @@ import numpy as np
 
 from ..facegeom import Face, skin_labels
 from ..images import downscale, luminance, reference_upscale
-from ..texture import MIN_SKIN_PX
+from ..texture import judged_faces
 
 # one network loads at a time in a process: scoring threads ask for their models at once on a
 # study's first trial, and two threads importing dlib / building torch networks together deadlocked
@@ -109,11 +109,8 @@ class InputAnalysis:
     def judged_faces(self) -> list[int]:
         """Labels of the faces a per-face guard rail judges on their own, where the input has several:
         those whose skin covers at least :data:`tuner.texture.MIN_SKIN_PX` input pixels (the least the
-        texture predictor reads).  Empty with one face or none: then the image's value is its skin's."""
-        if len(self.faces) < 2:
-            return []
-        counts = np.bincount(self.skin_out_labels.ravel(), minlength=len(self.faces) + 1)
-        return [i for i in range(1, len(self.faces) + 1) if counts[i] >= MIN_SKIN_PX * self.scale**2]
+        texture predictor reads; :func:`tuner.texture.judged_faces`, as the texture policy's).  Empty with one face or none: then the image's value is its skin's."""
+        return judged_faces(self.skin_out_labels, len(self.faces), self.scale)
 
     @cached_property
     def skin_box(self) -> tuple[slice, slice] | None:
