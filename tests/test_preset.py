@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from conftest import PORTRAITS, SRVGG_OVERRIDES
 
 from tuner import preset as presets
 from tuner.errors import PresetError
+from tuner.weights import sha256_file
 
 GOOD = {"model": "realesr-general-x4v3", "face": "none",
         "params": {"tile": 0, "denoise": None, "face_weight": 0.0, "blend": 0.2},
@@ -50,3 +52,33 @@ def test_a_yaml_tag_that_builds_objects_is_refused(tmp_path):
     with pytest.raises(PresetError, match="not valid YAML"):
         presets.load(p)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_enhance_refuses_a_preset_tuned_with_other_sr_weights(tmp_path, tiny_weights, run_cli):
+    """check_identity: the SR checkpoints resolved now (here the DNI pair that denoise=0.6 mixes) must
+    have the preset's model_identity sha256s; else exit 1 naming the SR weights, unless
+    allow_weights_mismatch=true, which warns and enhances."""
+    src = PORTRAITS / "A03_usnavy_grace_hopper_128px.jpg"
+    ident = [{"name": n, "sha256": sha256_file(tiny_weights / f"{n}.pth"), "weight": w}
+             for n, w in (("realesr-general-x4v3", 0.6), ("realesr-general-wdn-x4v3", 0.4))]
+    preset = {**GOOD, "params": {**GOOD["params"], "denoise": 0.6}, "model_identity": ident}
+
+    def enhance(name: str, identity: list, *extra: str):
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(yaml.safe_dump({**preset, "model_identity": identity}))
+        return run_cli("enhance", f"input={src}", f"output={tmp_path / name}", f"preset={p}", "output_format=png",
+                       f"weights_dir={tiny_weights}", *SRVGG_OVERRIDES, *extra)
+
+    out = f"{src.stem}.png"
+    r = enhance("same", ident)  # the control: the weights it was tuned with pass silently
+    assert r.returncode == 0 and "SR weights" not in r.stderr + r.stdout, r.stderr[-2000:]
+    for i in range(2):  # the model's checkpoint, then its DNI partner's
+        other = [{**m, "sha256": "0" * 64} if j == i else m for j, m in enumerate(ident)]
+        r = enhance(f"other{i}", other)
+        assert r.returncode == 1, r.stderr[-2000:]
+        assert "SR weights" in r.stderr and "0" * 64 in r.stderr and "allow_weights_mismatch" in r.stderr
+        assert not (tmp_path / f"other{i}" / out).exists()
+    r = enhance("allowed", other, "allow_weights_mismatch=true")
+    log = r.stdout + r.stderr
+    assert r.returncode == 0 and "SR weights" in log and "going on" in log, r.stderr[-2000:]
+    assert (tmp_path / "allowed" / out).read_bytes() == (tmp_path / "same" / out).read_bytes()

@@ -4,12 +4,16 @@ the exploration notebook executed headless."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from html import escape
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
+import yaml
 from conftest import GFPGAN_OVERRIDES, ROOT, SRVGG_OVERRIDES
 from helpers import PORTRAITS, chromium, render
 
@@ -45,7 +49,19 @@ def test_study_report_has_the_verdict_the_plots_and_the_gates(tiny_study):
     assert r.returncode == 0, r.stderr[-3000:]
     page = tiny_study / "reports" / "generated" / "rep" / "report.html"
     html = page.read_text()
-    assert "best trial" in html and "constraints hold on every image" in html
+    # the verdict is the best trial's, as the study recorded it: the preset the study exported names the
+    # trial and whether every constraint held; the storage's record of that trial agrees
+    preset = yaml.safe_load((tiny_study / "runs" / "rep" / "best_preset.yaml").read_text())
+    number, held = preset["provenance"]["trial"], preset["provenance"]["all_constraints_hold"]
+    study = optuna.load_study(study_name="rep", storage=f"sqlite:///{tiny_study / 'runs' / 'rep' / 'study.db'}")
+    assert study.trials[number].user_attrs["feasible"] is held
+    verdict = re.search(r"<div class='verdict (pass|fail)'>(.*?)</div>", html, re.S)
+    assert verdict is not None, html[:2000]
+    assert f"<b>best trial {number}</b>" in verdict[2]
+    assert f"constraints hold on every image: <b>{'yes' if held else 'no'}</b>" in verdict[2], verdict[2]
+    assert verdict[1] == ("pass" if held else "fail")
+    for name, c in preset["constraints"].items():  # a "no" names each broken constraint
+        assert (escape(name) in verdict[2]) is (not c["holds"]), (name, verdict[2])
     for section in ("Optimisation history", "Parameter importances", "Parallel coordinates", "Top 10 trials",
                     "Metric distributions", "Best trial: faces at 100 %"):
         assert section in html, section

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -19,7 +20,7 @@ from tuner.upscale import (
 )
 
 
-def _upstream(arch, sd, img_u8_rgb, *, tile, tile_pad=10, pre_pad=10, tmp_path):
+def _upstream(arch, sd, img_u8_rgb, *, tile, tile_pad=10, pre_pad=10, tmp_path, outscale=None):
     from tuner.compat import import_basicsr_stack
 
     import_basicsr_stack()
@@ -30,7 +31,7 @@ def _upstream(arch, sd, img_u8_rgb, *, tile, tile_pad=10, pre_pad=10, tmp_path):
     net = build_network(arch)
     up = RealESRGANer(scale=arch["scale"], model_path=str(path), model=net, tile=tile, tile_pad=tile_pad,
                       pre_pad=pre_pad, half=False, device=torch.device("cpu"))
-    out, _ = up.enhance(img_u8_rgb[:, :, ::-1].copy(), outscale=None)
+    out, _ = up.enhance(img_u8_rgb[:, :, ::-1].copy(), outscale=outscale)
     return out[:, :, ::-1]
 
 
@@ -46,11 +47,22 @@ def test_matches_realesrganer(arch, tile, portrait_small, tmp_path):
     assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1
 
 
-def test_outscale_uses_lanczos_size(portrait_small):
-    up = Upscaler.from_state_dict(TINY_SRVGG, tiny_state_dict(TINY_SRVGG, 1)["params"])
+def test_outscale_is_a_lanczos_resize_of_the_x4_output(portrait_small, tmp_path):
+    """outscale resizes the model-scale output as RealESRGANer does: cv2 INTER_LANCZOS4 to
+    (int(w * outscale), int(h * outscale)) of the input size; tuner resizes the float result (then
+    clips), RealESRGANer its 8-bit one, so they agree to 1 LSB."""
+    sd = tiny_state_dict(TINY_SRVGG, 1)["params"]
+    up = Upscaler.from_state_dict(TINY_SRVGG, sd)
+    x4 = up(portrait_small, UpscaleOptions())
     out = up(portrait_small, UpscaleOptions(outscale=2.5))
-    h, w = portrait_small.shape[:2]
+    h, w = portrait_small.shape[:2]  # 96 x 64: not square, so a swapped (w, h) shows
     assert out.shape == (int(h * 2.5), int(w * 2.5), 3)
+    want = np.clip(cv2.resize(x4, (int(w * 2.5), int(h * 2.5)), interpolation=cv2.INTER_LANCZOS4), 0, 1)
+    assert np.array_equal(out, want)
+    u8 = quantize(portrait_small, 8)
+    ref = _upstream({**TINY_SRVGG, "scale": 4}, sd, u8, tile=0, tmp_path=tmp_path, outscale=2.5)
+    ours = quantize(up(u8.astype(np.float32) / 255.0, UpscaleOptions(outscale=2.5)), 8)
+    assert ours.shape == ref.shape and np.abs(ours.astype(int) - ref.astype(int)).max() <= 1
 
 
 def test_dni_arithmetic():
