@@ -185,3 +185,41 @@ def test_the_baseline_trial_holds_against_its_own_stored_values():
     base = per_image_values(rows, names)
     relaxed = [g for c, g in zip(obj.constraints, obj.gates(rows, base), strict=True) if c.relative]
     assert relaxed and all(g.violation <= 0 for g in relaxed), [g.violation for g in relaxed]
+
+
+def test_multi_objective_best_trial_flips_maximised_objectives_and_normalises_each():
+    """Multi mode: each term is a study objective in the metric's direction (piqe lower is better,
+    lr_psnr higher); export picks the feasible trial with the least sum of min-max normalised
+    objectives, maximised ones negated first.  Worked out by hand on the three feasible trials:
+    piqe 10/40/20 -> 0, 1, 1/3; lr_psnr 30/31/30.8 -> -30/-31/-30.8 -> 1, 0, 0.2; sums 1, 1, 0.53:
+    the balanced one.  Without the sign flip the worst lr_psnr wins (sums 0, 2, 1.13); without the
+    normalisation the 10-unit piqe spread swamps the 1 dB lr_psnr one (-20, 9, -10.8): trial 0 both times."""
+    obj = O.from_mapping({"mode": "multi", "terms": [{"metric": "piqe"}, {"metric": "lr_psnr"}],
+                          "constraints": {"identity": {"max": 0.45}}})
+    assert obj.directions == ["minimize", "maximize"]
+    study = optuna.create_study(directions=obj.directions)
+    ok = {"identity": {"a": 0.2, "b": 0.3}}
+    for values in ([10.0, 30.0], [40.0, 31.0], [20.0, 30.8]):
+        _trial(study, values, ok)
+    _trial(study, [5.0, 35.0], {"identity": {"a": 0.2, "b": 0.7}})  # dominates all three, another person on b
+    t, gates = best_trial(study, obj, allow_infeasible=False)
+    assert t.number == 2 and t.values == [20.0, 30.8] and gates[0].violation < 0
+
+
+def test_a_value_at_a_bound_holds_and_the_stored_decimals_decide():
+    """Per-image gates compare values on the 6 decimals the study stores them with: a value at the
+    bound holds, 1e-3 past it fails, and 0.4500004 (stored as 0.45) holds ``max: 0.45``.  ``tuner
+    compare`` shares the rule (tests/test_compare.py), so the two never disagree at a bound."""
+    c = O.Constraint("identity", max=0.45)
+
+    def gate(v):
+        return c.gate([{"image": "a", "identity": 0.1}, {"image": "b", "identity": v}], None)
+
+    assert gate(0.45).violation <= 0
+    g = gate(0.45 + 1e-3)
+    assert g.violation == pytest.approx(1e-3) and g.image == "b"
+    assert gate(0.4500004).violation <= 0
+    assert gate(0.4500006).violation > 0  # stored as 0.450001
+    low = O.Constraint("lr_psnr", min_relative=-1.0)
+    assert low.gate([{"image": "a", "lr_psnr": 28.9999996}], {"lr_psnr": {"a": 30.0}}).violation <= 0
+    assert low.judge(28.999, 30.0) == pytest.approx(1e-3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -138,9 +139,13 @@ def test_two_workers_share_one_study_exactly(tmp_path, tiny_weights, portraits):
         assert pr.returncode == 0, err[-3000:]
     st, states = _states(tmp_path / "runs" / "two" / "study.db", "two")
     assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 6 and "FAIL" not in states
-    numbers = [t.number for t in st.get_trials(deepcopy=False)]
-    assert len(numbers) == len(set(numbers)) == 6
-    assert sum(bool(t.user_attrs.get("baseline")) for t in st.get_trials(deepcopy=False)) == 1
+    ts = st.get_trials(deepcopy=False)
+    assert len(ts) == 6
+    # both workers ran trials (each trial names the worker that claimed it: host and pid), each its own
+    workers = {t.user_attrs["worker"] for t in ts}
+    assert workers == {f"{socket.gethostname()}:{pr.pid}" for pr in procs}, [t.user_attrs["worker"] for t in ts]
+    assert all(t.user_attrs["claimed"] == t.number for t in ts)
+    assert sum(bool(t.user_attrs.get("baseline")) for t in ts) == 1
 
 
 def test_infeasible_study_exports_nothing_unless_asked(tmp_path, tiny_weights, portraits, run_cli):

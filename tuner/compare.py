@@ -234,7 +234,7 @@ def gate_result(gate: GateRule, images: list[str], base: SideRun, cand: SideRun)
         if gate.max is None and not math.isfinite(b):  # only relative bounds, and no baseline value here
             continue
         checked += 1
-        excess = bound.violation(c, b)  # the study's own per-image gate arithmetic (> 0 = violated)
+        excess = bound.judge(c, b)  # the study's own per-image gate arithmetic and rounding (> 0 = violated)
         if excess > 0:
             failing.append({"image": name, "candidate": c, "baseline": b if math.isfinite(b) else None,
                             "excess": excess, "why": "past its bound"})

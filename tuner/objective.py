@@ -73,6 +73,13 @@ class BaselineMissing(TunerError):
 # per-image values of one metric, by image name
 PerImage = Mapping[str, float]
 
+STORED_DECIMALS = 6  # what a trial stores its per-image values with (trials.per_image_values), the baseline's too
+
+
+def stored(x: float) -> float:
+    """``x`` on the decimals per-image values are stored with (NaN stays NaN): what a per-image gate compares."""
+    return round(x, STORED_DECIMALS)
+
 
 @dataclass(frozen=True)
 class Gate:
@@ -136,6 +143,12 @@ class Constraint:
                 v = max(v, (b + self.min_relative) - value)
         return 0.0 if v == -math.inf else float(v)
 
+    def judge(self, value: float, baseline: float | None) -> float:
+        """:meth:`violation` of one image's value with both sides on the stored decimals, so the
+        baseline trial holds against its own stored values and export's recheck, and ``tuner
+        compare``'s gates, agree with the trial at a bound (0.4500004 holds ``max: 0.45``)."""
+        return self.violation(stored(value), None if baseline is None else stored(baseline))
+
     def gate(self, rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, PerImage] | None) -> Gate:
         """Evaluate over a trial's per-image rows (each with ``image`` and metric values)."""
         base = None if baseline is None else baseline.get(self.metric)
@@ -155,10 +168,8 @@ class Constraint:
                     raise BaselineMissing(f"constraint '{self.describe()}': the baseline has no value for image "
                                           f"'{name}'")
                 b = _f(base[name])
-            # on the 6 decimals the baseline's per-image values are stored with (trials.per_image_values),
-            # so the baseline trial holds against itself and export's recheck agrees with the trial
-            v = round(_f(r.get(self.metric)), 6)
-            viol = self.violation(v, b)
+            v = stored(_f(r.get(self.metric)))
+            viol = self.judge(v, b)
             if not math.isnan(v) and viol > worst.violation:
                 worst = Gate(viol, v, name)
         return Gate(0.0, math.nan, None) if worst.image is None else worst

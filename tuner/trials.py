@@ -295,7 +295,7 @@ def per_image_values(rows: list[dict[str, Any]], names: list[str]) -> dict[str, 
         out[n] = {}
         for r in rows:
             v = r.get(n)
-            out[n][str(r["image"])] = None if v is None or math.isnan(float(v)) else round(float(v), 6)
+            out[n][str(r["image"])] = None if v is None or math.isnan(float(v)) else O.stored(float(v))
     return out
 
 
