@@ -32,7 +32,7 @@ def test_evaluate_pipeline_writes_tables(tmp_path, tiny_weights, run_cli, copy_p
     assert summary.set_index("metric").loc["lr_psnr", "direction"] == "higher"
 
 
-def test_evaluate_existing_outputs_and_blend_lowers_crunch(tmp_path, run_cli):
+def test_evaluate_existing_outputs_ranks_sharpened_above_plain_above_soft_on_crunch(tmp_path, run_cli):
     """Scoring given outputs: an unsharp-masked upscale is crunchier than a plain Lanczos one."""
     import cv2
 

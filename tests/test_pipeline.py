@@ -319,3 +319,23 @@ def test_trial_0_runs_without_the_prefilter_when_it_is_searched():
                 {"type": "float", "low": 2.0, "high": 4.0}, {"type": "categorical", "choices": [None, 12.0]}):
         with pytest.raises(ConfigError, match="texture_target"):
             search_space({"params": {"texture_target": bad}})
+
+
+def test_face_upsample_restores_from_the_sr_crop_and_follows_the_sr_key(two_dicts, image, tmp_path):
+    """params.face_upsample (GFPGAN's --upscale path) through the real pipeline: another output than
+    restoring from the input crop, and its restore stage follows the SR network (another state dict is
+    a restore miss with fresh bytes), where the input-crop path does not."""
+    store = WeightStore(weights_dir=two_dicts)
+    cache = _Recording(tmp_path / "c")
+    up = Params(face_weight=1.0, face_upsample=True)
+    a = Pipeline(_both_spec(), store=store, cache=cache).run(image, up)
+    b = Pipeline(_both_spec(), store=store, cache=cache).run(image, Params(face_weight=1.0))
+    assert a.faces and not np.array_equal(a.image.rgb, b.image.rgb)
+    cache.lookups.clear()
+    c = Pipeline(_both_spec(key="params"), store=store, cache=cache).run(image, up)
+    assert ("restore", False) in cache.lookups
+    fresh = Pipeline(_both_spec(key="params"), store=store, cache=None).run(image, up)
+    assert np.array_equal(c.image.rgb, fresh.image.rgb)
+    cache.lookups.clear()
+    Pipeline(_both_spec(key="params"), store=store, cache=cache).run(image, Params(face_weight=1.0))
+    assert ("restore", True) in cache.lookups  # the input-crop path does not depend on the SR network
