@@ -70,3 +70,25 @@ def test_no_code_runs_from_data():
                 kw = {k.arg: k.value for k in node.keywords}
                 assert isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True, \
                     f"{f.name}:{node.lineno}: torch.load without weights_only=True"
+
+
+@pytest.mark.parametrize("override, key", [("study.allow_infeasible=no", "study.allow_infeasible"),
+                                           ("study.strict=off", "study.strict"),
+                                           ("study.pruner.enabled=0", "study.pruner.enabled"),
+                                           ("allow_download=no", "allow_download"),
+                                           ("cache.enabled=off", "cache.enabled")])
+def test_an_on_off_setting_takes_only_true_or_false(override, key):
+    """Hydra passes ``=no``, ``=off`` and ``=0`` through as a string or a number, and ``bool()`` of them
+    is true (allow_infeasible=no exported an infeasible trial): every on/off setting refuses them by name."""
+    from hydra import compose, initialize_config_dir
+
+    from tuner.config import pipeline_config, study_settings
+    from tuner.errors import ConfigError
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="tune", overrides=[override])
+        with pytest.raises(ConfigError, match=f"{key} must be true or false, got"):
+            study_settings(cfg, ROOT / "runs")
+            pipeline_config(cfg)
+        ok = compose(config_name="tune", overrides=[override.split("=")[0] + "=false"])
+        study_settings(ok, ROOT / "runs")

@@ -14,7 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from .config import OUTPUT_FORMATS, limits, pipeline_config, to_dict
-from .errors import EXIT_PARTIAL, ConfigError, ImageError, PipelineError, PresetError, TunerError
+from .errors import EXIT_PARTIAL, ConfigError, ImageError, PipelineError, PresetError, TunerError, flag
 from .images import decode, encode, fit_max_side, list_images
 
 log = logging.getLogger("tuner")
@@ -84,7 +84,7 @@ def enhance(cfg: Any) -> int:
     preset: dict[str, Any] = {}
     if cfg.get("preset"):
         preset = load_preset(cfg.preset)
-        check_identity(preset, pipe, allow_mismatch=bool(cfg.get("allow_weights_mismatch", False)))
+        check_identity(preset, pipe, allow_mismatch=flag(cfg, "allow_weights_mismatch", False))
         if max_side is None and preset.get("max_side"):
             log.warning("preset was tuned at max_side=%s (a proxy size); enhancing at full size", preset["max_side"])
     # a predicted-anchor offset was tuned at one input size; against truth it is unmeasured above it
@@ -183,7 +183,7 @@ def weights(cfg: Any) -> int:
                     state = "SHA256 MISMATCH"
                 else:
                     state = "present"
-                    if cfg.get("verify", True):
+                    if flag(cfg, "verify", True):
                         state += f" (sha256 {content_hash(loc.path)[:12]}…, not pinned)"
             rows.append((group, name, state, where))
     w = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -230,7 +230,7 @@ def evaluate(cfg: Any) -> int:
         pc = pipeline_config(cfg)
         rows, failures = scoring.score_pipeline(ds, Pipeline(pc.spec, store=pc.store, cache=pc.cache), pc.params,
                                                 names, iqa_max_side=iqa_side,
-                                                save_dir=out / "images" if cfg.get("save_outputs") else None)
+                                                save_dir=out / "images" if flag(cfg, "save_outputs", False) else None)
     summary = scoring.write_tables(rows, names, out)
     with pd.option_context("display.width", 160, "display.max_columns", 10):
         log.info("summary over %d image(s):\n%s", len(rows), summary.to_string(index=False, float_format="%.3f"))
@@ -261,7 +261,7 @@ def export(cfg: Any) -> int:
     number = cfg.get("trial")
     return run_export(study_settings(cfg, study_run_dir(cfg)), Path(str(cfg.out)),
                       number=None if number is None else int(number),
-                      allow_infeasible=bool(cfg.get("allow_infeasible", False)))
+                      allow_infeasible=flag(cfg, "allow_infeasible", False))
 
 
 def compare(cfg: Any) -> int:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import archs
 from .cache import StageCache
 from .dataset import Dataset
-from .errors import ConfigError, check_keys
+from .errors import ConfigError, check_keys, flag
 from .faces import DETECTORS
 from .images import Limits
 from .memory import default_memory_budget
@@ -60,13 +60,13 @@ def weight_store(cfg: Any) -> WeightStore:
         raise ConfigError(f"weights_dir={wd} is not a folder")
     paths = cfg.get("paths")
     cache = Path(str(paths.cache_dir)).expanduser() / "weights" if paths is not None and paths.get("cache_dir") else None
-    return WeightStore(weights_dir=wd, cache_dir=cache, allow_download=bool(cfg.get("allow_download", True)))
+    return WeightStore(weights_dir=wd, cache_dir=cache, allow_download=flag(cfg, "allow_download", True))
 
 
 def stage_cache(cfg: Any) -> StageCache | None:
     c = to_dict(cfg.get("cache")) or {}
     check_keys(c, {"enabled", "dir", "max_gb"}, "cache")
-    if not c.get("enabled", True):
+    if not flag(c, "enabled", True, "cache."):
         return None
     max_gb = float(c.get("max_gb", 20))
     if max_gb <= 0:
@@ -174,7 +174,7 @@ def pipeline_config(cfg: Any) -> PipelineConfig:
         tile_pad=int(up.get("tile_pad", 10)), pre_pad=int(up.get("pre_pad", 10)),
         overlap=int(up.get("overlap", 0)),
         outscale=None if up.get("outscale") is None else float(up["outscale"]),
-        half=bool(up.get("half", False)),
+        half=flag(up, "half", False, "upscale."),
         detector=detector,
         detector_model=catalogue("detector").get(detector),
         detection_threshold=threshold,
@@ -294,11 +294,11 @@ def study_settings(cfg: Any, run_dir: Path) -> StudySettings:
     if not retry_s >= 0:
         raise ConfigError(f"study.storage_retry_s must be >= 0 seconds, got {retry_s}")
     return StudySettings(name=name, n_trials=n, storage=str(storage), sampler=sampler, seed=int(s.get("seed", 0)),
-                         n_startup_trials=int(s.get("n_startup_trials", 8)), pruner=bool(pr.get("enabled", True)),
+                         n_startup_trials=int(s.get("n_startup_trials", 8)), pruner=flag(pr, "enabled", True, "study.pruner."),
                          p_threshold=float(pr.get("p_threshold", 0.1)), n_startup_steps=int(pr.get("n_startup_steps", 5)),
                          heartbeat_interval=int(hb.get("interval", 30)), grace_period=int(hb.get("grace_period", 90)),
-                         max_retry=int(s.get("max_retry", 2)), strict=bool(s.get("strict", False)),
-                         allow_infeasible=bool(s.get("allow_infeasible", False)),
+                         max_retry=int(s.get("max_retry", 2)), strict=flag(s, "strict", False, "study."),
+                         allow_infeasible=flag(s, "allow_infeasible", False, "study."),
                          max_consecutive_failures=max_consec, max_failures=max_fail, score_threads=threads,
                          storage_retry_s=retry_s)
 
@@ -322,7 +322,7 @@ def tune_job(cfg: Any, run_dir: Path) -> TuneJob:
     return TuneJob(study=st, spec=pc.spec, params=pc.params, space=space, objective=objective,
                    objective_node=objective_node, metric_names=names, iqa_max_side=iqa_side,
                    dataset=data, validation=held_out, store=pc.store, cache=pc.cache, run_dir=run_dir,
-                   tracking_enabled=bool(tracking.get("enabled", True)),
+                   tracking_enabled=flag(tracking, "enabled", True, "tracking."),
                    tracking_uri=str(os.environ.get("MLFLOW_TRACKING_URI") or tracking.get("uri") or ""),
                    experiment=str(tracking.get("experiment") or "tuner"),
                    contact_sheet_faces=int(tracking.get("contact_sheet_faces", 6)))
@@ -357,7 +357,7 @@ def compare_job(cfg: Any) -> CompareJob:
     names, iqa_side = metric_settings(cfg)
     return CompareJob(baseline=baseline, candidate=candidate, rules=Rules.from_mapping(to_dict(cfg.compare) or {}),
                       dataset=dataset_from_cfg(cfg), metric_names=names, iqa_max_side=iqa_side, store=pc.store,
-                      cache=pc.cache, out=Path(str(cfg.out)), report=bool(cfg.get("report", True)))
+                      cache=pc.cache, out=Path(str(cfg.out)), report=flag(cfg, "report", True))
 
 
 def compare_side(value: Any, label: str, pc: PipelineConfig, baseline: Side | None) -> Side:

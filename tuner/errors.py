@@ -50,6 +50,16 @@ def check_keys(node: Mapping[str, Any], allowed: set[str], where: str) -> None:
         raise ConfigError(f"unknown key(s) in {where}: {hint}. Allowed: {sorted(allowed)}")
 
 
+def flag(node: Any, key: str, default: bool, where: str = "") -> bool:
+    """A true/false setting: a real boolean, or an error naming it.  ``bool()`` of what Hydra passes
+    would read ``=no``, ``=off`` or ``=0`` (strings) as true -- e.g. allow_infeasible=no exporting an
+    infeasible trial."""
+    v = node.get(key, default) if node is not None else default
+    if isinstance(v, bool):
+        return v
+    raise ConfigError(f"{where}{key} must be true or false, got {v!r}")
+
+
 INSTANTIATE_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")
 
 

@@ -67,7 +67,7 @@ def best_trial(study: Any, objective: O.Objective, *, allow_infeasible: bool, nu
         raise ConfigError(
             f"study '{study.study_name}' has no completed trial that satisfies the constraints on every image "
             f"({len(trials)} completed){why_infeasible(trials, objective)}; run more trials, relax conf/objective, "
-            "or pass allow_infeasible=true"
+            "or allow it (tuner tune study.allow_infeasible=true; tuner export allow_infeasible=true)"
         )
     if objective.mode == "composite":
         return min(pool, key=lambda tg: tg[0].values[0])
