@@ -11,11 +11,11 @@ def test_every_config_composes():
     from hydra import compose, initialize_config_dir
 
     from tuner import objective as O
-    from tuner.config import metric_settings, study_settings, to_dict
+    from tuner.config import metric_settings, pipeline_config, study_settings, to_dict
     from tuner.search import search_space
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        for name in ("enhance", "evaluate", "tune", "export", "weights", "metrics_table"):
+        for name in ("enhance", "evaluate", "tune", "export", "weights", "metrics_table", "compare", "report"):
             compose(config_name=name, overrides=["+input=x", "+output=y"] if name == "enhance" else [])
         for model in (ROOT / "conf" / "model").glob("*.yaml"):
             compose(config_name="tune", overrides=[f"model={model.stem}"])
@@ -27,6 +27,7 @@ def test_every_config_composes():
                 O.from_mapping(to_dict(cfg.objective))
                 study_settings(cfg, ROOT / "runs")
                 metric_settings(cfg)
+                pipeline_config(cfg)  # model, face, detector, upscale and limits keys
 
 
 def test_hydra_settings_per_command():
