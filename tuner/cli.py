@@ -63,6 +63,19 @@ def error_code(cmd: str) -> int:
     return EXIT_COMPARE_ERROR if cmd == "compare" else EXIT_ERROR
 
 
+# how bad each exit code is, for a multirun (``-m``) whose jobs end differently: an error (1; 2 for
+# compare, whose comparison could not run) beats a compare failure (1) and a partial run (3),
+# which beat 0.  Any other code counts as the worst.
+SEVERITY = {"compare": {0: 0, 1: 2, 2: 3}, "": {0: 0, 3: 1, 1: 3}}
+
+
+def worst_code(cmd: str, codes: list[int]) -> int:
+    """The exit code of a run whose jobs (one, or several with Hydra's ``-m``) exited with ``codes``:
+    the worst of them, so a failing job is not hidden by a later one that passes."""
+    rank = SEVERITY["compare" if cmd == "compare" else ""]
+    return max(codes, key=lambda c: rank.get(c, 4), default=0)
+
+
 def expand_preset(args: list[str]) -> list[str]:
     """``preset=FILE`` becomes the preset's overrides, placed last so the preset wins."""
     from . import preset as presets
@@ -106,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     except TunerError as e:
         print(f"tuner {cmd}: error: {e}", file=sys.stderr)
         return error_code(cmd)
-    status = {"rc": 0}
+    codes: list[int] = []  # one per job: Hydra's -m runs app once per combination of the sweep
 
     def app(cfg: Any) -> None:
         from .config import to_dict
@@ -115,17 +128,17 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             refuse_instantiation(to_dict(cfg))
-            status["rc"] = table[cmd](cfg)
+            codes.append(int(table[cmd](cfg)))
         except TunerError as e:
             log.error("%s", redact_url(str(e)))
             print(f"tuner {cmd}: error: {redact_url(str(e))}", file=sys.stderr)
-            status["rc"] = error_code(cmd)
+            codes.append(error_code(cmd))
         except Exception as e:  # a bug: its traceback, with any password masked (Hydra would print the raw overrides)
             import traceback
 
             log.error("unexpected error:\n%s", redact_url("".join(traceback.format_exception(e))))
             print(f"tuner {cmd}: unexpected error: {e.__class__.__name__}: {redact_url(str(e))}", file=sys.stderr)
-            status["rc"] = error_code(cmd)
+            codes.append(error_code(cmd))
 
     try:
         config_path = str(conf_dir())
@@ -141,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         return error_code(cmd) if code else 0
     finally:
         sys.argv = old_argv
-    return int(status["rc"])
+    rc = worst_code(cmd, codes)
+    if len(set(codes)) > 1:
+        print(f"tuner {cmd}: {len(codes)} jobs exited {codes}; exit {rc} (the worst)", file=sys.stderr)
+    return rc
 
 
 if __name__ == "__main__":

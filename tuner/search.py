@@ -7,6 +7,7 @@ whose weights cannot be had here are dropped loudly (or refused with ``study.str
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -16,7 +17,8 @@ import numpy as np
 
 from .errors import ConfigError, WeightsError, check_keys
 from .pipeline import Params, PipelineSpec
-from .weights import ModelSpec, WeightStore
+from .spec import TILE_AUTO
+from .weights import ModelSpec, WeightStore, catalogue
 
 log = logging.getLogger("tuner")
 
@@ -44,7 +46,9 @@ class Knob:
 
 
 def search_space(node: Mapping[str, Any]) -> dict[str, Knob]:
-    """Validate ``conf/search/*.yaml``'s ``params`` mapping."""
+    """Validate ``conf/search/*.yaml``'s ``params`` mapping: every choice and both ends of every
+    range must be a value the pipeline takes (:class:`Params`' own checks, models from the
+    catalogue), so a bad value is refused here, naming the knob, not when a trial draws it."""
     check_keys(node, {"params", "description"}, "search")
     out = {}
     for name, k in (node.get("params") or {}).items():
@@ -52,30 +56,99 @@ def search_space(node: Mapping[str, Any]) -> dict[str, Knob]:
             raise ConfigError(f"search.params.{name}: unknown knob; searchable: {KNOB_NAMES}")
         if k is None:
             continue  # removed by an experiment config
+        if not isinstance(k, Mapping):
+            raise ConfigError(f"search.params.{name} must be a mapping (type, choices or low/high), got {k!r}")
         check_keys(k, {"type", "choices", "low", "high", "step", "log"}, f"search.params.{name}")
         t = k.get("type")
         if name == "texture_target":  # trial 0 runs the model as shipped: "off" (null) must be a choice
-            choices = list(k.get("choices") or [])
-            if t != "categorical" or None not in choices or any(
-                    c is not None and not -3.0 <= float(c) <= 8.0 for c in choices):
+            choices = k.get("choices")
+            if t != "categorical" or not isinstance(choices, (list, tuple)) or None not in choices:
                 raise ConfigError("search.params.texture_target must be categorical with null (off) among its "
                                   f"choices and the others in [-3, 8] octaves, got {k}")
         if t == "categorical":
-            if not k.get("choices"):
-                raise ConfigError(f"search.params.{name}: categorical needs choices")
-            out[name] = Knob(name, t, tuple(k["choices"]))
+            choices = k.get("choices")
+            if not choices or not isinstance(choices, (list, tuple)):
+                raise ConfigError(f"search.params.{name}: categorical needs a list of choices, got {choices!r}")
+            for c in choices:
+                check_value(name, c)
+            out[name] = Knob(name, t, tuple(choices))
         elif t in ("float", "int"):
-            lo, hi = float(k.get("low", 0)), float(k.get("high", 1))
+            lo, hi, step = _number(k, name, "low", 0), _number(k, name, "high", 1), k.get("step")
             if lo > hi:
                 raise ConfigError(f"search.params.{name}: low {lo} > high {hi}")
-            if name in ("denoise", "face_weight", "blend", "prefilter") and not (0 <= lo and hi <= 1):
-                raise ConfigError(f"search.params.{name}: range must lie in [0, 1], got [{lo}, {hi}]")
-            out[name] = Knob(name, t, (), lo, hi, k.get("step"), bool(k.get("log", False)))
+            log_ = k.get("log", False)
+            if not isinstance(log_, bool):
+                raise ConfigError(f"search.params.{name}.log must be true or false, got {log_!r}")
+            if step is not None and _number(k, name, "step", 0) <= 0:
+                raise ConfigError(f"search.params.{name}.step must be > 0 or null, got {step!r}")
+            if log_ and lo <= 0:
+                raise ConfigError(f"search.params.{name}: log: true needs low > 0 (a log scale has no 0 and no "
+                                  f"negative values), got low {lo}; use log: false or a positive low")
+            if log_ and step is not None and not (t == "int" and float(step) == 1):
+                raise ConfigError(f"search.params.{name}: log: true takes no step (Optuna draws log-uniformly), "
+                                  f"got step {step}")
+            if t == "int" and not all(float(v).is_integer() for v in (lo, hi, step or 1)):
+                raise ConfigError(f"search.params.{name}: type int needs integer low, high and step, got "
+                                  f"[{lo}, {hi}] step {step}")
+            if name == "tile" and t != "int":
+                raise ConfigError("search.params.tile: a tile is a whole number of input pixels: use type int or "
+                                  f"categorical, got type {t}")
+            for end, v in (("low", lo), ("high", hi)):
+                check_value(name, int(v) if t == "int" else v, what=f"{end} ")
+            out[name] = Knob(name, t, (), lo, hi, step, log_)
         else:
             raise ConfigError(f"search.params.{name}: type must be categorical, float or int, got {t!r}")
-    if "tile" in out and out["tile"].type == "categorical" and any(int(c) < 0 for c in out["tile"].choices):
-        raise ConfigError("search.params.tile: choices must be >= 0")
     return out
+
+
+def _number(k: Mapping[str, Any], name: str, key: str, default: float) -> float:
+    v = k.get(key, default)
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        return float(v)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"search.params.{name}.{key} must be a number, got {v!r}") from e
+
+
+def check_value(name: str, value: Any, *, what: str = "") -> None:
+    """Refuse a value of knob ``name`` that the pipeline would refuse when a trial runs it (the
+    rules of :class:`Params`; model names from the catalogue)."""
+    where = f"search.params.{name}: {what}{value!r}"
+    if name == "model":
+        models = catalogue("model")
+        if not isinstance(value, str) or value not in models:
+            close = difflib.get_close_matches(str(value), models, n=1)
+            raise ConfigError(f"{where} is not a model of the catalogue" + (f" (did you mean {close[0]!r}?)" if close
+                              else "") + f"; known: {sorted(models)}")
+        return
+    if name == "tile" and isinstance(value, str) and value.strip().lower() == TILE_AUTO:
+        raise ConfigError(f"{where} cannot be searched: it picks each image's tile from the free memory of the "
+                          "machine that runs it, so workers could score different tiles and the preset would not "
+                          "reproduce; give integer tile choices (0 = the whole image)")
+    if value is None and name != "texture_target":
+        raise ConfigError(f"{where} is not a value of this knob (null is a choice of texture_target only: the "
+                          "policy off)")
+    try:
+        Params(**{name: value})
+    except (ConfigError, TypeError, ValueError) as e:
+        raise ConfigError(f"{where} is not a value the pipeline takes: {e}") from e
+
+
+def grid_values(space: Mapping[str, Knob]) -> dict[str, list[Any]]:
+    """The points of ``study.sampler=grid`` along each knob (a float or int range needs a step)."""
+    grid: dict[str, list[Any]] = {}
+    for k in space.values():
+        if k.type == "categorical":
+            grid[k.name] = list(k.choices)
+            continue
+        step = k.step if k.step is not None else (1 if k.type == "int" else None)
+        if step is None:
+            raise ConfigError(f"study.sampler=grid needs a step for search.params.{k.name} (a float range has no "
+                              f"grid), e.g. search.params.{k.name}.step=0.25")
+        vals = np.arange(k.low, k.high + 1e-9, float(step)).round(6)
+        grid[k.name] = [int(v) for v in vals] if k.type == "int" else [float(v) for v in vals]
+    return grid
 
 
 def make_sampler(kind: str, space: Mapping[str, Knob], *, seed: int, n_startup_trials: int) -> Any:
@@ -90,15 +163,26 @@ def make_sampler(kind: str, space: Mapping[str, Knob], *, seed: int, n_startup_t
         return S.NSGAIISampler(seed=seed)
     if kind == "random":
         return S.RandomSampler(seed=seed)
-    grid: dict[str, list[Any]] = {}
-    for k in space.values():
-        if k.type != "categorical":
-            if k.step is None:
-                raise ConfigError(f"sampler=grid needs a step for search.params.{k.name}")
-            grid[k.name] = [float(v) for v in np.arange(k.low, k.high + 1e-9, k.step).round(6)]
-        else:
-            grid[k.name] = list(k.choices)
-    return S.GridSampler(grid, seed=seed)
+    # One order of the grid for every trial and worker: GridSampler gives a trial the point at its
+    # grid id in the grid shuffled by the sampler's seed, and the study builds a sampler per trial
+    # seeded by the trial's number (trial_seed): per-trial shuffles would send trials to random
+    # points, repeating some and never running others.
+    return S.GridSampler(grid_values(space), seed=0)
+
+
+def grid_repeat(study: Any, number: int) -> bool:
+    """Whether trial ``number`` of a grid study would only run again a point that has run: once
+    every point has run, Optuna's GridSampler hands out visited points (study.n_trials larger than
+    the grid).  The enqueued baseline and re-queued retries of lost trials are not repeats."""
+    import optuna
+
+    sampler = study.sampler
+    if not isinstance(sampler, optuna.samplers.GridSampler):
+        return False
+    frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if frozen is None or {"fixed_params", "failed_trial"} & set(frozen.system_attrs):
+        return False
+    return bool(sampler.is_exhausted(study))
 
 
 def trial_seed(seed: int, number: int) -> int:
@@ -168,8 +252,8 @@ def suggest(trial: Any, space: Mapping[str, Knob], base: PipelineSpec, base_para
     face_weight, face_upsample = p.face_weight, p.face_upsample
     if spec.face is not None and "face_weight" in sp:
         face_weight = float(sp["face_weight"].suggest(trial))
-        if face_weight > 0 and "face_upsample" in sp:
-            face_upsample = bool(sp["face_upsample"].suggest(trial))
+    if spec.face is not None and face_weight > 0 and "face_upsample" in sp:  # the weight drawn or fixed
+        face_upsample = bool(sp["face_upsample"].suggest(trial))
     blend, variant = (float(sp["blend"].suggest(trial)) if "blend" in sp else p.blend), p.blend_variant
     if blend > 0 and "blend_variant" in sp:
         variant = str(sp["blend_variant"].suggest(trial))

@@ -159,6 +159,13 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
     def again(fn: Any, what: str) -> Any:
         return retrying(fn, what=f"trial {trial.number}: {what}", seconds=retry_s)
 
+    if again(lambda: search.grid_repeat(study, trial.number), "grid check"):
+        # counted as done (pruned) without running, so the study reaches study.n_trials and exports
+        reason = "not run: every point of the grid (study.sampler=grid) has run; study.n_trials exceeds the grid"
+        log.warning("trial %d %s", trial.number, reason)
+        again(lambda: trial.set_user_attr("reason", reason), "record")
+        return not tell(study, trial, TrialState.PRUNED, None, retry_s), reason
+
     t0 = time.perf_counter()
     tdir = run_dir / "trials" / f"{trial.number:04d}"
     state, values, reason = TrialState.FAIL, None, ""
@@ -272,12 +279,22 @@ def tell(study: Any, trial: Any, state: Any, values: list[float] | None, retry_s
     landed before the connection dropped, and is retried, is recognised as our own.  (A FAIL told
     onto a trial failed as stale is indistinguishable here: run_trial's last write, refused on a
     finished trial, catches that case first.)"""
+    import optuna
     from optuna.trial import TrialState
 
     def go() -> Any:
-        if state == TrialState.COMPLETE:
-            return study.tell(trial, values, skip_if_finished=True)
-        return study.tell(trial, state=state, skip_if_finished=True)
+        try:
+            if state == TrialState.COMPLETE:
+                return study.tell(trial, values, skip_if_finished=True)
+            return study.tell(trial, state=state, skip_if_finished=True)
+        except RuntimeError as e:
+            # GridSampler calls study.stop() once the last point of the grid has run, which outside
+            # Study.optimize raises; the trial's state and values are stored before that (optuna
+            # writes them in a finally), so the tell itself is done
+            if not (isinstance(study.sampler, optuna.samplers.GridSampler) and "Study.stop" in str(e)):
+                raise
+            log.debug("trial %d: every point of the grid (study.sampler=grid) has now run", trial.number)
+            return next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
 
     now = retrying(go, what=f"telling trial {trial.number}", seconds=retry_s)
     if now.state == state and (state != TrialState.COMPLETE or list(now.values or []) == list(values or [])):
