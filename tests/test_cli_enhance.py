@@ -201,6 +201,34 @@ def test_enhance_an_unexpected_error_fails_that_image_only(tmp_path, tiny_weight
         enhance(cfg)
 
 
+def test_enhance_stops_at_the_first_output_it_cannot_write(tmp_path, tiny_weights, monkeypatch):
+    """A full or unwritable output folder is the run's problem, not one input's: the run stops at the
+    first write with the folder named, instead of upscaling every input and skipping each."""
+    from tuner import images
+    from tuner.commands import enhance
+    from tuner.errors import ConfigError
+    from tuner.pipeline import Pipeline
+
+    monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path / "cache"))
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in GOOD:
+        shutil.copy(PORTRAITS / name, d / name)
+    runs = []
+    real_run = Pipeline.run
+    monkeypatch.setattr(Pipeline, "run", lambda self, image, params: runs.append(1) or real_run(self, image, params))
+
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(images, "atomic_write_bytes", full)
+    cfg = _compose("enhance", [f"input={d}", f"output={tmp_path / 'out'}", f"weights_dir={tiny_weights}",
+                               *SRVGG_OVERRIDES, "max_side=64"])
+    with pytest.raises(ConfigError, match="No space left on device; check that output=.* is writable"):
+        enhance(cfg)
+    assert len(runs) == 1
+
+
 def test_enhance_refuses_two_inputs_with_one_output(tmp_path, tiny_weights, run_cli):
     d = tmp_path / "in"
     d.mkdir()
@@ -212,6 +240,11 @@ def test_enhance_refuses_two_inputs_with_one_output(tmp_path, tiny_weights, run_
     assert r.returncode == 1, r.stdout + r.stderr
     assert "b_ok.jpg, b_ok.png -> " in r.stderr and "same output" in r.stderr
     assert not (tmp_path / "out").exists()
+    # names that differ only by case are one file on a case-insensitive file system (macOS, Windows)
+    (d / "b_ok.png").rename(d / "A_OK.png")
+    r = run_cli("enhance", f"input={d}", f"output={tmp_path / 'out'}", f"weights_dir={tiny_weights}",
+                *SRVGG_OVERRIDES, "output_format=png")
+    assert r.returncode == 1 and "A_OK.png, a_ok.jpg -> " in r.stderr, r.stdout + r.stderr
 
 
 def test_enhance_refuses_to_overwrite_its_inputs(tmp_path, tiny_weights, run_cli):

@@ -93,3 +93,4 @@ def test_an_on_off_setting_takes_only_true_or_false(override, key):
             pipeline_config(cfg)
         ok = compose(config_name="tune", overrides=[override.split("=")[0] + "=false"])
         study_settings(ok, ROOT / "runs")
+        pipeline_config(ok)

@@ -90,3 +90,20 @@ def test_a_down_tracking_server_neither_stalls_nor_stops_the_study(no_user_http_
     assert "127.0.0.1:9" in warnings[0] and "untracked" in warnings[0] and "secret" not in warnings[0]
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+
+
+def test_only_a_server_that_cannot_be_reached_turns_tracking_off():
+    """A refused or unconnectable server stops the tracker's calls; a slow read (an artifact upload past
+    the timeout, the server there) is an ordinary, counted failure, so tracking goes on."""
+    import requests.exceptions as r
+    from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutError
+
+    from tuner.tracking import is_unreachable
+
+    assert is_unreachable(ConnectionRefusedError()) and is_unreachable(r.ConnectTimeout("x"))
+    assert is_unreachable(r.ConnectionError(MaxRetryError(None, "/api", NewConnectionError(None, "refused"))))
+    assert not is_unreachable(r.ReadTimeout("x"))
+    assert not is_unreachable(r.ConnectionError(MaxRetryError(None, "/api", ReadTimeoutError(None, "/api", "slow"))))
+    wrapped = RuntimeError("mlflow")  # MLflow wraps the network error: the chain is searched
+    wrapped.__cause__ = ConnectionRefusedError()
+    assert is_unreachable(wrapped)

@@ -38,10 +38,10 @@ def destinations(files: list[Path], out_dir: Path, fmt: str) -> list[Path]:
     Raises :class:`ConfigError` when two inputs would be written to one output, or when an
     output would be an input file itself (the original would be overwritten)."""
     dests = [out_dir / f"{f.stem}{f.suffix if fmt == 'same' else '.' + fmt}" for f in files]
-    by_dest: dict[Path, list[Path]] = {}
-    for f, d in zip(files, dests, strict=True):
-        by_dest.setdefault(d.resolve(), []).append(f)
-    clashes = [f"{', '.join(f.name for f in fs)} -> {d}" for d, fs in by_dest.items() if len(fs) > 1]
+    by_dest: dict[str, tuple[Path, list[Path]]] = {}
+    for f, d in zip(files, dests, strict=True):  # by name without case: a.png and A.png are one file on macOS
+        by_dest.setdefault(str(d.resolve()).casefold(), (d, []))[1].append(f)
+    clashes = [f"{', '.join(f.name for f in fs)} -> {d}" for d, fs in by_dest.values() if len(fs) > 1]
     if clashes:
         raise ConfigError(f"several inputs would be written to the same output ({'; '.join(clashes)}; "
                           f"output_format={fmt}): rename them, or enhance them into separate output= folders")
@@ -105,7 +105,11 @@ def enhance(cfg: Any) -> int:
                             f.name, max(image.size), pc.params.texture_target, tuned_side)
                 size_checked = False
             result = pipe.run(image, pc.params)
-            encode(result.image, dest)
+            try:
+                encode(result.image, dest)
+            except OSError as e:  # the output folder, not this input: stop before every other input runs
+                raise ConfigError(f"cannot write {dest}: {e}; check that output={out_dir} is writable and has room")\
+                    from e
             log.info("%s -> %s (%dx%d, tile %d, %.2fs)", f.name, dest, result.image.size[1], result.image.size[0],
                      result.tile, result.timings["total"])
         except (ImageError, PipelineError, MemoryError) as e:

@@ -45,6 +45,16 @@ def faces_from_array(a: np.ndarray) -> list[Face]:
     return [Face(box=tuple(r[:4]), landmarks=r[4:14].reshape(5, 2).astype(np.float32), score=float(r[14])) for r in a]
 
 
+def bbox(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
+    """The crop around ``mask``'s pixels with ``margin`` px on every side (clipped to the image); None if empty."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return None
+    h, w = mask.shape
+    return (slice(max(ys.min() - margin, 0), min(ys.max() + margin + 1, h)),
+            slice(max(xs.min() - margin, 0), min(xs.max() + margin + 1, w)))
+
+
 def skin_mask(rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
     """Boolean skin mask (H, W) of ``rgb``, from faces already in its coordinates.
 

@@ -30,7 +30,7 @@ from . import PIPELINE_VERSION
 from .blend import blend
 from .cache import StageCache
 from .errors import ConfigError
-from .facegeom import Face, faces_from_array, faces_to_array, skin_labels
+from .facegeom import Face, bbox, faces_from_array, faces_to_array, skin_labels
 from .faces import FaceDetector, FaceRestorer, RestoredFace, paste_faces, paste_masks, restore_faces
 from .hashing import array_hash, make_key
 from .images import Image, prefilter, reference_upscale, resize
@@ -149,16 +149,23 @@ class Pipeline:
         predicted = params.texture_anchor == "predicted"
         seed = int(ihash[:12], 16)
         judged = judged_faces(labels, len(faces), scale)
-        parts = [(i, labels == i) for i in judged] if judged else [(0, labels > 0)]
-        if judged and np.isin(labels, [0, *judged], invert=True).any():
-            parts.append((0, np.isin(labels, [0, *judged], invert=True)))
+        if not judged:
+            gap = self.predicted_gap(image, ihash, faces, scale) if predicted else 0.0
+            out, info = match_texture(out, ref, labels > 0, scale=scale, target=params.texture_target + gap, seed=seed)
+            return out, {**info, **({"predicted_gap": gap} if predicted else {})}
+        out = out.copy()
         infos: list[dict[str, Any]] = []
-        for i, skin in parts:
+        rest = [i for i in range(1, len(faces) + 1) if i not in judged]  # too small to judge: the image's anchor
+        for i in [*judged, *([0] if rest else [])]:
+            skin = labels == i if i else np.isin(labels, rest)
+            box = bbox(skin, margin=int(8 * scale) + 8)  # the policy's feather and band filters stay inside
+            if box is None:
+                continue
             gap = self.predicted_gap(image, ihash, faces, scale, i) if predicted else 0.0
-            out, info = match_texture(out, ref, skin, scale=scale, target=params.texture_target + gap, seed=seed)
-            infos.append({**info, **({"predicted_gap": gap} if predicted else {})})
-        return out, infos[0] if not judged else {"faces": [{"face": i, **d} for (i, _), d in zip(parts, infos,
-                                                                                                 strict=True)]}
+            out[box], info = match_texture(out[box], ref[box], skin[box], scale=scale,
+                                           target=params.texture_target + gap, seed=seed + i)
+            infos.append({"face": i, **info, **({"predicted_gap": gap} if predicted else {})})
+        return out, {"faces": infos}
 
     def memo_bytes(self) -> int:
         """RAM held between calls (R and SR outputs)."""

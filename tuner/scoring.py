@@ -148,6 +148,10 @@ def _failed(failures: Failures, f: Path, e: Exception) -> None:
     if isinstance(e, (ImageError, PipelineError)):
         _skip(failures, f, str(e))
         return
+    if isinstance(e, MemoryError):  # an allocation refused outright (no kernel kill): this input only
+        _skip(failures, f, f"{f}: ran out of memory ({e or 'MemoryError'}); use params.tile=auto, lower "
+                           "limits.max_memory_gb or dataset.max_side")
+        return
     if isinstance(e, TunerError):
         raise e
     log.debug("%s: traceback", f, exc_info=e)
@@ -164,7 +168,11 @@ def score_pipeline(ds: Dataset, pipe: Any, params: Any, names: list[str], *, iqa
         try:
             res = pipe.run(it.image, params)
             if save_dir is not None:
-                encode(res.image, save_dir / f"{it.name}.png")
+                try:
+                    encode(res.image, save_dir / f"{it.name}.png")
+                except OSError as err:  # the output folder, not this input: stop
+                    raise ConfigError(f"cannot write {save_dir / f'{it.name}.png'}: {err}; check that out= is "
+                                      "writable and has room") from err
             vals, extra = score_one(res.image.rgb, analysis_for(it, res, pipe), names, tile=res.tile,
                                     face_mask=res.face_mask, iqa_max_side=iqa_max_side)
         except Exception as e:

@@ -53,20 +53,26 @@ def tracking_errors() -> tuple[type[BaseException], ...]:
 
 
 def is_unreachable(e: BaseException) -> bool:
-    """Whether a tracking error means the server cannot be reached (refused, reset, timed out).
+    """Whether a tracking error means the server cannot be reached (refused, reset, no connection
+    within the timeout).  A read that times out (a slow artifact upload) is not: the server is there.
 
     MLflow wraps the network error in an ``MlflowException``, so the chain is searched."""
-    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    kinds: list[type[BaseException]] = [ConnectionError]
     try:
         from requests.exceptions import ConnectionError as RequestsConnectionError
-        from requests.exceptions import Timeout
+        from requests.exceptions import ConnectTimeout, ReadTimeout
 
-        kinds += [RequestsConnectionError, Timeout]
+        kinds += [RequestsConnectionError, ConnectTimeout]
     except ImportError:
-        pass
+        ReadTimeout = ()  # type: ignore[assignment,misc]  # noqa: N806
     seen: set[int] = set()
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
+        # a read that timed out (the server answered the connection): requests raises ReadTimeout, or a
+        # ConnectionError over urllib3's MaxRetryError whose reason is a ReadTimeoutError once retries run out
+        reason = getattr(cur.args[0], "reason", None) if cur.args else None
+        if isinstance(cur, ReadTimeout) or type(reason).__name__ == "ReadTimeoutError":
+            return False
         if isinstance(cur, tuple(kinds)):
             return True
         seen.add(id(cur))

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 import cv2
 import numpy as np
 
-from ..facegeom import Face, skin_labels
+from ..facegeom import Face, bbox, skin_labels
 from ..images import downscale, luminance, reference_upscale
 from ..texture import judged_faces
 
@@ -44,15 +44,6 @@ class cached_property(Generic[T]):  # noqa: N801 (named as the functools one it 
         value = self.fn(obj)
         obj.__dict__[self.name] = value
         return value
-
-
-def bbox(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        return None
-    h, w = mask.shape
-    return (slice(max(ys.min() - margin, 0), min(ys.max() + margin + 1, h)),
-            slice(max(xs.min() - margin, 0), min(xs.max() + margin + 1, w)))
 
 
 @dataclass
