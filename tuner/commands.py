@@ -14,8 +14,8 @@ from typing import Any
 from tqdm import tqdm
 
 from .config import OUTPUT_FORMATS, limits, pipeline_config, to_dict
-from .errors import EXIT_PARTIAL, ConfigError, ImageError, PipelineError, PresetError, TunerError, flag
-from .images import decode, encode, fit_max_side, list_images
+from .errors import EXIT_PARTIAL, ConfigError, ImageError, PresetError, flag
+from .images import decode, fit_max_side, list_images
 
 log = logging.getLogger("tuner")
 
@@ -63,6 +63,7 @@ def enhance(cfg: Any) -> int:
     from .memory import budget_bytes
     from .pipeline import Pipeline
     from .preset import load as load_preset
+    from .scoring import input_failed, write_output
 
     pc = pipeline_config(cfg)
     files = input_files(cfg.input)
@@ -105,30 +106,13 @@ def enhance(cfg: Any) -> int:
                             f.name, max(image.size), pc.params.texture_target, tuned_side)
                 size_checked = False
             result = pipe.run(image, pc.params)
-            try:
-                encode(result.image, dest)
-            except OSError as e:  # the output folder, not this input: stop before every other input runs
-                raise ConfigError(f"cannot write {dest}: {e}; check that output={out_dir} is writable and has room")\
-                    from e
+            write_output(result.image, dest, "output")
             log.info("%s -> %s (%dx%d, tile %d, %.2fs)", f.name, dest, result.image.size[1], result.image.size[0],
                      result.tile, result.timings["total"])
-        except (ImageError, PipelineError, MemoryError) as e:
-            if isinstance(e, MemoryError):  # an allocation refused outright (no kernel kill): this input only
-                e = PipelineError(f"{f}: ran out of memory ({e or 'MemoryError'}); use params.tile=auto, lower "
-                                  "limits.max_memory_gb or downscale the input (max_side=...)")
-            if on_error == "fail":
-                raise e
-            log.error("skipped: %s", e)
-            failures.append((f, str(e)))
-        except TunerError:  # configuration, weights: the same for every input, so the run stops
-            raise
-        except Exception as e:  # a bug hit by this input: reported by name, the other inputs go on
+        except Exception as e:  # evaluate's rule: this input fails, the others go on; TunerError stops the run
             if on_error == "fail":
                 raise
-            log.debug("%s: traceback", f, exc_info=True)
-            why = f"{f}: unexpected {type(e).__name__}: {e} (its traceback: hydra.verbose=tuner)"
-            log.error("skipped: %s", why)
-            failures.append((f, why))
+            input_failed(failures, f, e, max_side="max_side")
     done = len(files) - len(failures)
     log.info("enhanced %d of %d image(s) into %s", done, len(files), out_dir)
     for f, why in failures:

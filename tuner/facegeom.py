@@ -92,7 +92,7 @@ def skin_labels(rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
     is_grey = float(np.abs(cr - 128).mean() + np.abs(cb - 128).mean()) < 2.0
     if not is_grey:
         mask &= (cr >= 133) & (cr <= 180) & (cb >= 77) & (cb <= 135)
-    return np.where(mask, region, 0).astype(np.uint16)
+    return np.where(mask, region, 0).astype(np.uint16, copy=False)
 
 
 def cheek_crop(mask: np.ndarray, size: int = 96) -> tuple[slice, slice] | None:

@@ -168,10 +168,10 @@ class Constraint:
                     raise BaselineMissing(f"constraint '{self.describe()}': the baseline has no value for image "
                                           f"'{name}'")
                 b = _f(base[name])
-            v = stored(_f(r.get(self.metric)))
-            viol = self.judge(v, b)
+            v = _f(r.get(self.metric))
+            viol = self.judge(v, b)  # on the stored decimals
             if not math.isnan(v) and viol > worst.violation:
-                worst = Gate(viol, v, name)
+                worst = Gate(viol, stored(v), name)
         return Gate(0.0, math.nan, None) if worst.image is None else worst
 
     def describe(self) -> str:

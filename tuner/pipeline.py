@@ -36,7 +36,7 @@ from .hashing import array_hash, make_key
 from .images import Image, prefilter, reference_upscale, resize
 from .memory import Plan, format_gb, make_plan, output_size
 from .spec import TILE_AUTO, Params, PipelineSpec
-from .texture import GAP_SCALE, judged_faces, match_texture, predicted_gap
+from .texture import GAP_SCALE, face_gaps, judged_faces, match_texture
 from .upscale import UpscaleOptions, Upscaler, interpolate
 from .weights import ModelSpec, WeightStore, content_hash, load_state_dict
 
@@ -93,7 +93,7 @@ class Pipeline:
         self._restorer: FaceRestorer | None = None
         self._detector: FaceDetector | None = None
         self._detect_memo: dict[str, list[Face]] = {}
-        self._gap_memo: dict[str, float] = {}  # input hash -> predicted texture gap (texture_anchor=predicted)
+        self._gap_memo: dict[str, dict[int, float]] = {}  # input hash -> predicted texture gap, per face (0: all)
         # ("R", input, h, w) and ("sr", stage key) -> array, in least-recently-used order
         self._memo: dict[tuple[str, ...], np.ndarray] = {}
         self._memo_limit = int(memo_limit_bytes)
@@ -134,11 +134,20 @@ class Pipeline:
         if abs(scale - GAP_SCALE) > 0.01:
             raise ConfigError(f"params.texture_anchor=predicted is fitted at x{GAP_SCALE}; this pipeline "
                               f"upscales x{scale:g} (use texture_anchor=lanczos)")
-        key = ihash if face == 0 else f"{ihash}:{face}"
-        if key not in self._gap_memo:
-            labels = skin_labels(image.rgb, faces)
-            self._gap_memo[key] = predicted_gap(image.rgb, labels > 0 if face == 0 else labels == face)
-        return self._gap_memo[key]
+        if ihash not in self._gap_memo:  # every face's at once: one labelling of the input
+            self._gap_memo[ihash] = face_gaps(image.rgb, skin_labels(image.rgb, faces), range(1, len(faces) + 1))
+        return self._gap_memo[ihash][face]
+
+    def skin(self, ref: np.ndarray, ihash: str, faces: list[Face], scale: float) -> np.ndarray:
+        """The skin at output size, labelled by face (:func:`tuner.facegeom.skin_labels` of R): the same
+        for every trial, so computed once per input and output size (kept in the memo with R)."""
+        key = ("skin", ihash, *map(str, ref.shape[:2]))
+        labels = self._recall(key)
+        if labels is None:
+            labels = skin_labels(ref, [f.scaled(scale) for f in faces])
+            labels.setflags(write=False)
+            self._remember(key, labels)
+        return labels
 
     def _texture(self, out: np.ndarray, ref: np.ndarray, labels: np.ndarray, image: Image, ihash: str,
                  faces: list[Face], scale: float, params: Params) -> tuple[np.ndarray, dict[str, Any]]:
@@ -348,7 +357,7 @@ class Pipeline:
         ref = self.reference(image, ihash, (h, w))
         labels = None
         if params.blend_variant == "skin" or params.texture_target is not None:
-            labels = skin_labels(ref, [f.scaled(scale) for f in faces])
+            labels = self.skin(ref, ihash, faces, scale)
         out = blend(out, ref, amount=params.blend, variant=params.blend_variant,
                     skin=None if labels is None else labels > 0, scale=scale)
         texture = None

@@ -140,22 +140,34 @@ def _skip(failures: Failures, f: Path, why: str) -> None:
     log.error("skipped: %s", why)
 
 
-def _failed(failures: Failures, f: Path, e: Exception) -> None:
-    """Record that input ``f`` failed with ``e``, so the other inputs go on: a bad image or a refused
-    input by its message, a bug (any exception but a :class:`TunerError`) by its type, with its
-    traceback at debug.  Any other :class:`TunerError` (configuration, weights, metrics: the same
-    for every input) is re-raised and stops the run."""
+def input_failed(failures: Failures, f: Path, e: Exception, *, max_side: str = "dataset.max_side") -> None:
+    """Record that input ``f`` failed with ``e``, so the other inputs go on (enhance's and evaluate's
+    per-input rule): a bad image or a refused input by its message, an allocation refused outright by
+    what to lower (``max_side``: the setting that downscales inputs), a bug (any exception but a
+    :class:`TunerError`) by its type, with its traceback at debug.  Any other :class:`TunerError`
+    (configuration, weights, metrics, an output that cannot be written: the same for every input)
+    is re-raised and stops the run."""
     if isinstance(e, (ImageError, PipelineError)):
         _skip(failures, f, str(e))
         return
     if isinstance(e, MemoryError):  # an allocation refused outright (no kernel kill): this input only
         _skip(failures, f, f"{f}: ran out of memory ({e or 'MemoryError'}); use params.tile=auto, lower "
-                           "limits.max_memory_gb or dataset.max_side")
+                           f"limits.max_memory_gb or downscale the input ({max_side}=...)")
         return
     if isinstance(e, TunerError):
         raise e
     log.debug("%s: traceback", f, exc_info=e)
     _skip(failures, f, f"{f}: unexpected {type(e).__name__}: {e} (its traceback: hydra.verbose=tuner)")
+
+
+def write_output(image: Any, dest: Path, setting: str) -> Path:
+    """Encode ``image`` to ``dest``; a write that fails (a full or unwritable folder: every input's
+    problem, not this one's) is a :class:`ConfigError` naming ``setting``, which stops the run."""
+    try:
+        return encode(image, dest)
+    except OSError as e:
+        raise ConfigError(f"cannot write {dest}: {e}; check that {setting}={dest.parent} is writable and has room") \
+            from e
 
 
 def score_pipeline(ds: Dataset, pipe: Any, params: Any, names: list[str], *, iqa_max_side: int,
@@ -168,15 +180,11 @@ def score_pipeline(ds: Dataset, pipe: Any, params: Any, names: list[str], *, iqa
         try:
             res = pipe.run(it.image, params)
             if save_dir is not None:
-                try:
-                    encode(res.image, save_dir / f"{it.name}.png")
-                except OSError as err:  # the output folder, not this input: stop
-                    raise ConfigError(f"cannot write {save_dir / f'{it.name}.png'}: {err}; check that out= is "
-                                      "writable and has room") from err
+                write_output(res.image, save_dir / f"{it.name}.png", "out")
             vals, extra = score_one(res.image.rgb, analysis_for(it, res, pipe), names, tile=res.tile,
                                     face_mask=res.face_mask, iqa_max_side=iqa_max_side)
         except Exception as e:
-            _failed(failures, it.path, e)
+            input_failed(failures, it.path, e)
             continue
         rows.append({"image": it.name, **vals, **extra})
     return rows, failures
@@ -204,7 +212,7 @@ def score_outputs(ds: Dataset, outputs: Path, names: list[str], *, detector: Any
             analysis = M.InputAnalysis(it.image.rgb, detector(it.image.rgb), o.shape[:2], hr=truth_at(it, o.shape[:2]))
             vals, extra = score_one(o, analysis, names, tile=tile, face_mask=None, iqa_max_side=iqa_max_side)
         except Exception as e:
-            _failed(failures, out_file, e)
+            input_failed(failures, out_file, e)
             continue
         rows.append({"image": it.name, **vals, **extra})
     return rows, failures
@@ -231,7 +239,7 @@ def score_folder(folder: Path, names: list[str], *, iqa_max_side: int,
             ctx = M.Context(o, M.InputAnalysis(o, [], o.shape[:2]), iqa_max_side=iqa_max_side)
             vals = {n: (M.score(ctx, [n])[n] if n in nr else math.nan) for n in names}
         except Exception as e:
-            _failed(failures, f, e)
+            input_failed(failures, f, e)
             continue
         notes = {**ctx.notes, **{n: "needs input" for n in names if n not in nr}}
         rows.append({"image": f.stem, **vals, "notes": "; ".join(f"{k}: {v}" for k, v in notes.items())})

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, WeightsError, check_keys
+from .errors import ConfigError, WeightsError, check_keys, flag
 from .pipeline import Params, PipelineSpec
 from .spec import TILE_AUTO
 from .weights import ModelSpec, WeightStore, catalogue
@@ -64,7 +64,7 @@ def search_space(node: Mapping[str, Any]) -> dict[str, Knob]:
             choices = k.get("choices")
             if t != "categorical" or not isinstance(choices, (list, tuple)) or None not in choices:
                 raise ConfigError("search.params.texture_target must be categorical with null (off) among its "
-                                  f"choices and the others in [-3, 8] octaves, got {k}")
+                                  f"choices, got {k}")
         if t == "categorical":
             choices = k.get("choices")
             if not choices or not isinstance(choices, (list, tuple)):
@@ -76,9 +76,7 @@ def search_space(node: Mapping[str, Any]) -> dict[str, Knob]:
             lo, hi, step = _number(k, name, "low", 0), _number(k, name, "high", 1), k.get("step")
             if lo > hi:
                 raise ConfigError(f"search.params.{name}: low {lo} > high {hi}")
-            log_ = k.get("log", False)
-            if not isinstance(log_, bool):
-                raise ConfigError(f"search.params.{name}.log must be true or false, got {log_!r}")
+            log_ = flag(k, "log", False, f"search.params.{name}.")
             if step is not None and _number(k, name, "step", 0) <= 0:
                 raise ConfigError(f"search.params.{name}.step must be > 0 or null, got {step!r}")
             if log_ and lo <= 0:
@@ -238,10 +236,7 @@ def suggest(trial: Any, space: Mapping[str, Knob], base: PipelineSpec, base_para
     spec, p = base, base_params
     sp = space
     if "model" in sp:
-        name = sp["model"].suggest(trial)
-        if name not in models:
-            raise ConfigError(f"search.params.model: unknown model {name!r}")
-        m = models[name]
+        m = models[sp["model"].suggest(trial)]  # search_space checked the names against the catalogue
         spec = replace(spec, model=m, partner=models.get(m.denoise_partner or ""))
     tile: int | str = int(sp["tile"].suggest(trial)) if "tile" in sp else p.tile
     denoise = p.denoise

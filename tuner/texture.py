@@ -35,6 +35,7 @@ of a real photograph, :func:`predicted_gap`, a no-reference estimate from the in
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import cv2
 import numpy as np
@@ -102,6 +103,12 @@ def predicted_gap(lr: np.ndarray, skin: np.ndarray) -> float:
         return GAP_FALLBACK
     gap = GAP_FIT["intercept"] + sum(GAP_FIT[k] * v for k, v in f.items())
     return float(min(max(gap, GAP_RANGE[0]), GAP_RANGE[1]))
+
+
+def face_gaps(lr: np.ndarray, labels: np.ndarray, faces: Iterable[int]) -> dict[int, float]:
+    """:func:`predicted_gap` over all the skin (key 0) and over each face of ``faces`` (its label in
+    ``labels``, :func:`tuner.facegeom.skin_labels` of ``lr``): the policy's anchors and texture_excess's."""
+    return {0: predicted_gap(lr, labels > 0), **{i: predicted_gap(lr, labels == i) for i in faces}}
 
 
 def _solve(a: float, b: float, c: float, target: float, hi: float) -> float:

@@ -60,9 +60,9 @@ def is_unreachable(e: BaseException) -> bool:
     kinds: list[type[BaseException]] = [ConnectionError]
     try:
         from requests.exceptions import ConnectionError as RequestsConnectionError
-        from requests.exceptions import ConnectTimeout, ReadTimeout
+        from requests.exceptions import ReadTimeout
 
-        kinds += [RequestsConnectionError, ConnectTimeout]
+        kinds.append(RequestsConnectionError)  # ConnectTimeout among them
     except ImportError:
         ReadTimeout = ()  # type: ignore[assignment,misc]  # noqa: N806
     seen: set[int] = set()
@@ -94,7 +94,6 @@ class Tracker:
         self._client: Any = None
         self._exp_id: str | None = None
         self._unreachable = False  # set by the first connection failure: no more calls to the server
-        self._warned = False
 
     def _safe(self, what: str, fn: Callable[[], Any]) -> Any:
         if not self.enabled:
@@ -114,10 +113,9 @@ class Tracker:
                 log.warning("MLflow: %s failed (%s); the tracking server %s cannot be reached, so tuner stops "
                             "calling it for the rest of this process and the trials go on untracked (the Optuna "
                             "storage and the run folder keep every result)", what, reason, redact_url(self.uri))
-            elif not self._warned:
+            elif self.failures == 1:  # the first failure is the one reported
                 log.warning("MLflow: %s failed (%s); the study goes on without complete tracking "
                             "(further tracking failures are counted, not repeated)", what, reason)
-            self._warned = True
             return None
 
     def _ready(self) -> tuple[Any, str]:

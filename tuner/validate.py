@@ -119,8 +119,7 @@ def run(study: Any, objective: O.Objective, runner: Any, run_dir: Path, tuned: A
             records.append({"row": label, "trial": trial, "set": level_name(ds.items[r["index"]]), "image": r["image"],
                             **{m: r.get(m, math.nan) for m in (*NEEDS, "haarpsi_hr", "pores_hr")
                                if m in runner.metric_names}})
-    gates = held_out_gates(objective, rows_of, {r["image"]: level_name(ds.items[r["index"]])
-                                                for r in rows_of["model defaults"]})
+    gates = held_out_gates(objective, rows_of, {it.name: level_name(it) for it in ds.items})
     per_image = pd.DataFrame(records)
     atomic_write_bytes(run_dir / "validation.csv", per_image.to_csv(index=False).encode())
     text = table(per_image, gates=gates).to_string(index=False, float_format=lambda v: f"{v:.3f}")

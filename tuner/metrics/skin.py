@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from ..images import luminance
-from ..texture import GAP_SCALE, hf, mid, predicted_gap
+from ..texture import GAP_SCALE, face_gaps, hf, mid
 from .context import Context
 
 LBP_POINTS, LBP_RADIUS = 8, 1
@@ -123,9 +123,7 @@ def texture_excess(ctx: Context) -> float:
         return math.nan
     memo = ctx.ref.memo
     if "predicted_gaps" not in memo:  # all the skin, then each face judged on its own (as crunch)
-        labels = ctx.ref.skin_in_labels
-        memo["predicted_gaps"] = [predicted_gap(ctx.ref.input, ctx.ref.skin_in),
-                                  *(predicted_gap(ctx.ref.input, labels == i) for i in ctx.ref.judged_faces)]
+        memo["predicted_gaps"] = list(face_gaps(ctx.ref.input, ctx.ref.skin_in_labels, ctx.ref.judged_faces).values())
     return max(db / (10.0 * math.log10(2.0)) - gap for db, gap in zip(c, memo["predicted_gaps"], strict=True))
 
 
