@@ -6,21 +6,19 @@ against predicted, side by side on 8 train LRs of the default study (256 px), me
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from _common import WEIGHTS, need_weights, timeit
 
 from tuner.cache import StageCache
 from tuner.dataset import Pairs, load
 from tuner.pipeline import Params, Pipeline, PipelineSpec
-from tuner.weights import WeightStore, catalogue
+from tuner.weights import WeightStore, catalogue, user_cache_dir
 
 
 def main() -> None:
     need_weights("realesr-general-x4v3.pth")
     pipe = Pipeline(PipelineSpec(model=catalogue("model")["realesr-general-x4v3"]),
                     store=WeightStore(weights_dir=WEIGHTS, allow_download=False),
-                    cache=StageCache(Path.home() / ".cache" / "tuner" / "stages"))
+                    cache=StageCache(user_cache_dir() / "stages"))
     items = load(None, max_side=256, pairs=Pairs(degradation="none", split="train")).items[:8]
     per_image = {}
     for name, p in (("lanczos anchor", Params(texture_target=3.0, blend=0.79, blend_variant="skin")),

@@ -40,7 +40,7 @@ from tuner.scoring import Scorer
 from tuner.texture import GAP_FIT, GAP_RANGE
 from tuner.validate import cheek_sheet
 from tuner.validate import table as validation_table
-from tuner.weights import WeightStore, catalogue
+from tuner.weights import WeightStore, catalogue, user_cache_dir
 
 NAMES = ["texture_hr", "pores_hr", "lbp_hr", "haarpsi_hr", "identity", "lr_psnr"]
 
@@ -63,10 +63,10 @@ def main() -> None:
     if a.fit:
         fit(a.max_side, search=a.search, sides=a.sides)
         return
-    need_weights("realesr-general-x4v3.pth", "RealESRGAN_x4plus.pth")
+    need_weights("realesr-general-x4v3.pth", *([] if a.no_x4plus else ["RealESRGAN_x4plus.pth"]))
     models = catalogue("model")
     store = WeightStore(weights_dir=WEIGHTS, allow_download=False)
-    cache = StageCache(Path.home() / ".cache" / "tuner" / "stages")
+    cache = StageCache(user_cache_dir() / "stages")
     general = PipelineSpec(model=models["realesr-general-x4v3"])
     rows_spec: list[tuple[str, PipelineSpec, Params]] = [
         ("general-x4v3 default", general, Params()),
@@ -119,17 +119,20 @@ def paired(df: pd.DataFrame, two: str, alone: str) -> None:
     for label, d in df.groupby("set", sort=False):
         t, g = (d[d.row == r].set_index("image") for r in (two, alone))
         took = t.policy_sharp
+        none = ", ".join(t.index[took == 0])
         print(f"  {label}: x4plus's skin taken in full on {int((took == 1).sum())}, partly on "
-              f"{int(((took > 0) & (took < 1)).sum())}, not at all on {int((took == 0).sum())} of {len(t)} faces; grain "
+              f"{int(((took > 0) & (took < 1)).sum())}, not at all on {int((took == 0).sum())} of {len(t)} faces"
+              f"{f' ({none})' if none else ''}; grain "
               f"still added on {int((t.policy_grain > 0).sum())}; against grain alone, per face: "
               + ", ".join(f"{m} {(t[m] - g[m]).min():+.3f}..{(t[m] - g[m]).max():+.3f}"
                           for m in ("lbp_hr", "haarpsi_hr", "identity", "lr_psnr")))
 
 
 def second_source(pipe: Pipeline, sharp: Pipeline, it, params: Params) -> Result:  # type: ignore[no-untyped-def]
-    """The policy as :meth:`Pipeline.run` applies it (same skin mask, anchor and seed), with ``sharp``'s
-    upscale as a second source that waxy skin takes before any grain.  (The base run is planned without
-    the policy: the same tile as Pipeline.run's for a fixed ``params.tile``, which this row uses.)"""
+    """The policy as :meth:`Pipeline.run` applies it to an image with one face (same skin mask, anchor
+    and seed; every held-out pair has one), with ``sharp``'s upscale as a second source that waxy skin
+    takes before any grain.  (The base run is planned without the policy: the same tile as
+    Pipeline.run's for a fixed ``params.tile``, which this row uses.)"""
     from dataclasses import replace
 
     from tuner.facegeom import skin_mask
@@ -140,6 +143,7 @@ def second_source(pipe: Pipeline, sharp: Pipeline, it, params: Params) -> Result
     base = pipe.run(it.image, replace(params, texture_target=None))
     ihash = array_hash(it.image.rgb)
     faces = pipe.detect(it.image, ihash)  # a run without the policy looks for no faces
+    assert len(faces) <= 1, f"{it.name}: several faces get one anchor each in Pipeline.run, not this row's one"
     skin = skin_mask(base.reference, [f.scaled(base.scale) for f in faces])
     gap = pipe.predicted_gap(it.image, ihash, faces, base.scale)
     out, info = match_texture(base.image.rgb, base.reference, skin, scale=base.scale,
@@ -171,7 +175,7 @@ def fit(max_side: int, *, search: bool = False, sides: list[int] | None = None) 
         need_weights("realesr-general-x4v3.pth")
         pipe = Pipeline(PipelineSpec(model=catalogue("model")["realesr-general-x4v3"]),
                         store=WeightStore(weights_dir=WEIGHTS, allow_download=False),
-                        cache=StageCache(Path.home() / ".cache" / "tuner" / "stages"))
+                        cache=StageCache(user_cache_dir() / "stages"))
     for side in sorted({128, max_side, *(sides or [])}):
         for level in LEVELS:
             for it in load(None, max_side=side, pairs=Pairs(degradation=level)).items:
