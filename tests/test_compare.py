@@ -156,10 +156,10 @@ def test_harm_and_statistics_follow_the_metric_direction():
 def test_gates_count_a_missing_candidate_value_and_skip_what_cannot_be_checked():
     base = C.SideRun(rows={"a": {"identity": 0.1, "lr_psnr": 30.0}, "b": {"identity": 0.2, "lr_psnr": math.nan}})
     cand = C.SideRun(rows={"a": {"identity": math.nan, "lr_psnr": 29.5}, "b": {"identity": 0.3, "lr_psnr": 20.0}})
-    ident = C.gate_result(C.GateRule("identity", max=0.45), ["a", "b"], base, cand)
+    ident = C.gate_result(O.Constraint("identity", max=0.45), ["a", "b"], base, cand)
     assert not ident["holds"] and ident["failing"] == [{"image": "a", "candidate": None, "baseline": 0.1,
                                                          "excess": None, "why": "no value on the candidate"}]
-    lr = C.gate_result(C.GateRule("lr_psnr", min_relative=-1.0), ["a", "b"], base, cand)
+    lr = C.gate_result(O.Constraint("lr_psnr", min_relative=-1.0), ["a", "b"], base, cand)
     assert lr["holds"] and lr["images_checked"] == 1  # b has no baseline value: nothing to check it against
     with pytest.raises(Exception, match="needs max"):
         C.Rules.from_mapping({"gates": {"identity": {"max": None}}})
@@ -173,8 +173,8 @@ def test_an_absolute_gate_relaxed_to_the_baseline_follows_what_the_input_allows(
     better = C.SideRun(rows={"soft": {"edge_halo": 0.05}, "clean": {"edge_halo": 0.02}})
     worse = C.SideRun(rows={"soft": {"edge_halo": 0.07}, "clean": {"edge_halo": 0.02}})
     crunchy = C.SideRun(rows={"soft": {"edge_halo": 0.05}, "clean": {"edge_halo": 0.035}})
-    absolute = C.GateRule("edge_halo", max=0.03)
-    relaxed = C.GateRule("edge_halo", max=0.03, relax_to_baseline=0.0)
+    absolute = O.Constraint("edge_halo", max=0.03)
+    relaxed = O.Constraint("edge_halo", max=0.03, relax_to_baseline=0.0)
     assert [f["image"] for f in C.gate_result(absolute, ["soft", "clean"], base, better)["failing"]] == ["soft"]
     assert C.gate_result(relaxed, ["soft", "clean"], base, better)["holds"]
     got = C.gate_result(relaxed, ["soft", "clean"], base, worse)["failing"]
@@ -197,19 +197,18 @@ def test_gates_agree_with_the_study_at_the_bound():
     """compare judges a per-image gate as the study does (:meth:`tuner.objective.Constraint.judge`),
     on the stored 6 decimals: at the bound holds, 1e-3 past fails, 0.4500004 (stored 0.45) holds."""
     base = C.SideRun(rows={"a": {"identity": 0.2}, "b": {"identity": 0.2}})
-    rule = C.GateRule("identity", max=0.45)
-    study_gate = O.Constraint("identity", max=0.45)
+    rule = O.Constraint("identity", max=0.45)
     for v, holds in ((0.45, True), (0.451, False), (0.4500004, True), (0.4500006, False)):
         rows = {"a": {"identity": 0.1}, "b": {"identity": v}}
         got = C.gate_result(rule, ["a", "b"], base, C.SideRun(rows=rows))
         assert got["holds"] is holds and got["images_checked"] == 2, v
-        in_study = study_gate.gate([{"image": k, **r} for k, r in rows.items()], None).violation <= 0
+        in_study = rule.gate([{"image": k, **r} for k, r in rows.items()], None).violation <= 0
         assert in_study is holds, v
     got = C.gate_result(rule, ["b"], base, C.SideRun(rows={"b": {"identity": 0.451}}))["failing"]
     assert [f["image"] for f in got] == ["b"] and got[0]["excess"] == pytest.approx(1e-3)
     # relaxed to the baseline: the study holds a trial against the baseline's stored value (0.4599996 is
     # stored as 0.46), so a candidate at 0.4600004 (0.46) holds here too
-    relaxed = C.GateRule("identity", max=0.45, relax_to_baseline=0.0)
+    relaxed = O.Constraint("identity", max=0.45, relax_to_baseline=0.0)
     assert C.gate_result(relaxed, ["a"], C.SideRun(rows={"a": {"identity": 0.4599996}}),
                          C.SideRun(rows={"a": {"identity": 0.4600004}}))["holds"]
 

@@ -57,6 +57,7 @@ from .weights import WeightStore
 log = logging.getLogger("tuner")
 
 SCHEMA = 2  # of compare.json; bump on any change of its shape (tests/data/compare.schema.json)
+GATE_KEYS = ("max", "min_relative", "max_relative", "relax_to_baseline", "relax_limit")  # a gate's bounds
 MIN_PAIRS = 5  # paired values a metric needs before it can be significant at 0.05 (2^-5 = 0.031)
 
 
@@ -68,19 +69,9 @@ class MetricRule:
 
 
 @dataclass(frozen=True)
-class GateRule:
-    metric: str
-    max: float | None = None  # candidate value <= max on every image
-    min_relative: float | None = None  # candidate >= baseline + min_relative on every image
-    max_relative: float | None = None  # candidate <= baseline + max_relative on every image
-    relax_to_baseline: float | None = None  # with max: per image, max(max, baseline + this) (as the study's)
-    relax_limit: float | None = None  # with relax_to_baseline: the relaxed bound never goes above this
-
-
-@dataclass(frozen=True)
 class Rules:
     metrics: tuple[MetricRule, ...]
-    gates: tuple[GateRule, ...]
+    gates: tuple[O.Constraint, ...]  # per image, with the study's arithmetic (baseline = the side replaced)
     alpha: float = 0.05
     n_resamples: int = 2000
     seed: int = 0
@@ -101,14 +92,12 @@ class Rules:
         gates = []
         for name, g in (m.get("gates") or {}).items():
             g = {k: v for k, v in (g or {}).items() if v is not None}
-            check_keys(g, {"max", "min_relative", "max_relative", "relax_to_baseline", "relax_limit"},
-                       f"compare.gates.{name}")
+            check_keys(g, set(GATE_KEYS), f"compare.gates.{name}")
             M.get(name)
             if not g:
                 raise ConfigError(f"compare.gates.{name} needs max, min_relative or max_relative")
-            rule = GateRule(name, **{k: float(v) for k, v in g.items()})
-            _bound(rule)  # the study's checks: relax_to_baseline needs max, relax_limit a relax_to_baseline
-            gates.append(rule)
+            # the study's own checks: relax_to_baseline needs max, relax_limit a relax_to_baseline
+            gates.append(O.Constraint(name, **{k: float(v) for k, v in g.items()}))
         alpha = float(m.get("alpha", 0.05))
         if not 0 < alpha < 1:
             raise ConfigError(f"compare.alpha must be in (0, 1), got {alpha}")
@@ -213,15 +202,9 @@ def metric_stats(harms: Sequence[float], rule: MetricRule, rules: Rules, *, miss
             "verdict": verdict}
 
 
-def _bound(gate: GateRule) -> O.Constraint:
-    return O.Constraint(gate.metric, max=gate.max, min_relative=gate.min_relative, max_relative=gate.max_relative,
-                        relax_to_baseline=gate.relax_to_baseline, relax_limit=gate.relax_limit)
-
-
-def gate_result(gate: GateRule, images: list[str], base: SideRun, cand: SideRun) -> dict[str, Any]:
+def gate_result(gate: O.Constraint, images: list[str], base: SideRun, cand: SideRun) -> dict[str, Any]:
     """Per image: the candidate's value against the gate; the failing images, worst first."""
     failing: list[dict[str, Any]] = []
-    bound = _bound(gate)
     checked = 0
     for name in images:
         c, b = cand.rows[name].get(gate.metric, math.nan), base.rows[name].get(gate.metric, math.nan)
@@ -234,12 +217,12 @@ def gate_result(gate: GateRule, images: list[str], base: SideRun, cand: SideRun)
         if gate.max is None and not math.isfinite(b):  # only relative bounds, and no baseline value here
             continue
         checked += 1
-        excess = bound.judge(c, b)  # the study's own per-image gate arithmetic and rounding (> 0 = violated)
+        excess = gate.judge(c, b)  # the study's own per-image gate arithmetic and rounding (> 0 = violated)
         if excess > 0:
             failing.append({"image": name, "candidate": c, "baseline": b if math.isfinite(b) else None,
                             "excess": excess, "why": "past its bound"})
     failing.sort(key=lambda f: -math.inf if f["excess"] is None else -f["excess"])
-    return {**{k: v for k, v in asdict(gate).items() if k != "metric"}, "images_checked": checked,
+    return {**{k: getattr(gate, k) for k in GATE_KEYS}, "images_checked": checked,
             "holds": not failing, "failing": failing}
 
 
@@ -284,7 +267,7 @@ def compare(ds: Dataset, baseline: Side, candidate: Side, rules: Rules, *, metri
                     "max_side": ds.max_side, "content_hash": ds.content_hash,
                     "pairs": None if ds.pairs is None else asdict(ds.pairs)},
         "rules": {"alpha": rules.alpha, "n_resamples": rules.n_resamples, "seed": rules.seed,
-                  "metrics": [asdict(r) for r in rules.metrics], "gates": [asdict(g) for g in rules.gates]},
+                  "metrics": [asdict(r) for r in rules.metrics], "gates": [{"metric": g.metric, **{k: getattr(g, k) for k in GATE_KEYS}} for g in rules.gates]},
         "metrics": metric_out,
         "gates": gates,
         "images": per_image,
