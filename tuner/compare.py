@@ -97,7 +97,8 @@ class Rules:
             if not g:
                 raise ConfigError(f"compare.gates.{name} needs max, min_relative or max_relative")
             # the study's own checks: relax_to_baseline needs max, relax_limit a relax_to_baseline
-            gates.append(O.Constraint(name, **{k: float(v) for k, v in g.items()}))
+            bounds: dict[str, Any] = {k: float(v) for k, v in g.items()}
+            gates.append(O.Constraint(name, **bounds))
         alpha = float(m.get("alpha", 0.05))
         if not 0 < alpha < 1:
             raise ConfigError(f"compare.alpha must be in (0, 1), got {alpha}")
