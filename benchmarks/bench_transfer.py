@@ -100,7 +100,7 @@ def main() -> None:
                 res = pipe.run(it.image, params) if name != two_sources else second_source(pipe, x4plus, it, params)
                 v, _ = scorer.score(res, scorer.analysis(it, res, pipe))
                 records.append({"row": name, "trial": "-", "set": label, "image": it.name, **v,
-                                **{f"policy_{k}": (res.texture or {}).get(k, np.nan) for k in ("sharp", "grain")}})
+                                **{f"policy_{k}": (res.texture or [{}])[0].get(k, np.nan) for k in ("sharp", "grain")}})
                 if name in (rows_spec[0][0], grain_alone):
                     sheets.setdefault(name, []).append(res)
         cheek_sheet(ds.items, sheets, out_dir / f"cheeks_{label}.png")
@@ -150,7 +150,7 @@ def second_source(pipe: Pipeline, sharp: Pipeline, it, params: Params) -> Result
                               target=params.texture_target + gap, seed=int(ihash[:12], 16),
                               sharp=sharp.run(it.image, Params()).sr)
     return replace(base, image=base.image.with_rgb(out, base.image.alpha), faces=faces,
-                   texture={**info, "predicted_gap": gap})
+                   texture=[{"face": 0, **info, "predicted_gap": gap}])
 
 
 def fit(max_side: int, *, search: bool = False, sides: list[int] | None = None) -> None:

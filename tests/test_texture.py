@@ -109,13 +109,14 @@ def test_the_pipeline_applies_it_per_image(tiny_weights):
     plain = pipe.run(it.image, Params(blend=1.0))
     policy = pipe.run(it.image, Params(blend=1.0, texture_target=2.5))
     again = pipe.run(it.image, Params(blend=1.0, texture_target=2.5))
-    assert policy.texture is not None and policy.texture["grain"] > 0 and abs(policy.texture["after"] - 2.5) < 0.1
+    assert policy.texture is not None and [t["face"] for t in policy.texture] == [0]  # one face: one region
+    assert policy.texture[0]["grain"] > 0 and abs(policy.texture[0]["after"] - 2.5) < 0.1
     assert not np.array_equal(plain.image.rgb, policy.image.rgb)
     assert np.array_equal(policy.image.rgb, again.image.rgb)  # same bytes every time
     # the random tiny network's output is far crunchier than 1 octave above R: the mix branch
     crunchy = pipe.run(it.image, Params(texture_target=1.0))
-    assert crunchy.texture is not None and crunchy.texture["mix"] > 0 and crunchy.texture["grain"] == 0
-    assert crunchy.texture["before"] > 2.0 and abs(crunchy.texture["after"] - 1.0) < 0.1
+    assert crunchy.texture is not None and crunchy.texture[0]["mix"] > 0 and crunchy.texture[0]["grain"] == 0
+    assert crunchy.texture[0]["before"] > 2.0 and abs(crunchy.texture[0]["after"] - 1.0) < 0.1
 
 
 def test_the_predicted_anchor_is_the_lanczos_target_plus_the_per_image_prediction(tiny_weights):
@@ -124,10 +125,10 @@ def test_the_predicted_anchor_is_the_lanczos_target_plus_the_per_image_predictio
     pipe = Pipeline(PipelineSpec(model=model), store=WeightStore(weights_dir=tiny_weights))
     pred = pipe.run(it.image, Params(blend=1.0, texture_target=-0.5, texture_anchor="predicted"))
     gap = predicted_gap(it.image.rgb, skin_mask(it.image.rgb, pred.faces))
-    assert pred.texture is not None and pred.texture["predicted_gap"] == gap and gap != GAP_FALLBACK
+    assert pred.texture is not None and pred.texture[0]["predicted_gap"] == gap and gap != GAP_FALLBACK
     fixed = pipe.run(it.image, Params(blend=1.0, texture_target=gap - 0.5))
     assert np.array_equal(pred.image.rgb, fixed.image.rgb)
-    assert abs(pred.texture["after"] - (gap - 0.5)) < 0.1
+    assert abs(pred.texture[0]["after"] - (gap - 0.5)) < 0.1
 
 
 def test_with_several_faces_each_face_lands_on_its_own_target(tiny_weights):
@@ -145,7 +146,7 @@ def test_with_several_faces_each_face_lands_on_its_own_target(tiny_weights):
     model = ModelSpec.from_mapping({"name": "realesr-general-x4v3", "arch": TINY_SRVGG, "key": "params"})
     pipe = Pipeline(PipelineSpec(model=model), store=WeightStore(weights_dir=tiny_weights))
     res = pipe.run(two, Params(blend=1.0, texture_target=-0.5, texture_anchor="predicted"))
-    assert len(res.faces) == 2 and res.texture is not None and len(res.texture["faces"]) == 2
+    assert len(res.faces) == 2 and res.texture is not None and [t["face"] for t in res.texture] == [1, 2]
     labels = skin_labels(res.reference, [f.scaled(4) for f in res.faces])
     y_o, y_r = (cv2.cvtColor(a, cv2.COLOR_RGB2GRAY) for a in (res.image.rgb, res.reference))
     gaps = []

@@ -57,7 +57,7 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     cached: dict[str, bool] = field(default_factory=dict)
     plan: Plan | None = None  # the tile chosen (also ``tile``) and the memory estimate behind it
-    texture: dict[str, Any] | None = None  # what params.texture_target did (Pipeline._texture)
+    texture: list[dict[str, Any]] | None = None  # what params.texture_target did, per region (Pipeline._texture)
 
 
 def dni_plan(model: ModelSpec, partner: ModelSpec | None, denoise: float | None) -> list[tuple[ModelSpec, float]]:
@@ -150,8 +150,9 @@ class Pipeline:
         return labels
 
     def _texture(self, out: np.ndarray, ref: np.ndarray, labels: np.ndarray, image: Image, ihash: str,
-                 faces: list[Face], scale: float, params: Params) -> tuple[np.ndarray, dict[str, Any]]:
-        """The texture policy (:func:`tuner.texture.match_texture`) on the skin, and what it did.  With
+                 faces: list[Face], scale: float, params: Params) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """The texture policy (:func:`tuner.texture.match_texture`) on the skin, and what it did: one record
+        per region it set (``face`` 0: all the skin, or the faces not judged on their own; i: face i).  With
         several faces, each face the guard rails judge on its own (:func:`tuner.texture.judged_faces`) gets
         its own anchor and lands on it; the other faces' skin together gets the image's."""
         assert params.texture_target is not None
@@ -161,7 +162,7 @@ class Pipeline:
         if not judged:
             gap = self.predicted_gap(image, ihash, faces, scale) if predicted else 0.0
             out, info = match_texture(out, ref, labels > 0, scale=scale, target=params.texture_target + gap, seed=seed)
-            return out, {**info, **({"predicted_gap": gap} if predicted else {})}
+            return out, [{"face": 0, **info, **({"predicted_gap": gap} if predicted else {})}]
         out = out.copy()
         infos: list[dict[str, Any]] = []
         rest = [i for i in range(1, len(faces) + 1) if i not in judged]  # too small to judge: the image's anchor
@@ -174,7 +175,7 @@ class Pipeline:
             out[box], info = match_texture(out[box], ref[box], skin[box], scale=scale,
                                            target=params.texture_target + gap, seed=seed + i)
             infos.append({"face": i, **info, **({"predicted_gap": gap} if predicted else {})})
-        return out, {"faces": infos}
+        return out, infos
 
     def memo_bytes(self) -> int:
         """RAM held between calls (R and SR outputs)."""
