@@ -14,7 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from .config import OUTPUT_FORMATS, limits, pipeline_config, to_dict
-from .errors import EXIT_PARTIAL, ConfigError, ImageError, PresetError, flag
+from .errors import EXIT_PARTIAL, ConfigError, PresetError, flag
 from .images import decode, fit_max_side, list_images
 
 log = logging.getLogger("tuner")
@@ -94,10 +94,7 @@ def enhance(cfg: Any) -> int:
     failures: list[tuple[Path, str]] = []
     for f, dest in tqdm(list(zip(files, dests, strict=True)), desc="enhance", unit="img", disable=len(files) < 2):
         try:
-            image = fit_max_side(decode(f, limits=lim), None if max_side is None else int(max_side))
-            if min(image.size) < lim.min_side:
-                raise ImageError(f"{f}: {image.size[1]}x{image.size[0]} after max_side={max_side} is smaller than "
-                                 f"the minimum side of {lim.min_side} px (limits.min_side); raise max_side")
+            image = fit_max_side(decode(f, limits=lim), None if max_side is None else int(max_side), lim, f)
             tuned_side = int(preset.get("max_side") or 0)
             if size_checked and max(image.size) > tuned_side:
                 log.warning("%s is %d px on its long side; this preset's texture_target (%s octave from the predicted "

@@ -107,10 +107,7 @@ def load(path: str | Path | None, *, max_side: int | None = None, limit: int | N
     for f in files:
         try:
             if pairs is None:
-                img = fit_max_side(decode(f, limits=limits), max_side)
-                if min(img.size) < limits.min_side:
-                    raise ImageError(f"{f}: {img.size[1]}x{img.size[0]} after dataset.max_side={max_side} is "
-                                     f"below limits.min_side={limits.min_side}")
+                img = fit_max_side(decode(f, limits=limits), max_side, limits, f)
                 items.append(Item(name=f.stem, path=f, image=img, content_hash=array_hash(img.rgb)))
             else:
                 items.extend(_pairs(f, limits, max_side, pairs))
