@@ -135,6 +135,9 @@ def test_harm_and_statistics_follow_the_metric_direction():
     assert C.harm(lr, 40.0, 38.0) == 2.0  # higher is better: a drop is harm
     assert C.harm(cr, 8.0, 11.0) == 3.0 and C.harm(cr, 8.0, 5.0) == 3.0  # away from the target either way
     assert C.harm(cr, 11.0, 8.0) == -3.0
+    # a group photograph: the candidate keeps its crunchiest face at 8 dB but irons another to 2 dB
+    assert C.harm(cr, 8.0, 8.0, (8.0, 2.0)) == 6.0
+    assert "crunch_least" in C.Rules.from_mapping({"metrics": {"crunch": {"target": 8.0}}}).names
     rng = np.random.default_rng(0)
     worse = C.metric_stats(list(2.0 + rng.normal(0, 0.3, 12)), lr, rules)
     assert worse["verdict"] == "fail" and worse["ci95"][0] > 0.5

@@ -94,3 +94,20 @@ def test_an_on_off_setting_takes_only_true_or_false(override, key):
         ok = compose(config_name="tune", overrides=[override.split("=")[0] + "=false"])
         study_settings(ok, ROOT / "runs")
         pipeline_config(ok)
+
+
+def test_compare_study_gates_are_the_default_studys_constraints():
+    """``compare=study`` checks a preset against the guard rails it was tuned under: its gates are
+    conf/objective/truth.yaml's constraints, bound for bound (they cannot drift apart)."""
+    from hydra import compose, initialize_config_dir
+
+    from tuner import objective as O
+    from tuner.compare import Rules
+    from tuner.config import to_dict
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        rules = Rules.from_mapping(to_dict(compose(config_name="compare", overrides=["compare=study"]).compare))
+        default = Rules.from_mapping(to_dict(compose(config_name="compare").compare))
+        study = O.from_mapping(to_dict(compose(config_name="tune", overrides=["objective=truth"]).objective))
+    assert {g.metric: g for g in rules.gates} == {c.metric: c for c in study.constraints}
+    assert rules.metrics == default.metrics and {g.metric for g in default.gates} < {g.metric for g in rules.gates}

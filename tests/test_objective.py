@@ -28,6 +28,22 @@ def test_terms_per_image():
         O.from_mapping({"terms": [{"metric": "spectral_slope"}]})
 
 
+def test_a_term_with_a_target_reads_the_face_furthest_from_it_on_either_side():
+    """A group photograph: crunch is its crunchiest face's (9 dB, near natural skin's 8), crunch_least its
+    least crunchy face's (2 dB, waxy).  The term is the larger distance, 6 dB, not 1; with one face the
+    two are equal; a hinge counts only the excess of the highest face; the objective scores the sibling."""
+    obj = O.from_mapping({"terms": [{"metric": "crunch", "target": 8}]})
+    assert obj.metrics == ["crunch", "crunch_least"]
+    assert obj.per_image({"crunch": 9.0, "crunch_least": 2.0}) == pytest.approx(6.0)
+    assert obj.per_image({"crunch": 9.0, "crunch_least": 9.0}) == pytest.approx(1.0)
+    assert obj.per_image({"crunch": 9.0}) == pytest.approx(1.0)  # scored without the sibling (an old trial)
+    multi = O.from_mapping({"mode": "multi", "terms": [{"metric": "texture_hr", "target": 0}]})
+    assert multi.values(_rows(texture_hr=[0.4, 0.2], texture_hr_least=[-1.6, 0.2])) == [pytest.approx(0.9)]
+    hinged = O.from_mapping({"terms": [{"metric": "crunch", "target": 8, "hinge": "upper"}]})
+    assert hinged.metrics == ["crunch"] and hinged.per_image({"crunch": 9.0, "crunch_least": 2.0}) == 1.0
+    assert O.from_mapping({"terms": [{"metric": "crunch"}]}).metrics == ["crunch"]  # no target: no sibling
+
+
 def test_one_other_person_fails_the_identity_gate_whatever_the_mean():
     obj = O.from_mapping({"terms": [{"metric": "piqe"}], "constraints": {"identity": {"max": 0.45}}})
     rows = _rows(identity=[0.1, 0.1, 0.1, 0.9])  # mean 0.3 < 0.45, but img3 is another person

@@ -106,7 +106,8 @@ class Rules:
 
     @property
     def names(self) -> list[str]:
-        return list(dict.fromkeys([r.metric for r in self.metrics] + [g.metric for g in self.gates]))
+        least = [M.LEAST[r.metric] for r in self.metrics if r.target is not None and r.metric in M.LEAST]
+        return list(dict.fromkeys([r.metric for r in self.metrics] + least + [g.metric for g in self.gates]))
 
 
 @dataclass(frozen=True)
@@ -156,11 +157,18 @@ def run_side(ds: Dataset, side: Side, scorer: Scorer, *, store: WeightStore, cac
     return run
 
 
-def harm(rule: MetricRule, baseline: float, candidate: float) -> float:
-    """The candidate's harm on one image (positive = worse), NaN where the metric does not apply."""
+def harm(rule: MetricRule, baseline: float, candidate: float, least: tuple[float, float] = (math.nan, math.nan)) -> float:
+    """The candidate's harm on one image (positive = worse), NaN where the metric does not apply.  With a
+    target, the growth of the distance from it (:func:`tuner.objective.distance`; ``least``: the metric's
+    lowest face on the baseline and the candidate, :data:`tuner.metrics.LEAST`, so on a group photograph
+    the face furthest from the target decides, on either side)."""
     if rule.target is not None:
-        return abs(candidate - rule.target) - abs(baseline - rule.target)
+        return O.distance(candidate, rule.target, least[1]) - O.distance(baseline, rule.target, least[0])
     return candidate - baseline if M.get(rule.metric).lower_better else baseline - candidate
+
+
+def _least(rows: Mapping[str, float], rule: MetricRule) -> float:
+    return rows.get(M.LEAST[rule.metric], math.nan) if rule.target is not None and rule.metric in M.LEAST else math.nan
 
 
 def metric_stats(harms: Sequence[float], rule: MetricRule, rules: Rules, *, missing: int = 0) -> dict[str, Any]:
@@ -243,7 +251,9 @@ def compare(ds: Dataset, baseline: Side, candidate: Side, rules: Rules, *, metri
     per_image: list[dict[str, Any]] = []
     harm_all: dict[str, dict[str, float]] = {}
     for name in images:
-        harms = {r.metric: harm(r, base.rows[name][r.metric], cand.rows[name][r.metric]) for r in rules.metrics}
+        b_row, c_row = base.rows[name], cand.rows[name]
+        harms = {r.metric: harm(r, b_row[r.metric], c_row[r.metric], (_least(b_row, r), _least(c_row, r)))
+                 for r in rules.metrics}
         harm_all[name] = harms
         per_image.append({"image": name, "baseline": _json(base.rows[name]), "candidate": _json(cand.rows[name]),
                           "harm": _json(harms), "faces": base.faces[name],

@@ -3,7 +3,8 @@
 ``composite`` mode minimises one number per image, averaged over images:
 
     value_i = sum_t weight_t * term_t(m_t,i)
-    term(m) = |m - target| / scale          when the term has a target,
+    term(m) = |m - target| / scale          when the term has a target (a per-face metric: the
+                                            face furthest from it, either side; see distance),
             = max(0, m - target) / scale    with ``hinge: upper`` (only excess counts),
             = sign * m / scale              otherwise (sign +1 for lower-better metrics, -1 else)
 
@@ -50,12 +51,12 @@ class Term:
     target: float | None = None
     hinge: bool = False
 
-    def value(self, m: float) -> float:
+    def value(self, m: float, least: float = math.nan) -> float:
+        """The term on one image: ``m`` its metric, ``least`` the metric's lowest face (:data:`tuner.metrics.LEAST`)."""
         if math.isnan(m):
             return math.nan
         if self.target is not None:
-            d = (m - self.target) if self.hinge else abs(m - self.target)
-            return self.weight * max(d, 0.0) / self.scale
+            return self.weight * distance(m, self.target, least, self.hinge) / self.scale
         sign = 1.0 if M.get(self.metric).lower_better else -1.0
         return self.weight * sign * m / self.scale
 
@@ -64,6 +65,16 @@ class Term:
         if self.target is not None:
             return "minimize"
         return "minimize" if M.get(self.metric).lower_better else "maximize"
+
+
+def distance(m: float, target: float, least: float = math.nan, hinge: bool = False) -> float:
+    """One image's distance from a term's target: ``|m - target|``, or only the excess ``max(m - target, 0)``
+    with ``hinge``.  ``m`` is a per-face metric's highest face (crunch: the crunchiest); ``least``, where
+    given, its lowest face's (:data:`tuner.metrics.LEAST`), so on a group photograph the face furthest from
+    the target on either side decides, not only the highest (with one face the two are equal)."""
+    if math.isnan(m) or hinge:
+        return m if math.isnan(m) else max(m - target, 0.0)
+    return abs(m - target) if math.isnan(least) else max(abs(m - target), abs(least - target))
 
 
 class BaselineMissing(TunerError):
@@ -199,6 +210,11 @@ def _f(x: Any) -> float:
     return math.nan if x is None else float(x)
 
 
+def _least(values: Mapping[str, Any], metric: str) -> float:
+    """``metric``'s lowest face in one image's values (:data:`tuner.metrics.LEAST`), NaN where not scored."""
+    return _f(values.get(M.LEAST[metric])) if metric in M.LEAST else math.nan
+
+
 @dataclass(frozen=True)
 class Objective:
     mode: str  # composite | multi
@@ -210,6 +226,8 @@ class Objective:
         seen: dict[str, None] = {}
         for t in self.terms:
             seen[t.metric] = None
+            if t.target is not None and not t.hinge and t.metric in M.LEAST:  # the other side of a group photo
+                seen[M.LEAST[t.metric]] = None
         for c in self.constraints:
             seen[c.metric] = None
         return list(seen)
@@ -220,7 +238,7 @@ class Objective:
 
     def per_image(self, values: Mapping[str, float]) -> float:
         """Composite value of one image (lower better); used for per-image pruning."""
-        parts = [t.value(values.get(t.metric, math.nan)) for t in self.terms]
+        parts = [t.value(values.get(t.metric, math.nan), _least(values, t.metric)) for t in self.terms]
         parts = [p for p in parts if not math.isnan(p)]
         return float(sum(parts)) if parts else math.nan
 
@@ -230,12 +248,11 @@ class Objective:
             return [_nanmean([self.per_image(r) for r in rows])]
         out = []
         for t in self.terms:
-            ms = [_f(r.get(t.metric)) for r in rows]
             if t.target is None:
-                out.append(_nanmean(ms))
+                out.append(_nanmean([_f(r.get(t.metric)) for r in rows]))
             else:  # per-image distance to the target (only the excess with hinge: upper), then the mean
-                target = t.target
-                out.append(_nanmean([max(m - target, 0.0) if t.hinge else abs(m - target) for m in ms]))
+                target, hinge = t.target, t.hinge
+                out.append(_nanmean([distance(_f(r.get(t.metric)), target, _least(r, t.metric), hinge) for r in rows]))
         return out
 
     def gates(self, rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, PerImage] | None) -> list[Gate]:

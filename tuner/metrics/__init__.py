@@ -28,7 +28,7 @@ from .context import Context, InputAnalysis
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Context", "InputAnalysis", "MetricInfo", "get", "score", "table", "names", "check_available"]
+__all__ = ["Context", "InputAnalysis", "MetricInfo", "LEAST", "get", "score", "table", "names", "check_available"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ _ROWS = [
     MetricInfo("brisque", iqa.brisque, True, "~0, ~100", (), "moderate", "iqa"),
     MetricInfo("piqe", iqa.piqe, True, "0, 100", (), "cheap", "iqa"),
     MetricInfo("crunch", skin.crunch, True, "dB, ~-10, ~+20", ("reference", "faces"), "cheap", "skin"),
+    MetricInfo("crunch_least", skin.crunch_least, None, "dB, ~-10, ~+20", ("reference", "faces"), "cheap", "skin"),
     MetricInfo("texture_excess", skin.texture_excess, None, "octaves, ~-6, ~+4 (0 = a real photo's, predicted)",
                ("reference", "faces"), "cheap", "skin"),
     MetricInfo("crunch_grad", skin.crunch_grad, True, "dB, ~-10, ~+20", ("reference", "faces"), "cheap", "skin"),
@@ -75,6 +76,8 @@ _ROWS = [
     # full-reference: against the ground truth of LR/HR pairs (NaN on real inputs)
     MetricInfo("texture_hr", truth.texture_hr, None, "octaves, ~-6, ~+3 (0 = the truth)", ("truth", "faces"), "cheap",
                "truth"),
+    MetricInfo("texture_hr_least", truth.texture_hr_least, None, "octaves, ~-6, ~+3 (0 = the truth)",
+               ("truth", "faces"), "cheap", "truth"),
     MetricInfo("pores_hr", truth.pores_hr, None, "octaves, ~-6, ~+3 (0 = the truth)", ("truth", "faces"), "cheap",
                "truth"),
     MetricInfo("lbp_hr", truth.lbp_hr, True, "0, 1", ("truth", "faces"), "cheap", "truth"),
@@ -82,6 +85,9 @@ _ROWS = [
     MetricInfo("haarpsi_hr", truth.haarpsi_hr, False, "0, 1", ("truth",), "moderate", "truth"),
 ]
 TABLE: dict[str, MetricInfo] = {m.name: m for m in _ROWS}
+# A per-face metric whose value is its highest face's, and the sibling with its lowest face's: a term with a
+# target reads both (tuner.objective.distance), so a face on either side of the target costs
+LEAST = {"crunch": "crunch_least", "texture_hr": "texture_hr_least"}
 
 # pyiqa NR metrics listed by `tuner metrics`; any other pyiqa NR name works too
 PYIQA_LISTED = ("musiq", "clipiqa", "topiq_nr", "topiq_nr-face", "maniqa", "liqe", "hyperiqa", "dbcnn")

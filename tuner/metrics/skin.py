@@ -107,6 +107,17 @@ def crunch(ctx: Context) -> float:
     return max(v) if v else math.nan
 
 
+def crunch_least(ctx: Context) -> float:
+    """crunch of the least crunchy of all the skin and each face judged on its own, dB (= crunch with one face).
+
+    Not a guard rail: what an objective term with a target (crunch's natural 8 dB) reads beside
+    ``crunch``, so that on a group photograph a face waxier than the target costs as a crunchier one
+    does (:meth:`tuner.objective.Term.value`); ``crunch`` alone is the crunchiest face's.
+    """
+    v = band_db_faces(ctx, "crunch_least", _hf)
+    return min(v) if v else math.nan
+
+
 def texture_excess(ctx: Context) -> float:
     """Skin texture above what a real photograph would have, octaves (NR; 0 = the prediction, + crunchier).
 

@@ -50,6 +50,13 @@ def texture_hr(ctx: Context) -> float:
     return max(v) if v else math.nan
 
 
+def texture_hr_least(ctx: Context) -> float:
+    """texture_hr of the least textured of all the skin and each face judged on its own (= texture_hr with one
+    face): what an objective term with a target reads beside ``texture_hr`` (see :func:`tuner.metrics.skin.crunch_least`)."""
+    v = _octaves(ctx, "texture_hr_least", _hf)
+    return min(v) if v else math.nan
+
+
 def pores_hr(ctx: Context) -> float:
     """Pore-band skin texture against the truth, octaves (0 = the HR's): wax's band, over all the skin."""
     v = _octaves(ctx, "pores_hr", _mid)
