@@ -51,8 +51,8 @@ def test_waxy_inputs_move_up_and_crunchy_ones_down_onto_the_target(cases, target
             before = _octaves_above_r(img, an)
             out, info = match_texture(img, ref, skin, scale=4, target=target, seed=7)
             after = _octaves_above_r(out, an)
-            # what the crunch metric measures, within 0.1 octave (clipping at 0 and 1 takes a little grain)
-            assert abs(after - target) < 0.1, (before, after, info)
+            # what the crunch metric measures, within 0.02 octave (the grain refitted where clipping takes some)
+            assert abs(after - target) < 0.02, (before, after, info)
             assert (info["grain"] > 0) == (before < target) and (info["mix"] > 0) == (before > target)
             far = cv2.dilate(skin.astype(np.uint8), np.ones((41, 41), np.uint8)) == 0
             assert np.array_equal(out[far], img[far])  # nothing changes away from the skin
@@ -100,6 +100,23 @@ def test_deterministic_and_a_no_op_without_skin(cases):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     same, info = match_texture(ref, ref, np.zeros_like(skin), scale=4, target=2.0, seed=3)
     assert same is ref and info == {"mix": 0.0, "grain": 0.0}
+
+
+def test_grain_lands_on_the_target_where_clipping_takes_some_back(cases, monkeypatch):
+    """Blown highlights: skin pushed towards white, so that grain clips at 1.  The amplitude the closed
+    form gives lands short of the target (as on A15, 0.18 octave); refitted on the clipped result it
+    lands on it, and the output stays in [0, 1]."""
+    import tuner.texture as T
+
+    for _, ref, skin, an in cases:
+        bright = np.clip(ref + 0.4, 0, 1).astype(np.float32)  # overexposed: up to 15 % of the skin clipped white
+        out, info = match_texture(bright, bright, skin, scale=4, target=4.0, seed=7)
+        assert 0 < info["grain"] < T.MAX_GRAIN and abs(info["after"] - 4.0) < 0.01, info
+        assert out.min() >= 0 and out.max() <= 1
+        monkeypatch.setattr(T, "CLIP_STEPS", 0)
+        _, closed_form = match_texture(bright, bright, skin, scale=4, target=4.0, seed=7)
+        monkeypatch.undo()
+        assert closed_form["after"] < 4.0 - 0.1 and closed_form["grain"] < info["grain"], closed_form
 
 
 def test_the_pipeline_applies_it_per_image(tiny_weights):
