@@ -267,9 +267,9 @@ def main() -> None:
              for n in a.sizes for t in a.tiles]
     cases.append({"model": "realesr-general-x4v3", "size": max(a.sizes), "tile": min(a.tiles), "variant": "frequency",
                   "blend": 0.3})
-    # the default study's tuned policy (runs/default): skin blend 0.79, texture_target -0.5 from the predicted truth
-    cases.append({"model": "realesr-general-x4v3", "size": max(a.sizes), "tile": min(a.tiles), "variant": "skin",
-                  "blend": 0.79, "policy": {"texture_target": -0.5, "texture_anchor": "predicted"}})
+    # the default study's tuned policy (runs/default): global blend 0.32, texture_target -0.5 from the predicted truth
+    cases.append({"model": "realesr-general-x4v3", "size": max(a.sizes), "tile": min(a.tiles), "variant": "global",
+                  "blend": 0.32, "policy": {"texture_target": -0.5, "texture_anchor": "predicted"}})
     if a.x4plus_size:
         cases += [{"model": "RealESRGAN_x4plus", "size": a.x4plus_size, "tile": t, "variant": "global", "blend": 0.3}
                   for t in (0, 128)]

@@ -100,7 +100,7 @@ def main() -> None:
                 res = pipe.run(it.image, params) if name != two_sources else second_source(pipe, x4plus, it, params)
                 v, _ = scorer.score(res, scorer.analysis(it, res, pipe))
                 records.append({"row": name, "trial": "-", "set": label, "image": it.name, **v,
-                                **{f"policy_{k}": (res.texture or [{}])[0].get(k, np.nan) for k in ("sharp", "grain")}})
+                                **{f"policy_{k}": one_region(res).get(k, np.nan) for k in ("sharp", "grain")}})
                 if name in (rows_spec[0][0], grain_alone):
                     sheets.setdefault(name, []).append(res)
         cheek_sheet(ds.items, sheets, out_dir / f"cheeks_{label}.png")
@@ -126,6 +126,11 @@ def paired(df: pd.DataFrame, two: str, alone: str) -> None:
               f"still added on {int((t.policy_grain > 0).sum())}; against grain alone, per face: "
               + ", ".join(f"{m} {(t[m] - g[m]).min():+.3f}..{(t[m] - g[m]).max():+.3f}"
                           for m in ("lbp_hr", "haarpsi_hr", "identity", "lr_psnr")))
+
+
+def one_region(res: Result) -> dict:
+    """What the texture policy did on an image with one region (its only face); {} with several or none."""
+    return res.texture[0] if res.texture is not None and len(res.texture) == 1 else {}
 
 
 def second_source(pipe: Pipeline, sharp: Pipeline, it, params: Params) -> Result:  # type: ignore[no-untyped-def]

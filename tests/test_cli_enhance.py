@@ -155,7 +155,7 @@ def test_enhance_refuses_an_image_too_thin_after_max_side_and_goes_on(tmp_path, 
     r = run_cli("enhance", *args, f"output={tmp_path / 'out'}")
     log = r.stdout + r.stderr
     assert r.returncode == 3, log
-    assert "strip.png: 100x4 after max_side=100 is below limits.min_side=16" in log
+    assert "strip.png: 100x4 after max_side=100 is below limits.min_side=16 (raise max_side)" in log
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [GOOD[0]]
     # below limits.min_side allowed: the pipeline refuses the side its reflect pad (upscale.pre_pad) cannot take
     r = run_cli("enhance", *args, f"output={tmp_path / 'out2'}", "limits.min_side=2")

@@ -161,7 +161,7 @@ def test_evaluate_refuses_an_image_too_thin_after_max_side_and_scores_the_others
                 *SRVGG_OVERRIDES, CHEAP)  # the default dataset.max_side=256
     log = r.stdout + r.stderr
     assert r.returncode == 3, log
-    assert "strip.png: 256x10 after max_side=256 is below limits.min_side=16" in log  # refused at load
+    assert "strip.png: 256x10 after dataset.max_side=256 is below limits.min_side=16 (raise dataset.max_side)" in log  # refused at load
     assert "Traceback" not in log and "unexpected" not in log
     assert list(pd.read_csv(tmp_path / "eval" / "metrics.csv")["image"]) == ["A03_usnavy_grace_hopper_128px"]
 

@@ -273,3 +273,13 @@ def test_two_presets_are_compared_as_their_settings_say(tmp_path, tiny_weights, 
     assert sorted(p.name for p in (tmp_path / "enh").iterdir()) == names
     for n in names:
         assert (tmp_path / "cmp" / "candidate" / n).read_bytes() == (tmp_path / "enh" / n).read_bytes(), n
+    # compare=study: the same two presets against the default study's own guard rails, every one per image
+    r = run_cli("compare", f"weights_dir={tiny_weights}", f"dataset.path={portraits}", "dataset.max_side=64",
+                f"out={tmp_path / 'study'}", f"baseline={files['prod']}", f"candidate={files['new']}",
+                "compare=study", *SRVGG_OVERRIDES)
+    res = json.loads((tmp_path / "study" / "compare.json").read_text())
+    assert r.returncode == (1 if res["failed"] else 0), r.stderr[-2000:]
+    assert set(res["gates"]) == {"texture_excess", "texture_hr", "edge_halo", "wax", "identity", "seam", "paste_halo",
+                                 "delta_e_skin", "lr_psnr"}
+    assert res["gates"]["identity"]["relax_limit"] == 0.6 and res["gates"]["texture_hr"]["images_checked"] == 0
+    assert {f"gate:{g}" for g, v in res["gates"].items() if not v["holds"]} <= set(res["failed"])

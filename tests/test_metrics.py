@@ -284,7 +284,8 @@ def test_skin_gates_judge_every_face_not_their_pooled_skin():
     assert len(faces) == 2
     two = InputAnalysis(lr, faces, hr.shape[:2], hr=hr)
     assert len(two.judged_faces) == 2
-    names = ["crunch", "texture_excess", "texture_hr", "wax", "delta_e_skin", "crunch_least", "texture_hr_least"]
+    names = ["crunch", "texture_excess", "texture_hr", "wax", "delta_e_skin", "crunch_least", "texture_hr_least",
+             "texture_excess_least"]
     both = score(Context(out, two), names)
     left = score(Context(usm, InputAnalysis(one.input, one.faces, p.shape[:2], hr=p)), names)
     right = score(Context(blur, InputAnalysis(one.input, one.faces, p.shape[:2], hr=p)), names)
@@ -292,7 +293,7 @@ def test_skin_gates_judge_every_face_not_their_pooled_skin():
         assert abs(both[m] - left[m]) < 0.1 * max(1.0, abs(left[m])), (m, both[m], left[m])
     assert abs(both["wax"] - right["wax"]) < 0.1 * max(1.0, abs(right["wax"])), (both["wax"], right["wax"])
     # the _least siblings are the blurred face's, as it measures alone; with one face, the metric itself
-    for m in ("crunch", "texture_hr"):
+    for m in ("crunch", "texture_hr", "texture_excess"):
         assert abs(both[f"{m}_least"] - right[m]) < 0.1 * max(1.0, abs(right[m])), (m, both[f"{m}_least"], right[m])
         assert both[f"{m}_least"] < both[m] - 1.0 and left[f"{m}_least"] == left[m] and right[f"{m}_least"] == right[m]
     # so a term with a target sees the face furthest from it on either side: the blurred face, far below

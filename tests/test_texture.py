@@ -108,7 +108,7 @@ def test_grain_lands_on_the_target_where_clipping_takes_some_back(cases, monkeyp
     lands on it, and the output stays in [0, 1]."""
     import tuner.texture as T
 
-    for _, ref, skin, an in cases:
+    for _, ref, skin, _ in cases:
         bright = np.clip(ref + 0.4, 0, 1).astype(np.float32)  # overexposed: up to 15 % of the skin clipped white
         out, info = match_texture(bright, bright, skin, scale=4, target=4.0, seed=7)
         assert 0 < info["grain"] < T.MAX_GRAIN and abs(info["after"] - 4.0) < 0.01, info

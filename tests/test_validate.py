@@ -118,6 +118,10 @@ def test_the_table_counts_faces_per_set_and_reports_the_worst_image():
     assert clean.loc["model defaults", "lr_psnr worst vs defaults"] == 0.0
     assert t[t.set == "medium"].set_index("row").loc["tuned", "lr_psnr worst vs defaults"] == pytest.approx(-1.5)
     assert clean.loc["tuned", "gates (every image)"] == "identity: 0.5 (b)"
+    # a group photograph: its most textured face within 0.5 (texture_hr 0.3), another 2 octaves waxy
+    group = pd.DataFrame([{**r, "texture_hr_least": -2.0 if (r["row"], r["image"]) == ("tuned", "a") else r["texture_hr"]}
+                          for r in rows])
+    assert table(group).set_index(["set", "row"]).loc[("clean", "tuned"), "within 0.5 oct"] == "0/2"
     # HaarPSI's mean rises (0.825 vs 0.8), but image b lost 0.1: shown per image too
     assert clean.loc["tuned", "haarpsi_hr worst vs defaults"] == pytest.approx(-0.1)
 

@@ -3,7 +3,8 @@
 Both sides run on the same images (stage-cache hits are counted and reported); every image is
 scored with the same metric set.  Then, per metric, the paired per-image **harm** of the
 candidate (positive = worse; for a metric with a ``target``, the growth of its distance from
-the target, so both crunchier and waxier skin count as harm):
+the target, so both crunchier and waxier skin count as harm, on a group photograph the face
+furthest from it, :func:`tuner.objective.distance`):
 
 - the median harm and its 95 % bootstrap CI (percentile method, images resampled in pairs,
   ``scipy.stats.bootstrap``);
@@ -167,8 +168,8 @@ def harm(rule: MetricRule, baseline: float, candidate: float, least: tuple[float
     return candidate - baseline if M.get(rule.metric).lower_better else baseline - candidate
 
 
-def _least(rows: Mapping[str, float], rule: MetricRule) -> float:
-    return rows.get(M.LEAST[rule.metric], math.nan) if rule.target is not None and rule.metric in M.LEAST else math.nan
+def _least(row: Mapping[str, float], rule: MetricRule) -> float:
+    return O.least_of(row, rule.metric) if rule.target is not None else math.nan
 
 
 def metric_stats(harms: Sequence[float], rule: MetricRule, rules: Rules, *, missing: int = 0) -> dict[str, Any]:
@@ -211,6 +212,10 @@ def metric_stats(harms: Sequence[float], rule: MetricRule, rules: Rules, *, miss
             "verdict": verdict}
 
 
+def _bounds(gate: O.Constraint) -> dict[str, float | None]:
+    return {k: getattr(gate, k) for k in GATE_KEYS}
+
+
 def gate_result(gate: O.Constraint, images: list[str], base: SideRun, cand: SideRun) -> dict[str, Any]:
     """Per image: the candidate's value against the gate; the failing images, worst first."""
     failing: list[dict[str, Any]] = []
@@ -231,7 +236,7 @@ def gate_result(gate: O.Constraint, images: list[str], base: SideRun, cand: Side
             failing.append({"image": name, "candidate": c, "baseline": b if math.isfinite(b) else None,
                             "excess": excess, "why": "past its bound"})
     failing.sort(key=lambda f: -math.inf if f["excess"] is None else -f["excess"])
-    return {**{k: getattr(gate, k) for k in GATE_KEYS}, "images_checked": checked,
+    return {**_bounds(gate), "images_checked": checked,
             "holds": not failing, "failing": failing}
 
 
@@ -278,7 +283,7 @@ def compare(ds: Dataset, baseline: Side, candidate: Side, rules: Rules, *, metri
                     "max_side": ds.max_side, "content_hash": ds.content_hash,
                     "pairs": None if ds.pairs is None else asdict(ds.pairs)},
         "rules": {"alpha": rules.alpha, "n_resamples": rules.n_resamples, "seed": rules.seed,
-                  "metrics": [asdict(r) for r in rules.metrics], "gates": [{"metric": g.metric, **{k: getattr(g, k) for k in GATE_KEYS}} for g in rules.gates]},
+                  "metrics": [asdict(r) for r in rules.metrics], "gates": [{"metric": g.metric, **_bounds(g)} for g in rules.gates]},
         "metrics": metric_out,
         "gates": gates,
         "images": per_image,

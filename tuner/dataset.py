@@ -107,7 +107,7 @@ def load(path: str | Path | None, *, max_side: int | None = None, limit: int | N
     for f in files:
         try:
             if pairs is None:
-                img = fit_max_side(decode(f, limits=limits), max_side, limits, f)
+                img = fit_max_side(decode(f, limits=limits), max_side, limits, f, "dataset.max_side")
                 items.append(Item(name=f.stem, path=f, image=img, content_hash=array_hash(img.rgb)))
             else:
                 items.extend(_pairs(f, limits, max_side, pairs))

@@ -374,17 +374,18 @@ def downscale(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.stack(chans, axis=2), 0, 1).astype(np.float32)
 
 
-def fit_max_side(image: Image, max_side: int | None, limits: Limits | None = None, name: object = "") -> Image:
-    """Downscale (INTER_AREA) so the long side is at most ``max_side``; never upscales.  With ``limits``, a
-    result whose short side falls under ``limits.min_side`` is refused (:class:`ImageError` naming ``name``)."""
+def fit_max_side(image: Image, max_side: int | None, limits: Limits | None = None, name: object = "",
+                 setting: str = "max_side") -> Image:
+    """Downscale (INTER_AREA) so the long side is at most ``max_side``; never upscales.  With ``limits``, a downscaled
+    result under ``limits.min_side`` is refused (ImageError naming ``name`` and ``setting``; decode checked the rest)."""
     h, w = image.size
     if not max_side or max(h, w) <= max_side:
         return image
     s = max_side / max(h, w)
     size = (max(1, round(h * s)), max(1, round(w * s)))
     if limits is not None and min(size) < limits.min_side:
-        raise ImageError(f"{name}: {size[1]}x{size[0]} after max_side={max_side} is below limits.min_side="
-                         f"{limits.min_side} (raise max_side)")
+        raise ImageError(f"{name}: {size[1]}x{size[0]} after {setting}={max_side} is below limits.min_side="
+                         f"{limits.min_side} (raise {setting})")
     alpha = None if image.alpha is None else resize(image.alpha, size, interpolation=cv2.INTER_AREA)
     return replace(image, rgb=resize(image.rgb, size, interpolation=cv2.INTER_AREA), alpha=alpha)
 

@@ -12,8 +12,9 @@ Images where a metric does not apply (NaN, e.g. no face) skip that term.
 
 ``multi`` mode returns one study objective per listed metric (NSGA-II by default): the
 image mean of the metric in the metric table's direction, or, for a term with a target,
-the image mean of the per-image distance |m_i - target| (a mean of distances, so a 2 dB
-image and a 14 dB image do not cancel out around an 8 dB target).
+the image mean of the per-image distance (:func:`distance`: |m_i - target|, or the face furthest
+from it on a group photograph; a mean of distances, so a 2 dB image and a 14 dB image do not
+cancel out around an 8 dB target).
 
 Constraints are **per-image guard rails** by default (``reduce: worst``): each image is
 checked on its own and the trial's violation is the worst image's, in Optuna's
@@ -210,7 +211,7 @@ def _f(x: Any) -> float:
     return math.nan if x is None else float(x)
 
 
-def _least(values: Mapping[str, Any], metric: str) -> float:
+def least_of(values: Mapping[str, Any], metric: str) -> float:
     """``metric``'s lowest face in one image's values (:data:`tuner.metrics.LEAST`), NaN where not scored."""
     return _f(values.get(M.LEAST[metric])) if metric in M.LEAST else math.nan
 
@@ -238,7 +239,7 @@ class Objective:
 
     def per_image(self, values: Mapping[str, float]) -> float:
         """Composite value of one image (lower better); used for per-image pruning."""
-        parts = [t.value(values.get(t.metric, math.nan), _least(values, t.metric)) for t in self.terms]
+        parts = [t.value(values.get(t.metric, math.nan), least_of(values, t.metric)) for t in self.terms]
         parts = [p for p in parts if not math.isnan(p)]
         return float(sum(parts)) if parts else math.nan
 
@@ -252,7 +253,7 @@ class Objective:
                 out.append(_nanmean([_f(r.get(t.metric)) for r in rows]))
             else:  # per-image distance to the target (only the excess with hinge: upper), then the mean
                 target, hinge = t.target, t.hinge
-                out.append(_nanmean([distance(_f(r.get(t.metric)), target, _least(r, t.metric), hinge) for r in rows]))
+                out.append(_nanmean([distance(_f(r.get(t.metric)), target, least_of(r, t.metric), hinge) for r in rows]))
         return out
 
     def gates(self, rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, PerImage] | None) -> list[Gate]:
@@ -292,6 +293,9 @@ def from_mapping(node: Mapping[str, Any]) -> Objective:
             raise ConfigError(f"objective term '{t['metric']}': hinge must be false or 'upper'")
         if hinge and t.get("target") is None:
             raise ConfigError(f"objective term '{t['metric']}': hinge needs a target")
+        if t.get("target") is not None and not hinge and info.name in M.WORST_FACE and info.name not in M.LEAST:
+            raise ConfigError(f"objective term '{t['metric']}': its value is an image's worst face, so a two-sided "
+                              "target cannot see a face on the other side; use hinge: upper")
         scale = float(t.get("scale", 1.0))
         if scale <= 0:
             raise ConfigError(f"objective term '{t['metric']}': scale must be > 0")

@@ -28,7 +28,7 @@ from .context import Context, InputAnalysis
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Context", "InputAnalysis", "MetricInfo", "LEAST", "get", "score", "table", "names", "check_available"]
+__all__ = ["Context", "InputAnalysis", "MetricInfo", "LEAST", "WORST_FACE", "get", "score", "table", "names", "check_available"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ _ROWS = [
     MetricInfo("crunch_least", skin.crunch_least, None, "dB, ~-10, ~+20", ("reference", "faces"), "cheap", "skin"),
     MetricInfo("texture_excess", skin.texture_excess, None, "octaves, ~-6, ~+4 (0 = a real photo's, predicted)",
                ("reference", "faces"), "cheap", "skin"),
+    MetricInfo("texture_excess_least", skin.texture_excess_least, None, "octaves, ~-6, ~+4",
+               ("reference", "faces"), "cheap", "skin"),
     MetricInfo("crunch_grad", skin.crunch_grad, True, "dB, ~-10, ~+20", ("reference", "faces"), "cheap", "skin"),
     MetricInfo("wax", skin.wax, True, "dB, ~-10, ~+20", ("reference", "faces"), "cheap", "skin"),
     MetricInfo("wax_lbp", skin.wax_lbp, True, "bits, -3.3, 3.3", ("reference", "faces"), "cheap", "skin"),
@@ -87,7 +89,9 @@ _ROWS = [
 TABLE: dict[str, MetricInfo] = {m.name: m for m in _ROWS}
 # A per-face metric whose value is its highest face's, and the sibling with its lowest face's: a term with a
 # target reads both (tuner.objective.distance), so a face on either side of the target costs
-LEAST = {"crunch": "crunch_least", "texture_hr": "texture_hr_least"}
+LEAST = {"crunch": "crunch_least", "texture_hr": "texture_hr_least", "texture_excess": "texture_excess_least"}
+# Every metric whose value on an image with several faces is its worst face's (the guard rails' reading)
+WORST_FACE = ("wax", "delta_e_skin", "identity", *LEAST)
 
 # pyiqa NR metrics listed by `tuner metrics`; any other pyiqa NR name works too
 PYIQA_LISTED = ("musiq", "clipiqa", "topiq_nr", "topiq_nr-face", "maniqa", "liqe", "hyperiqa", "dbcnn")

@@ -126,16 +126,28 @@ def texture_excess(ctx: Context) -> float:
     truth itself on soft, degraded inputs (their real photographs sit 4-7 octaves, 12-20 dB, above a
     Lanczos upscale); this one moves with what the input allows.
     """
+    v = _excess_faces(ctx, "texture_excess")
+    return max(v) if v else math.nan
+
+
+def texture_excess_least(ctx: Context) -> float:
+    """texture_excess of the least textured face (= texture_excess with one face), as :func:`crunch_least`."""
+    v = _excess_faces(ctx, "texture_excess_least")
+    return min(v) if v else math.nan
+
+
+def _excess_faces(ctx: Context, name: str) -> list[float]:
+    """texture_excess over all the skin, then over each face judged on its own; [] (noted) where it cannot be read."""
     if abs(ctx.ref.scale - GAP_SCALE) > 0.01:
-        ctx.notes["texture_excess"] = f"the texture predictor is fitted at x{GAP_SCALE}"
-        return math.nan
-    c = band_db_faces(ctx, "texture_excess", _hf)
+        ctx.notes[name] = f"the texture predictor is fitted at x{GAP_SCALE}"
+        return []
+    c = band_db_faces(ctx, name, _hf)
     if not c:
-        return math.nan
+        return []
     memo = ctx.ref.memo
     if "predicted_gaps" not in memo:  # all the skin, then each face judged on its own (as crunch)
         memo["predicted_gaps"] = list(face_gaps(ctx.ref.input, ctx.ref.skin_in_labels, ctx.ref.judged_faces).values())
-    return max(db / (10.0 * math.log10(2.0)) - gap for db, gap in zip(c, memo["predicted_gaps"], strict=True))
+    return [db / (10.0 * math.log10(2.0)) - gap for db, gap in zip(c, memo["predicted_gaps"], strict=True)]
 
 
 def crunch_grad(ctx: Context) -> float:
