@@ -76,9 +76,9 @@ def default_memory_budget() -> int:
 # SR output the pipeline holds (12): R and the blend's temporaries, global 60.1, skin 62.5,
 # frequency 84.5; a face paste adds 12.5-16 (warped face, soft mask, alpha products); an alpha
 # channel its resize and a fourth channel at encode.  Rounded up.  The texture policy on a skin
-# blend with a face paste: 84.0 (mixing R in) and 95.9 (adding grain), under the 116 charged for
+# blend with a face paste: 82.0 (mixing R in) and 93.9 (adding grain), under the 116 charged for
 # it (the frequency blend's 96 plus a paste's 20).  The whole pipeline, 1024^2 -> 4096^2 with the
-# default study's policy: 1661 MB measured, 1776 MB estimated
+# default study's policy: 1694 MB measured, 1776 MB estimated
 # (`bench_memory.py --sizes 512 1024 --tiles 0 --x4plus-size 0`).
 _HELD_SR_BYTES = 12
 _POST_BYTES = {"global": 64, "skin": 72, "frequency": 96}
