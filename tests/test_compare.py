@@ -138,6 +138,8 @@ def test_harm_and_statistics_follow_the_metric_direction():
     # a group photograph: the candidate keeps its crunchiest face at 8 dB but irons another to 2 dB
     assert C.harm(cr, 8.0, 8.0, (8.0, 2.0)) == 6.0
     assert "crunch_least" in C.Rules.from_mapping({"metrics": {"crunch": {"target": 8.0}}}).names
+    with pytest.raises(Exception, match="other side"):  # wax is its waxiest face: no sibling for the other side
+        C.Rules.from_mapping({"metrics": {"wax": {"target": 0.0}}})
     rng = np.random.default_rng(0)
     worse = C.metric_stats(list(2.0 + rng.normal(0, 0.3, 12)), lr, rules)
     assert worse["verdict"] == "fail" and worse["ci95"][0] > 0.5

@@ -43,8 +43,9 @@ def test_a_term_with_a_target_reads_the_face_furthest_from_it_on_either_side():
     assert hinged.metrics == ["crunch"] and hinged.per_image({"crunch": 9.0, "crunch_least": 2.0}) == 1.0
     assert O.from_mapping({"terms": [{"metric": "crunch"}]}).metrics == ["crunch"]  # no target: no sibling
     # a worst-face metric without a sibling cannot take a two-sided target (it would see one side only)
-    with pytest.raises(ConfigError, match="worst face"):
-        O.from_mapping({"terms": [{"metric": "wax", "target": 0}]})
+    for name in ("wax", "identity", "crunch_least"):  # one side only, each
+        with pytest.raises(ConfigError, match="other side"):
+            O.from_mapping({"terms": [{"metric": name, "target": 0}]})
     assert O.from_mapping({"terms": [{"metric": "wax", "target": 0, "hinge": "upper"}]}).metrics == ["wax"]
 
 

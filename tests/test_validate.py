@@ -179,3 +179,13 @@ def test_the_held_out_gates_name_each_broken_gate_per_row_and_set():
     # clean: mean texture (0.4) is fine, b is 1.4 octaves over its truth; medium: 1.5 dB under the defaults
     assert got[("tuned", "clean")] == "texture_hr <= 1: 1.4 (b@none)"
     assert got[("tuned", "medium")] == "lr_psnr >= baseline -1: 26.5 (a@medium)"
+
+
+def test_a_study_with_a_held_out_split_scores_the_least_textured_face_too():
+    """The table judges a group photograph by its face furthest from the truth, so a study that will fill it
+    scores texture_hr_least whatever its objective reads; without a held-out split, nothing is added."""
+    from tuner.validate import scored
+
+    assert scored(["piqe", "texture_hr", "piqe"], object()) == ["piqe", "texture_hr", "texture_hr_least"]
+    assert scored(["piqe", "texture_hr"], None) == ["piqe", "texture_hr"]
+    assert scored(["piqe"], object()) == ["piqe"]

@@ -86,6 +86,8 @@ class Rules:
             check_keys(r, {"tolerance", "target"}, f"compare.metrics.{name}")
             if M.get(name).lower_better is None and r.get("target") is None:
                 raise ConfigError(f"compare.metrics.{name}: an information-only metric needs a target")
+            if r.get("target") is not None:
+                O.check_two_sided(name, "compare.metrics")
             tol = float(r.get("tolerance", 0.0))
             if not tol >= 0:
                 raise ConfigError(f"compare.metrics.{name}.tolerance must be >= 0, got {tol}")

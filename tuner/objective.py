@@ -78,6 +78,14 @@ def distance(m: float, target: float, least: float = math.nan, hinge: bool = Fal
     return abs(m - target) if math.isnan(least) else max(abs(m - target), abs(least - target))
 
 
+def check_two_sided(metric: str, where: str, hint: str = "") -> None:
+    """Refuse a two-sided target on a metric whose value is one face of a group photograph (its worst, or
+    a ``_least`` sibling's least) with nothing for the other side (:data:`tuner.metrics.LEAST`)."""
+    if (metric in M.WORST_FACE and metric not in M.LEAST) or metric in M.LEAST.values():
+        raise ConfigError(f"{where} '{metric}': its value is one face of an image with several, so a two-sided "
+                          f"target cannot see a face on the other side{hint}")
+
+
 class BaselineMissing(TunerError):
     """A relative constraint needs the baseline trial's per-image values, and there are none."""
 
@@ -293,9 +301,8 @@ def from_mapping(node: Mapping[str, Any]) -> Objective:
             raise ConfigError(f"objective term '{t['metric']}': hinge must be false or 'upper'")
         if hinge and t.get("target") is None:
             raise ConfigError(f"objective term '{t['metric']}': hinge needs a target")
-        if t.get("target") is not None and not hinge and info.name in M.WORST_FACE and info.name not in M.LEAST:
-            raise ConfigError(f"objective term '{t['metric']}': its value is an image's worst face, so a two-sided "
-                              "target cannot see a face on the other side; use hinge: upper")
+        if t.get("target") is not None and not hinge:
+            check_two_sided(info.name, "objective term", "; use hinge: upper")
         scale = float(t.get("scale", 1.0))
         if scale <= 0:
             raise ConfigError(f"objective term '{t['metric']}': scale must be > 0")

@@ -159,7 +159,7 @@ def run_tune(job: TuneJob) -> int:
         raise ConfigError("params.tile=auto picks a tile per image from each machine's free memory, so a study's "
                           "workers could score different tiles and its preset would not reproduce: give params.tile "
                           "an integer (and search.params.tile choices)")
-    names = list(dict.fromkeys([*job.metric_names, *objective.metrics]))
+    names = validate.scored([*job.metric_names, *objective.metrics], job.validation)
     if objective.mode == "multi" and st.sampler in ("tpe", "gp") and st.pruner:
         log.info("multi-objective study: pruning is off (WilcoxonPruner is single-objective)")
     base, space, dropped = resolve_knobs(job.spec, dict(job.space), job.store, st.strict)

@@ -45,6 +45,12 @@ WITHIN = 0.5  # octaves
 CROP = 96
 
 
+def scored(names: list[str], held_out: Any) -> list[str]:
+    """A study's metric names, once each, with ``texture_hr_least`` where a held-out split will be judged on
+    ``texture_hr``: the table counts an image within only if each of its faces is (:func:`table`)."""
+    return list(dict.fromkeys([*names, *(["texture_hr_least"] if held_out is not None and "texture_hr" in names else [])]))
+
+
 def rows_to_score(study: Any, objective: O.Objective, runner: Any, tuned: Any) -> list[tuple[str, str, Any, Params]]:
     """(label, trial number, spec, params) of the three rows: the study's baseline settings with the
     policy off, the best trial with the policy off that holds every gate (left out, with a warning,
