@@ -182,6 +182,20 @@ def test_paste_halo_sees_a_hard_paste(portrait):
     assert 0.7 < vals[0] < 1.4 and _increasing(vals), vals
     nomask = Context(p, ref)
     assert math.isnan(score(nomask, ["paste_halo"])["paste_halo"]) and nomask.notes["paste_halo"] == "no pasted face"
+    # two faces side by side, a hard paste (0.16) on one and a clean one on the other: each pasted face is
+    # judged on its own, so the image reads the hard paste's value, where the rings pooled dilute it
+    from tuner.metrics.artifacts import _grad
+
+    masks = np.concatenate([soft, soft], axis=1)
+    hard = np.concatenate([np.clip(p + 0.16 * (soft > 0.5)[..., None], 0, 1), p], axis=1).astype(np.float32)
+    two = Context(hard, InputAnalysis(np.concatenate([ref.input, ref.input], axis=1), [], (h, 2 * w)), face_mask=masks)
+    got = score(two, ["paste_halo"])["paste_halo"]
+    assert got == pytest.approx(vals[-1], rel=0.01), (got, vals[-1])
+    ring = (masks > 0.05) & (masks < 0.95)  # the pooled definition, written out
+    near = cv2.dilate(ring.astype(np.uint8), np.ones((25, 25), np.uint8)).astype(bool) & ~ring
+    go, gr = _grad(two.y_out), _grad(two.ref.y_ref)
+    pooled = (go[ring].mean() / gr[ring].mean()) / (go[near].mean() / gr[near].mean())
+    assert got > pooled + 0.1, (got, pooled)
 
 
 def test_no_face_is_reported_not_zero():

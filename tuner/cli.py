@@ -63,17 +63,14 @@ def error_code(cmd: str) -> int:
     return EXIT_COMPARE_ERROR if cmd == "compare" else EXIT_ERROR
 
 
-# how bad each exit code is, for a multirun (``-m``) whose jobs end differently: an error (1; 2 for
-# compare, whose comparison could not run) beats a compare failure (1) and a partial run (3),
-# which beat 0.  Any other code counts as the worst.
-SEVERITY = {"compare": {0: 0, 1: 2, 2: 3}, "": {0: 0, 3: 1, 1: 3}}
-
-
 def worst_code(cmd: str, codes: list[int]) -> int:
     """The exit code of a run whose jobs (one, or several with Hydra's ``-m``) exited with ``codes``:
-    the worst of them, so a failing job is not hidden by a later one that passes."""
-    rank = SEVERITY["compare" if cmd == "compare" else ""]
-    return max(codes, key=lambda c: rank.get(c, 4), default=0)
+    the worst of them, so a failing job is not hidden by a later one that passes.  From best to worst:
+    0, a compare failure or a partial run, an error; any other code counts as the worst."""
+    from .errors import EXIT_COMPARE_ERROR, EXIT_COMPARE_FAIL, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL
+
+    order = [EXIT_OK, EXIT_COMPARE_FAIL, EXIT_COMPARE_ERROR] if cmd == "compare" else [EXIT_OK, EXIT_PARTIAL, EXIT_ERROR]
+    return max(codes, key=lambda c: order.index(c) if c in order else len(order), default=0)
 
 
 def expand_preset(args: list[str]) -> list[str]:

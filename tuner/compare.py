@@ -109,7 +109,7 @@ class Rules:
 
     @property
     def names(self) -> list[str]:
-        least = [M.LEAST[r.metric] for r in self.metrics if r.target is not None and r.metric in M.LEAST]
+        least = M.least_siblings(r.metric for r in self.metrics if r.target is not None)
         return list(dict.fromkeys([r.metric for r in self.metrics] + least + [g.metric for g in self.gates]))
 
 

@@ -73,8 +73,10 @@ def distance(m: float, target: float, least: float = math.nan, hinge: bool = Fal
     with ``hinge``.  ``m`` is a per-face metric's highest face (crunch: the crunchiest); ``least``, where
     given, its lowest face's (:data:`tuner.metrics.LEAST`), so on a group photograph the face furthest from
     the target on either side decides, not only the highest (with one face the two are equal)."""
-    if math.isnan(m) or hinge:
-        return m if math.isnan(m) else max(m - target, 0.0)
+    if math.isnan(m):
+        return m
+    if hinge:
+        return max(m - target, 0.0)
     return abs(m - target) if math.isnan(least) else max(abs(m - target), abs(least - target))
 
 
@@ -232,14 +234,9 @@ class Objective:
 
     @property
     def metrics(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for t in self.terms:
-            seen[t.metric] = None
-            if t.target is not None and not t.hinge and t.metric in M.LEAST:  # the other side of a group photo
-                seen[M.LEAST[t.metric]] = None
-        for c in self.constraints:
-            seen[c.metric] = None
-        return list(seen)
+        two_sided = [t.metric for t in self.terms if t.target is not None and not t.hinge]  # both sides of a group photo
+        return list(dict.fromkeys([*(t.metric for t in self.terms), *M.least_siblings(two_sided),
+                                   *(c.metric for c in self.constraints)]))
 
     @property
     def directions(self) -> list[str]:

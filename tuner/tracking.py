@@ -90,7 +90,6 @@ class Tracker:
         self.experiment = experiment
         self.artifact_dir = artifact_dir
         self.failures = 0
-        self._mlflow: Any = None
         self._client: Any = None
         self._exp_id: str | None = None
         self._unreachable = False  # set by the first connection failure: no more calls to the server
@@ -127,7 +126,6 @@ class Tracker:
 
     def _setup(self) -> str:
         """The experiment's id, found or created (raises a tracking error where MLflow fails)."""
-        import mlflow
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
@@ -138,9 +136,9 @@ class Tracker:
                 os.environ.setdefault(name, value)
         # MLflow prints "View run ... at: <tracking URI>" after each run: with a password in the URI
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        self._mlflow = mlflow
-        client = self._client if self._client is not None else MlflowClient(tracking_uri=self.uri)
-        self._client = client  # reused by a retried setup; the tracker is set up only once _exp_id is
+        if self._client is None:  # reused by a retried setup; the tracker is set up only once _exp_id is
+            self._client = MlflowClient(tracking_uri=self.uri)
+        client = self._client
         exp = client.get_experiment_by_name(self.experiment)
         local = self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
         where = self.artifact_dir.resolve().as_uri() if self.artifact_dir is not None and local else None

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import metrics as M
 from . import objective as O
 from .errors import ConfigError
 from .export import best_trial
@@ -48,7 +49,8 @@ CROP = 96
 def scored(names: list[str], held_out: Any) -> list[str]:
     """A study's metric names, once each, with ``texture_hr_least`` where a held-out split will be judged on
     ``texture_hr``: the table counts an image within only if each of its faces is (:func:`table`)."""
-    return list(dict.fromkeys([*names, *(["texture_hr_least"] if held_out is not None and "texture_hr" in names else [])]))
+    judged = ["texture_hr"] if held_out is not None and "texture_hr" in names else []
+    return list(dict.fromkeys([*names, *M.least_siblings(judged)]))
 
 
 def rows_to_score(study: Any, objective: O.Objective, runner: Any, tuned: Any) -> list[tuple[str, str, Any, Params]]:

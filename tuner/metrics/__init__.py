@@ -28,7 +28,7 @@ from .context import Context, InputAnalysis
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Context", "InputAnalysis", "MetricInfo", "LEAST", "WORST_FACE", "get", "score", "table", "names", "check_available"]
+__all__ = ["Context", "InputAnalysis", "MetricInfo", "LEAST", "WORST_FACE", "least_siblings", "get", "score", "table", "names", "check_available"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,13 @@ TABLE: dict[str, MetricInfo] = {m.name: m for m in _ROWS}
 # A per-face metric whose value is its highest face's, and the sibling with its lowest face's: a term with a
 # target reads both (tuner.objective.distance), so a face on either side of the target costs
 LEAST = {"crunch": "crunch_least", "texture_hr": "texture_hr_least", "texture_excess": "texture_excess_least"}
+
+
+def least_siblings(names: Iterable[str]) -> list[str]:
+    """The :data:`LEAST` siblings of ``names`` (those that have one): what a two-sided reading of them needs."""
+    return [LEAST[n] for n in names if n in LEAST]
+
+
 # Every metric whose value on an image with several faces is its worst face's (the guard rails' reading)
 WORST_FACE = ("wax", "delta_e_skin", "identity", *LEAST)
 

@@ -47,23 +47,36 @@ def paste_halo(ctx: Context) -> float:
     mask, output versus R, relative to the same ratio on a control band around the ring.
 
     ring = 0.05 < mask < 0.95; control = pixels within 3*scale px of the ring but outside it.
-    A visible paste edge raises the output's gradients on the ring alone.  NaN ("no pasted
+    A visible paste edge raises the output's gradients on the ring alone.  Each pasted face
+    (a connected part of the mask) is judged on its own and the image takes the worst, so one
+    hard paste on a group photograph is not diluted by the others' clean rings.  NaN ("no pasted
     face") when no face was pasted.
     """
     m = ctx.face_mask
     if m is None or not (m > 0.05).any():
         ctx.notes["paste_halo"] = "no pasted face"
         return math.nan
-    ring = (m > 0.05) & (m < 0.95)
-    if ring.sum() < 10:
+    k = max(int(3 * ctx.ref.scale), 3)
+    kernel = np.ones((2 * k + 1, 2 * k + 1), np.uint8)
+    go, gr = _grad(ctx.y_out), _grad(ctx.ref.y_ref)
+    n, parts, stats, _ = cv2.connectedComponentsWithStats((m > 0.05).astype(np.uint8))
+    worst = -math.inf
+    for c in range(1, n):
+        x, y, w, h = (int(v) for v in stats[c, :4])
+        box = (slice(max(y - k, 0), y + h + k), slice(max(x - k, 0), x + w + k))
+        any_ring = (m[box] > 0.05) & (m[box] < 0.95)
+        ring = any_ring & (parts[box] == c)
+        if ring.sum() < 10:
+            continue
+        near = cv2.dilate(ring.astype(np.uint8), kernel).astype(bool) & ~any_ring
+        o, r = go[box], gr[box]
+        ratio_ring = o[ring].mean() / max(r[ring].mean(), 1e-6)
+        ratio_near = o[near].mean() / max(r[near].mean(), 1e-6)
+        worst = max(worst, float(ratio_ring / max(ratio_near, 1e-6)))
+    if worst == -math.inf:
         ctx.notes["paste_halo"] = "paste mask has no soft ring"
         return math.nan
-    k = max(int(3 * ctx.ref.scale), 3)
-    near = cv2.dilate(ring.astype(np.uint8), np.ones((2 * k + 1, 2 * k + 1), np.uint8)).astype(bool) & ~ring
-    go, gr = _grad(ctx.y_out), _grad(ctx.ref.y_ref)
-    ratio_ring = go[ring].mean() / max(gr[ring].mean(), 1e-6)
-    ratio_near = go[near].mean() / max(gr[near].mean(), 1e-6)
-    return float(ratio_ring / max(ratio_near, 1e-6))
+    return worst
 
 
 def edge_halo(ctx: Context) -> float:

@@ -16,7 +16,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-METRICS_VERSION = "3"  # 3: gated skin metrics take the worst judged face
+METRICS_VERSION = "4"  # 3: gated skin metrics take the worst judged face; 4: paste_halo the worst pasted face
 
 _PKG = Path(__file__).resolve().parent
 # modules outside tuner/metrics whose code the metrics run (facegeom: skin mask and face boxes;
