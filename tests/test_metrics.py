@@ -317,6 +317,11 @@ def test_skin_gates_judge_every_face_not_their_pooled_skin():
     term = Term("crunch", target=8.0)
     assert term.value(both["crunch"], both["crunch_least"]) == pytest.approx(8.0 - right["crunch"], abs=1.0)
     assert term.value(both["crunch"], both["crunch_least"]) > term.value(both["crunch"]) + 1.0
+    # skin colour too: a white-balance shift on the blurred face alone is that face's ΔE, past the 3 gate
+    tinted = np.clip(blur * np.array([1.12, 1.0, 0.88], np.float32), 0, 1)
+    alone = score(Context(tinted, InputAnalysis(one.input, one.faces, p.shape[:2], hr=p)), ["delta_e_skin"])
+    shifted = score(Context(np.concatenate([usm, tinted], axis=1), two), ["delta_e_skin"])
+    assert alone["delta_e_skin"] > 3.0 and shifted["delta_e_skin"] == pytest.approx(alone["delta_e_skin"], rel=0.1)
     # the gates (conf/objective/default.yaml, truth.yaml) fail on the faces, where the pooled skin passes them
     ctx = Context(out, InputAnalysis(lr, faces, hr.shape[:2], hr=hr))
     skin.crunch(ctx)  # fills the energies

@@ -311,7 +311,7 @@ def summary_table(result: Mapping[str, Any]) -> str:
                      "95% CI": "-" if ci[0] is None else f"[{ci[0]:.3g}, {ci[1]:.3g}]",
                      "p(worse)": s["p_worse"], "tolerance": s["tolerance"], "verdict": s["verdict"]})
     for g, r in result["gates"].items():
-        verdict = "holds on every image"
+        verdict = "holds on every image" if r["images_checked"] else "not applicable (no image to check)"
         if r["failing"]:
             worst = r["failing"][0]
             value = "no value" if worst["candidate"] is None else f"{worst['candidate']:.3g}"
