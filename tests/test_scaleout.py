@@ -166,9 +166,12 @@ def test_a_worker_killed_on_postgres_has_its_trial_failed_and_requeued(tmp_path,
     assert states == {"COMPLETE": n, "FAIL": 1}, states
     failed = next(t for t in ts if t.state.name == "FAIL")
     assert failed.number == killed
-    # re-queued by RetryHeartbeatStaleTrialCallback: the same parameters ran again, to completion
+    # re-queued by RetryHeartbeatStaleTrialCallback: the parameters the victim had drawn ran again, to
+    # completion. It may have been frozen part-way through drawing them: those it had not drawn yet are
+    # drawn afresh by the retry, so the failed trial's are a subset of the retry's, value for value.
     retry = [t for t in ts if t.system_attrs.get("failed_trial") == killed]
-    assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == failed.params
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE", retry
+    assert failed.params and failed.params.items() <= retry[0].params.items(), (failed.params, retry[0].params)
 
 
 def test_database_restart_mid_study(tmp_path, tiny_weights, portraits):
