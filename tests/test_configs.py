@@ -97,8 +97,8 @@ def test_an_on_off_setting_takes_only_true_or_false(override, key):
 
 
 def test_compare_study_gates_are_the_default_studys_constraints():
-    """``compare=study`` checks a preset against the guard rails it was tuned under: its gates are
-    conf/objective/truth.yaml's constraints, bound for bound (they cannot drift apart)."""
+    """``compare=study`` checks a preset against the guard rails it was tuned under: its gates, composed over
+    compare=default's, are objective=truth's constraints bound for bound (both read conf/guards/study.yaml)."""
     from hydra import compose, initialize_config_dir
 
     from tuner import objective as O

@@ -9,8 +9,8 @@ Three rows, each per degradation level of the pairs (``clean`` = none):
   setting for every image: blend, tile, prefilter, ...);
 - ``tuned``: the study's exported trial.
 
-Per row: faces whose skin texture is within +-0.5 octave of the real photograph's
-(``texture_hr``), its median, the skin-statistics distance (``lbp_hr``), HaarPSI, the *worst*
+Per row: the images whose skin texture (every face's) is within +-0.5 octave of the real
+photograph's (``texture_hr``), its median, the skin-statistics distance (``lbp_hr``), HaarPSI, the *worst*
 identity distance, the *worst* LR-PSNR change against the defaults on the same image, and the
 study's own gates on the held-out images (each on every image, relative ones against the
 defaults row, as the study's baseline) -- a guard rail is per image.  Written to ``validation.csv`` (per image) and ``validation.txt`` in
@@ -87,7 +87,7 @@ def table(per_image: pd.DataFrame, base: str = "model defaults",
         # an image with several faces is within only if its least textured face is too (texture_hr is its most)
         least = d.texture_hr_least.to_numpy(float) if "texture_hr_least" in d else t
         far = [O.distance(a, 0.0, b) for a, b in zip(t, least, strict=True) if math.isfinite(a)]
-        out.append({"set": level, "row": row, "trial": trial, "faces": len(ok),
+        out.append({"set": level, "row": row, "trial": trial, "images": len(ok),
                     f"within {WITHIN:g} oct": f"{int(np.sum(np.asarray(far) <= WITHIN))}/{len(ok)}",
                     "texture_hr median": float(np.median(ok)) if len(ok) else math.nan,
                     "lbp_hr": float(np.nanmean(d.lbp_hr)) if d.lbp_hr.notna().any() else math.nan,
