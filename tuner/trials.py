@@ -159,8 +159,9 @@ def run_trial(study: Any, trial: Any, runner: TrialRunner, objective: O.Objectiv
     def again(fn: Any, what: str) -> Any:
         return retrying(fn, what=f"trial {trial.number}: {what}", seconds=retry_s)
 
-    reason = again(lambda: search.grid_repeat(study, trial.number), "grid check")
-    if reason:  # counted as done (pruned) without running, so the study reaches study.n_trials and exports
+    if again(lambda: search.grid_repeat(study, trial.number), "grid check"):
+        # counted as done (pruned) without running, so the study reaches study.n_trials and exports
+        reason = "not run: every point of the grid (study.sampler=grid) has run; study.n_trials exceeds the grid"
         log.warning("trial %d %s", trial.number, reason)
         again(lambda: trial.set_user_attr("reason", reason), "record")
         return not tell(study, trial, TrialState.PRUNED, None, retry_s), reason
