@@ -284,14 +284,23 @@ def candidates(M, an, it, pipe: Pipeline) -> dict[str, float]:  # type: ignore[n
     (``skin_px``, log2 LR pixels), JPEG blocking (``block``: log2 of the mean luminance step across
     the 8 px block grid over the mean step elsewhere; 0 = none) and what general-x4v3 itself puts
     in crunch's and wax's bands above R (``sr_hf``, ``sr_mid``, octaves: ``crunch`` and ``-wax`` of
-    its output, a learned prior's guess)."""
+    its output, a learned prior's guess), and the input's self-similarity: its own skin texture above a
+    Lanczos upscale of its own x4 downscale, in crunch's band (``self4``), and of its x2 downscale in
+    wax's band (``selfm2``), octaves -- the gap one scale down, where the input is the truth."""
     import math
 
-    from tuner.images import luminance
-    from tuner.texture import mid
+    from tuner.images import downscale, luminance, reference_upscale
+    from tuner.texture import hf, mid
 
     y = luminance(it.image.rgb)
     e2, e3 = (float(np.mean(mid(y, s)[an.skin_in] ** 2)) + 1e-12 for s in (2, 4))
+    h, w = y.shape
+
+    def self_gap(f: int, band) -> float:  # type: ignore[no-untyped-def]
+        back = luminance(reference_upscale(downscale(it.image.rgb, (max(h // f, 1), max(w // f, 1))), (h, w)))
+        return math.log2((float(np.mean(band(y, f)[an.skin_in] ** 2)) + 1e-12)
+                         / (float(np.mean(band(back, f)[an.skin_in] ** 2)) + 1e-12))
+
     v = M.score(M.Context(pipe.run(it.image, Params()).sr, an), ["crunch", "wax"])
     db_per_octave = 10 * math.log10(2)
     dx, dy = np.abs(np.diff(y, axis=1)), np.abs(np.diff(y, axis=0))
@@ -299,7 +308,8 @@ def candidates(M, an, it, pipe: Pipeline) -> dict[str, float]:  # type: ignore[n
     off_grid = np.delete(dx, np.s_[7::8], axis=1).mean() + np.delete(dy, np.s_[7::8], axis=0).mean()
     return {"s23": math.log2(e2 / e3), "skin_px": math.log2(int(an.skin_in.sum())),
             "block": math.log2((on_grid + 1e-6) / (off_grid + 1e-6)),
-            "sr_hf": v["crunch"] / db_per_octave, "sr_mid": -v["wax"] / db_per_octave}
+            "sr_hf": v["crunch"] / db_per_octave, "sr_mid": -v["wax"] / db_per_octave,
+            "self4": self_gap(4, hf), "selfm2": self_gap(2, mid)}
 
 
 def rank(df: pd.DataFrame, max_side: int) -> None:
@@ -308,7 +318,7 @@ def rank(df: pd.DataFrame, max_side: int) -> None:
     ``max_side`` clean + medium, the default study's set) and the share within 0.5 octave there."""
     import itertools
 
-    names = ["s01", "s12", "s23", "noise", "skin_px", "block", "big", "sr_hf", "sr_mid"]
+    names = ["s01", "s12", "s23", "noise", "skin_px", "block", "big", "sr_hf", "sr_mid", "self4", "selfm2"]
     df = df.assign(big=(df.side == df.side.max()).astype(float))  # the dataset's max_side: 1 at the larger
     train, val = df[~df.val], df[df.val]
     study = val[(val.side == max_side) & val.level.isin(["none", "medium"])]

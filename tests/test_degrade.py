@@ -163,14 +163,16 @@ def test_bad_pair_settings_are_clear_errors():
 
 
 def test_a_pair_whose_lr_is_too_small_is_skipped_with_its_sizes_and_the_rest_goes_on(tmp_path):
-    """A strip whose x4 LR falls under limits.min_side: named with the LR's size, the limit and the
-    setting that shrank it; the portrait beside it still becomes a pair."""
+    """A strip whose x4 LR falls under limits.min_side: named with the LR's size and the limit, and with
+    dataset.max_side only where that setting shrank it; the portrait beside it still becomes a pair."""
     import shutil
 
     shutil.copy(PORTRAITS / "A02_usnavy_grace_hopper.jpg", tmp_path / "A02.jpg")
-    PILImage.fromarray(np.full((40, 200, 3), 128, np.uint8)).save(tmp_path / "strip.png")
+    PILImage.fromarray(np.full((160, 1000, 3), 128, np.uint8)).save(tmp_path / "strip.png")  # -> HR 256x40
+    PILImage.fromarray(np.full((40, 200, 3), 128, np.uint8)).save(tmp_path / "small.png")  # under 256: as it is
     ds = load(tmp_path, max_side=64, pairs=Pairs())
     assert [it.name for it in ds.items] == ["A02"] and ds.items[0].hr is not None
-    [(f, msg)] = ds.failures
-    assert f.name == "strip.png"
-    assert "x4 LR (50x10) is below limits.min_side=16 (dataset.max_side=64)" in msg, msg
+    msgs = {f.name: msg for f, msg in ds.failures}
+    assert set(msgs) == {"strip.png", "small.png"}
+    assert "x4 LR (64x10) is below limits.min_side=16 after dataset.max_side=64 (raise it)" in msgs["strip.png"]
+    assert msgs["small.png"].endswith("x4 LR (50x10) is below limits.min_side=16"), msgs["small.png"]

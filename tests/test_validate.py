@@ -111,6 +111,7 @@ def test_the_table_counts_faces_per_set_and_reports_the_worst_image():
     clean = t[t.set == "clean"].set_index("row")
     assert list(t.set) == ["clean", "clean", "medium", "medium"]
     assert clean.loc["tuned", "within 0.5 oct"] == "1/2" and clean.loc["model defaults", "within 0.5 oct"] == "0/2"
+    assert clean.loc["tuned", "images"] == 2  # counted per image (a group photograph is within only if every face is)
     assert clean.loc["tuned", "texture_hr median"] == pytest.approx(-0.2)
     assert clean.loc["tuned", "identity max"] == 0.5  # one face far off decides, not the mean 0.3
     # over a and b the means are equal (32.0 both), yet image b lost 1.5 dB: the worst image decides

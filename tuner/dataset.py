@@ -136,8 +136,9 @@ def _pairs(f: Path, limits: Limits, max_side: int | None, pairs: Pairs) -> list[
     for level in pairs.levels:
         lr = make_lr(hr, scale=pairs.scale, level=level, seed=pairs.seed, name=f.stem)
         if min(lr.shape[:2]) < limits.min_side:
-            raise ImageError(f"{f}: its x{pairs.scale} LR ({lr.shape[1]}x{lr.shape[0]}) is below "
-                             f"limits.min_side={limits.min_side}" + (f" (dataset.max_side={max_side})" if max_side else ""))
+            shrunk = max_side is not None and max(full.rgb.shape[:2]) > max_side * pairs.scale
+            raise ImageError(f"{f}: its x{pairs.scale} LR ({lr.shape[1]}x{lr.shape[0]}) is below limits.min_side="
+                             f"{limits.min_side}" + (f" after dataset.max_side={max_side} (raise it)" if shrunk else ""))
         out.append(Item(name=pairs.item_name(f.stem, level), path=f, image=Image(rgb=lr, path=f),
                         content_hash=array_hash(lr) + array_hash(hr)[:16], hr=hr, level=level))
     return out
