@@ -157,3 +157,50 @@ def test_face_upsample_follows_the_face_weight_even_when_that_is_fixed(face_weig
         got.add(p.face_upsample)
         study.tell(t, 0.0)
     assert got == ({False, True} if drawn else {False})
+
+
+def test_grid_a_worker_waits_while_the_last_point_runs_elsewhere(tmp_path):
+    """Once every point of the grid has started, GridSampler hands the next trial a point another worker
+    is still running (two workers ran the last point twice): the next worker waits instead, and asks
+    again once that point has finished (or while a re-queued trial waits to be asked)."""
+    import types
+
+    from omegaconf import OmegaConf
+    from optuna.trial import TrialState
+
+    from tuner.search import grid_taken, trial_seed
+    from tuner.storage import StudyLock
+    from tuner.study import _next_trial
+    from tuner.trials import tell
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    space = search_space(GRID)
+    st = study_settings(OmegaConf.create({"study": {"name": "g", "n_trials": 20, "sampler": "grid",
+                                                    "n_startup_trials": 1}}), tmp_path)
+    study = optuna.create_study(study_name="g", storage=url)
+    study.enqueue_trial({"tile": 0, "blend": 0.0}, user_attrs={"baseline": True})
+    for n in range(9):  # the baseline and 8 of the 9 points
+        study.sampler = make_sampler("grid", space, seed=trial_seed(7, n), n_startup_trials=1)
+        t = study.ask()
+        drawn = {k: knob.suggest(t) for k, knob in space.items()}
+        assert tell(study, t, TrialState.COMPLETE, [float(drawn["tile"])], 0.0)
+    assert not grid_taken(study, "grid", space)
+    study.sampler = make_sampler("grid", space, seed=trial_seed(7, 9), n_startup_trials=1)
+    last = study.ask()  # the last point, running in "another worker" (claimed, as _next_trial does)
+    last.set_user_attr("worker", "elsewhere")
+    last.set_user_attr("claimed", last.number)
+    assert grid_taken(study, "grid", space) and not grid_taken(study, "tpe", space)
+
+    def next_trial() -> tuple[str, int]:
+        bar = types.SimpleNamespace(n=0, refresh=lambda: None)
+        return _next_trial(study, study._storage, StudyLock(url, "g"), st, space, False, bar, {})
+
+    assert next_trial() == ("wait", 1)
+    assert len(study.trials) == 10  # nothing asked
+    study.enqueue_trial({"tile": 32, "blend": 0.25})  # a re-queued trial waiting to be asked: it runs
+    assert not grid_taken(study, "grid", space)
+    study = optuna.load_study(study_name="g", storage=url)
+    for t in study.get_trials(states=(TrialState.WAITING,)):
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)  # (gone again)
+    assert tell(study, last, TrialState.COMPLETE, [1.0], 0.0)
+    assert next_trial()[0] == "run"  # the grid has run out: the placeholder path of run_trial takes it

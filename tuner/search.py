@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -181,6 +182,22 @@ def grid_repeat(study: Any, number: int) -> bool:
     if frozen is None or {"fixed_params", "failed_trial"} & set(frozen.system_attrs):
         return False
     return bool(sampler.is_exhausted(study))
+
+
+def grid_taken(study: Any, sampler: str, space: Mapping[str, Knob]) -> bool:
+    """Whether a grid study (``sampler`` "grid") has started every point of its grid and still runs one:
+    a trial asked now would be handed a point another worker is running (Optuna's GridSampler does so,
+    in case that trial fails) and run it twice.  The caller waits instead: a killed worker's trial comes
+    back re-queued (heartbeats), one that fails with an error holds its point as GridSampler counts it.
+    False while a re-queued trial waits to be asked."""
+    if sampler != "grid":
+        return False
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state.name == "WAITING" for t in trials):
+        return False
+    started = {t.system_attrs["grid_id"] for t in trials if "grid_id" in t.system_attrs}
+    return (any(t.state.name == "RUNNING" for t in trials)
+            and len(started) >= math.prod(len(v) for v in grid_values(space).values()))
 
 
 def trial_seed(seed: int, number: int) -> int:

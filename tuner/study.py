@@ -34,7 +34,7 @@ from .export import SCHEMA, best_trial, build_preset, holds
 from .images import atomic_write_bytes, encode
 from .pipeline import Params, PipelineSpec
 from .scoring import Scorer
-from .search import Knob, make_sampler, resolve_knobs, trial_seed
+from .search import Knob, grid_taken, make_sampler, resolve_knobs, trial_seed
 from .storage import (
     Heartbeat,
     StudyLock,
@@ -277,7 +277,7 @@ def _next_trial(study: Any, storage: Any, lock: StudyLock, st: StudySettings, sp
             bar.refresh()
             if done >= st.n_trials:
                 return "stop", running
-            if done + running >= st.n_trials:
+            if done + running >= st.n_trials or grid_taken(study, st.sampler, space):  # the last runs elsewhere
                 return "wait", running
             # seeded by the trial's number (Optuna's samplers read the history from the storage,
             # so a fresh one per ask loses nothing)
