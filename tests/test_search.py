@@ -161,11 +161,13 @@ def test_face_upsample_follows_the_face_weight_even_when_that_is_fixed(face_weig
 
 def test_grid_a_worker_waits_while_the_last_point_runs_elsewhere(tmp_path):
     """Once every point of the grid has started, GridSampler hands the next trial a point another worker
-    is still running (two workers ran the last point twice): the next worker waits instead, and asks
-    again once that point has finished (or while a re-queued trial waits to be asked)."""
+    is still running (two workers ran the last point twice).  With heartbeats the next worker waits
+    instead; when the holder is lost (failed as stale and re-queued) the retry runs that point.  Without
+    heartbeats a dead holder cannot be told from a live one, so the duplicate is still asked."""
     import types
 
     from omegaconf import OmegaConf
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
     from tuner.search import grid_taken, trial_seed
@@ -173,34 +175,48 @@ def test_grid_a_worker_waits_while_the_last_point_runs_elsewhere(tmp_path):
     from tuner.study import _next_trial
     from tuner.trials import tell
 
-    url = f"sqlite:///{tmp_path / 'study.db'}"
     space = search_space(GRID)
     st = study_settings(OmegaConf.create({"study": {"name": "g", "n_trials": 20, "sampler": "grid",
                                                     "n_startup_trials": 1}}), tmp_path)
-    study = optuna.create_study(study_name="g", storage=url)
-    study.enqueue_trial({"tile": 0, "blend": 0.0}, user_attrs={"baseline": True})
-    for n in range(9):  # the baseline and 8 of the 9 points
-        study.sampler = make_sampler("grid", space, seed=trial_seed(7, n), n_startup_trials=1)
-        t = study.ask()
-        drawn = {k: knob.suggest(t) for k, knob in space.items()}
-        assert tell(study, t, TrialState.COMPLETE, [float(drawn["tile"])], 0.0)
-    assert not grid_taken(study, "grid", space)
-    study.sampler = make_sampler("grid", space, seed=trial_seed(7, 9), n_startup_trials=1)
-    last = study.ask()  # the last point, running in "another worker" (claimed, as _next_trial does)
-    last.set_user_attr("worker", "elsewhere")
-    last.set_user_attr("claimed", last.number)
-    assert grid_taken(study, "grid", space) and not grid_taken(study, "tpe", space)
 
-    def next_trial() -> tuple[str, int]:
+    def last_point_running(db: str):  # the baseline and 8 of the 9 points done, the 9th running elsewhere
+        url = f"sqlite:///{tmp_path / db}"
+        storage = RDBStorage(url, heartbeat_interval=60)
+        study = optuna.create_study(study_name="g", storage=storage)
+        study.enqueue_trial({"tile": 0, "blend": 0.0}, user_attrs={"baseline": True})
+        for n in range(10):
+            study.sampler = make_sampler("grid", space, seed=trial_seed(7, n), n_startup_trials=1)
+            t = study.ask()
+            params = {k: knob.suggest(t) for k, knob in space.items()}
+            if n < 9:
+                assert not grid_taken(study, "grid", space)
+                assert tell(study, t, TrialState.COMPLETE, [float(params["tile"])], 0.0)
+        t.set_user_attr("worker", "elsewhere")  # claimed, as _next_trial does
+        t.set_user_attr("claimed", t.number)
+        assert grid_taken(study, "grid", space) and not grid_taken(study, "tpe", space)
+        return study, storage, url, t, params
+
+    def next_trial(study, storage, url: str, hb: bool) -> tuple[str, int, dict]:
+        asked: dict = {}
         bar = types.SimpleNamespace(n=0, refresh=lambda: None)
-        return _next_trial(study, study._storage, StudyLock(url, "g"), st, space, False, bar, {})
+        what, running = _next_trial(study, storage, StudyLock(url, "g"), st, space, hb, bar, asked)
+        return what, running, asked
 
-    assert next_trial() == ("wait", 1)
-    assert len(study.trials) == 10  # nothing asked
-    study.enqueue_trial({"tile": 32, "blend": 0.25})  # a re-queued trial waiting to be asked: it runs
+    def drawn(trial) -> dict:
+        return {k: knob.suggest(trial) for k, knob in space.items()}
+
+    study, storage, url, last, point = last_point_running("hb.db")
+    assert next_trial(study, storage, url, True)[:2] == ("wait", 1) and len(study.trials) == 10  # nothing asked
+    # the holder's worker is lost: its trial failed as stale and re-queued, with its point
+    assert tell(study, last, TrialState.FAIL, None, 0.0)
+    RetryHeartbeatStaleTrialCallback(max_retry=3)(study, study.trials[last.number])
     assert not grid_taken(study, "grid", space)
-    study = optuna.load_study(study_name="g", storage=url)
-    for t in study.get_trials(states=(TrialState.WAITING,)):
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)  # (gone again)
-    assert tell(study, last, TrialState.COMPLETE, [1.0], 0.0)
-    assert next_trial()[0] == "run"  # the grid has run out: the placeholder path of run_trial takes it
+    what, _, asked = next_trial(study, storage, url, True)
+    assert what == "run" and drawn(asked["trial"]) == point
+
+    study, storage, url, last, point = last_point_running("nohb.db")
+    what, _, asked = next_trial(study, storage, url, False)  # no heartbeats: the duplicate is asked, as Optuna would
+    assert what == "run" and drawn(asked["trial"]) == point
+    for t in (last, asked["trial"]):  # every point finished: not taken (run_trial records further trials as repeats)
+        assert tell(study, t, TrialState.COMPLETE, [1.0], 0.0)
+    assert not grid_taken(study, "grid", space)

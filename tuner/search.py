@@ -185,19 +185,21 @@ def grid_repeat(study: Any, number: int) -> bool:
 
 
 def grid_taken(study: Any, sampler: str, space: Mapping[str, Knob]) -> bool:
-    """Whether a grid study (``sampler`` "grid") has started every point of its grid and still runs one:
-    a trial asked now would be handed a point another worker is running (Optuna's GridSampler does so,
-    in case that trial fails) and run it twice.  The caller waits instead: a killed worker's trial comes
-    back re-queued (heartbeats), one that fails with an error holds its point as GridSampler counts it.
-    False while a re-queued trial waits to be asked."""
+    """Whether a grid study (``sampler`` "grid") has no point left that has not started, but some that
+    have not finished: a trial asked now would be handed a point another worker is running (Optuna's
+    GridSampler does so in case that trial fails) and run it twice.  The caller waits instead, where a
+    heartbeat can tell a dead worker's trial from a live one: a killed worker's trial is then failed and
+    re-queued (up to study.max_retry), and a trial waiting to be asked makes this False.  A point whose
+    trial fails with an error is not run again (GridSampler counts it as visited, as with one worker)."""
     if sampler != "grid":
         return False
     trials = study.get_trials(deepcopy=False)
     if any(t.state.name == "WAITING" for t in trials):
         return False
-    started = {t.system_attrs["grid_id"] for t in trials if "grid_id" in t.system_attrs}
-    return (any(t.state.name == "RUNNING" for t in trials)
-            and len(started) >= math.prod(len(v) for v in grid_values(space).values()))
+    points = set(range(math.prod(len(v) for v in grid_values(space).values())))
+    finished = {t.system_attrs["grid_id"] for t in trials if "grid_id" in t.system_attrs and t.state.is_finished()}
+    running = {t.system_attrs["grid_id"] for t in trials if "grid_id" in t.system_attrs and t.state.name == "RUNNING"}
+    return not points - finished - running and bool(points - finished)
 
 
 def trial_seed(seed: int, number: int) -> int:

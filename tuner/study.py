@@ -277,7 +277,7 @@ def _next_trial(study: Any, storage: Any, lock: StudyLock, st: StudySettings, sp
             bar.refresh()
             if done >= st.n_trials:
                 return "stop", running
-            if done + running >= st.n_trials or grid_taken(study, st.sampler, space):  # the last runs elsewhere
+            if done + running >= st.n_trials or (hb and grid_taken(study, st.sampler, space)):  # the last runs elsewhere
                 return "wait", running
             # seeded by the trial's number (Optuna's samplers read the history from the storage,
             # so a fresh one per ask loses nothing)
