@@ -149,17 +149,20 @@ def match_texture(out: np.ndarray, ref: np.ndarray, skin: np.ndarray, *, scale: 
     grown = cv2.dilate(skin.astype(np.uint8), np.ones((2 * int(scale) + 1,) * 2, np.uint8)).astype(np.float32)
     soft = np.maximum(cv2.GaussianBlur(grown, (0, 0), max(scale / 2, 1.0)), skin)[:, :, None]
     info = {"before": math.log2((e_o + 1e-12) / e_r), "mix": 0.0, "grain": 0.0}
-    if e_o > e_t:  # crunchy: mix R back in (through the soft mask: what that adds to the band, exactly)
-        d = hf(soft[:, :, 0] * (y_r - y_o), scale)[skin]
+
+    def toward(src: np.ndarray, y_src: np.ndarray) -> tuple[np.ndarray, float]:
+        """``out`` mixed towards ``src`` on the skin (through the soft mask: what that adds to the band,
+        exactly), with the share in [0, 1] that lands nearest the target."""
+        d = hf(soft[:, :, 0] * (y_src - y_o), scale)[skin]
         w = _solve(e_o, float(np.mean(a * d)), float(np.mean(d * d)), e_t, 1.0)
-        result = out + w * soft * (ref - out)
-        info["mix"] = w
+        return out + w * soft * (src - out), w
+
+    if e_o > e_t:  # crunchy: mix R back in
+        result, info["mix"] = toward(ref, y_r)
     else:  # waxy: a sharper source's skin first (when given), then band-limited grain for what is left
         result, reached = out, False
         if sharp is not None:
-            d = hf(soft[:, :, 0] * (luminance(sharp) - y_o), scale)[skin]
-            w = _solve(e_o, float(np.mean(a * d)), float(np.mean(d * d)), e_t, 1.0)
-            result = out + w * soft * (sharp - out)
+            result, w = toward(sharp, luminance(sharp))
             y_o = luminance(result)
             a = hf(y_o, scale)[skin]
             e_o = float(np.mean(a * a))
