@@ -21,6 +21,7 @@ from tuner import compare as C
 from tuner import objective as O
 from tuner.cache import StageCache
 from tuner.dataset import load as load_dataset
+from tuner.errors import ConfigError
 from tuner.faces import FaceDetector
 from tuner.images import decode, fit_max_side
 from tuner.pipeline import Params, Pipeline, PipelineSpec
@@ -169,6 +170,24 @@ def test_gates_count_a_missing_candidate_value_and_skip_what_cannot_be_checked()
     assert lr["holds"] and lr["images_checked"] == 1  # b has no baseline value: nothing to check it against
     with pytest.raises(Exception, match="needs max"):
         C.Rules.from_mapping({"gates": {"identity": {"max": None}}})
+
+
+def test_gates_read_the_studys_constraint_keys_and_a_min_gate_needs_no_baseline():
+    """compare.gates and objective.constraints are one parse (conf/guards/study.yaml feeds both): every
+    bound the study accepts, ``min`` too, is a gate; ``reduce: mean`` is refused, as compare gates every image."""
+    rules = C.Rules.from_mapping({"gates": {"lr_psnr": {"min": 25.0}, "wax": {"max": 0.5, "relax_to_baseline": 0.0}}})
+    assert {g.metric: (g.min, g.max, g.relax_to_baseline) for g in rules.gates} == {"lr_psnr": (25.0, None, None),
+                                                                                     "wax": (None, 0.5, 0.0)}
+    assert O.from_mapping({"terms": [{"metric": "piqe"}], "constraints": {"lr_psnr": {"min": 25.0}}}).constraints == (
+        rules.gates[0],)
+    with pytest.raises(ConfigError, match="compare gates every image"):
+        C.Rules.from_mapping({"gates": {"wax": {"max": 0.5, "reduce": "mean"}}})
+    with pytest.raises(ConfigError, match="unknown keys"):
+        C.Rules.from_mapping({"gates": {"wax": {"maximum": 0.5}}})
+    base = C.SideRun(rows={"a": {"lr_psnr": math.nan}, "b": {"lr_psnr": 30.0}})
+    cand = C.SideRun(rows={"a": {"lr_psnr": 20.0}, "b": {"lr_psnr": 29.0}})
+    res = C.gate_result(rules.gates[0], ["a", "b"], base, cand)  # an absolute bound: checked without a baseline
+    assert res["images_checked"] == 2 and [f["image"] for f in res["failing"]] == ["a"] and res["min"] == 25.0
 
 
 def test_an_absolute_gate_relaxed_to_the_baseline_follows_what_the_input_allows():

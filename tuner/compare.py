@@ -57,8 +57,7 @@ from .weights import WeightStore
 
 log = logging.getLogger("tuner")
 
-SCHEMA = 2  # of compare.json; bump on any change of its shape (tests/data/compare.schema.json)
-GATE_KEYS = ("max", "min_relative", "max_relative", "relax_to_baseline", "relax_limit")  # a gate's bounds
+SCHEMA = 3  # of compare.json; bump on any change of its shape (tests/data/compare.schema.json)
 MIN_PAIRS = 5  # paired values a metric needs before it can be significant at 0.05 (2^-5 = 0.031)
 
 
@@ -94,14 +93,11 @@ class Rules:
             rules.append(MetricRule(name, tol, None if r.get("target") is None else float(r["target"])))
         gates = []
         for name, g in (m.get("gates") or {}).items():
-            g = {k: v for k, v in (g or {}).items() if v is not None}
-            check_keys(g, set(GATE_KEYS), f"compare.gates.{name}")
-            M.get(name)
-            if not g:
-                raise ConfigError(f"compare.gates.{name} needs max, min_relative or max_relative")
-            # the study's own checks: relax_to_baseline needs max, relax_limit a relax_to_baseline
-            bounds: dict[str, Any] = {k: float(v) for k, v in g.items()}
-            gates.append(O.Constraint(name, **bounds))
+            gate = O.constraint(name, g, "compare.gates")  # the study's own parse and checks (conf/guards/)
+            if gate.reduce != "worst":
+                raise ConfigError(f"compare.gates '{name}': compare gates every image; reduce: {gate.reduce} is "
+                                  "not a gate here (drop it)")
+            gates.append(gate)
         alpha = float(m.get("alpha", 0.05))
         if not 0 < alpha < 1:
             raise ConfigError(f"compare.alpha must be in (0, 1), got {alpha}")
@@ -170,10 +166,6 @@ def harm(rule: MetricRule, baseline: float, candidate: float, least: tuple[float
     return candidate - baseline if M.get(rule.metric).lower_better else baseline - candidate
 
 
-def _least(row: Mapping[str, float], rule: MetricRule) -> float:
-    return O.least_of(row, rule.metric) if rule.target is not None else math.nan
-
-
 def metric_stats(harms: Sequence[float], rule: MetricRule, rules: Rules, *, missing: int = 0) -> dict[str, Any]:
     """Median harm, its bootstrap CI, the Wilcoxon p-value, and the verdict for one metric.
     ``missing``: images where the baseline has a value and the candidate none (each fails it)."""
@@ -215,7 +207,7 @@ def metric_stats(harms: Sequence[float], rule: MetricRule, rules: Rules, *, miss
 
 
 def _bounds(gate: O.Constraint) -> dict[str, float | None]:
-    return {k: getattr(gate, k) for k in GATE_KEYS}
+    return {k: getattr(gate, k) for k in O.BOUNDS}
 
 
 def gate_result(gate: O.Constraint, images: list[str], base: SideRun, cand: SideRun) -> dict[str, Any]:
@@ -230,7 +222,7 @@ def gate_result(gate: O.Constraint, images: list[str], base: SideRun, cand: Side
                 failing.append({"image": name, "candidate": None, "baseline": b, "excess": None,
                                 "why": "no value on the candidate"})
             continue
-        if gate.max is None and not math.isfinite(b):  # only relative bounds, and no baseline value here
+        if gate.max is None and gate.min is None and not math.isfinite(b):  # only relative bounds, no baseline here
             continue
         checked += 1
         excess = gate.judge(c, b)  # the study's own per-image gate arithmetic and rounding (> 0 = violated)
@@ -259,10 +251,11 @@ def compare(ds: Dataset, baseline: Side, candidate: Side, rules: Rules, *, metri
     harm_all: dict[str, dict[str, float]] = {}
     for name in images:
         b_row, c_row = base.rows[name], cand.rows[name]
-        harms = {r.metric: harm(r, b_row[r.metric], c_row[r.metric], (_least(b_row, r), _least(c_row, r)))
+        harms = {r.metric: harm(r, b_row[r.metric], c_row[r.metric], (O.least_of(b_row, r.metric),
+                                                                        O.least_of(c_row, r.metric)))
                  for r in rules.metrics}
         harm_all[name] = harms
-        per_image.append({"image": name, "baseline": _json(base.rows[name]), "candidate": _json(cand.rows[name]),
+        per_image.append({"image": name, "baseline": _json(b_row), "candidate": _json(c_row),
                           "harm": _json(harms), "faces": base.faces[name],
                           "notes": {"baseline": base.extras[name].get("notes", ""),
                                     "candidate": cand.extras[name].get("notes", "")}})

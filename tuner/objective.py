@@ -307,17 +307,24 @@ def from_mapping(node: Mapping[str, Any]) -> Objective:
                           None if t.get("target") is None else float(t["target"]), bool(hinge)))
     if not terms:
         raise ConfigError("objective.terms is empty")
-    cons = []
-    for name, c in (node.get("constraints") or {}).items():
-        M.get(name)
-        c = dict(c or {})
-        bad = set(c) - {"max", "min", "max_relative", "min_relative", "relax_to_baseline", "relax_limit", "reduce"}
-        if bad:
-            raise ConfigError(f"constraint '{name}': unknown keys {sorted(bad)}")
-        reduce = str(c.pop("reduce", "worst"))
-        if reduce not in ("worst", "mean"):
-            raise ConfigError(f"constraint '{name}': reduce must be worst (every image) or mean, got {reduce!r}")
-        if not any(v is not None for v in c.values()):
-            raise ConfigError(f"constraint '{name}' has no bound")
-        cons.append(Constraint(name, **{k: float(v) for k, v in c.items() if v is not None}, reduce=reduce))
+    cons = [constraint(name, c) for name, c in (node.get("constraints") or {}).items()]
     return Objective(mode=mode, terms=tuple(terms), constraints=tuple(cons))
+
+
+BOUNDS = ("max", "min", "max_relative", "min_relative", "relax_to_baseline", "relax_limit")  # a Constraint's
+
+
+def constraint(name: str, node: Mapping[str, Any] | None, where: str = "constraint") -> Constraint:
+    """One guard rail from its config node (``objective.constraints.<name>``, ``compare.gates.<name>``:
+    the same keys, so conf/guards/study.yaml reads the same in both); ``where`` names it in errors."""
+    M.get(name)
+    c = {k: v for k, v in (node or {}).items() if v is not None}
+    bad = set(c) - {*BOUNDS, "reduce"}
+    if bad:
+        raise ConfigError(f"{where} '{name}': unknown keys {sorted(bad)}")
+    reduce = str(c.pop("reduce", "worst"))
+    if reduce not in ("worst", "mean"):
+        raise ConfigError(f"{where} '{name}': reduce must be worst (every image) or mean, got {reduce!r}")
+    if not c:
+        raise ConfigError(f"{where} '{name}' has no bound: it needs max, min, max_relative or min_relative")
+    return Constraint(name, **{k: float(v) for k, v in c.items()}, reduce=reduce)
