@@ -82,5 +82,7 @@ def test_a_short_study_on_real_old_photographs_exports_a_preset_with_the_default
 
     base = optuna.load_study(study_name="old", storage=f"sqlite:///{run / 'study.db'}").user_attrs["baseline"]
     assert max(v for v in base["edge_halo"].values() if v is not None) > 0.03
-    # (identity on A09, a 75 px face, is 0.451 under the model as shipped: 0.001 past its band, too near to
-    # assert across BLAS builds; README, "identity, capped")
+    # identity on A09, a 75 px face, is 0.451 under the model as shipped (README, "identity, capped"): past the
+    # 0.45 band by 0.001, too near to assert which side across BLAS builds, so only its value is checked
+    a09 = {k: v for k, v in base["identity"].items() if k.startswith("A09_")}
+    assert len(a09) == 1 and list(a09.values())[0] == pytest.approx(0.451, abs=0.01), a09

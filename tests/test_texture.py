@@ -113,6 +113,12 @@ def test_grain_lands_on_the_target_where_clipping_takes_some_back(cases, monkeyp
         out, info = match_texture(bright, bright, skin, scale=4, target=4.0, seed=7)
         assert 0 < info["grain"] < T.MAX_GRAIN and abs(info["after"] - 4.0) < 0.01, info
         assert out.min() >= 0 and out.max() <= 1
+
+        def band(rgb, skin=skin):  # crunch's band written out here (not the policy's own report): Y - G_{1.5} Y
+            y = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]).astype(np.float32)
+            return float(np.mean((y - cv2.GaussianBlur(y, (0, 0), 0.375 * 4))[skin] ** 2))
+
+        assert abs(np.log2(band(out) / band(bright)) - 4.0) < 0.02
         monkeypatch.setattr(T, "CLIP_STEPS", 0)
         _, closed_form = match_texture(bright, bright, skin, scale=4, target=4.0, seed=7)
         monkeypatch.undo()
