@@ -189,11 +189,11 @@ def test_grid_a_worker_waits_while_the_last_point_runs_elsewhere(tmp_path):
             t = study.ask()
             params = {k: knob.suggest(t) for k, knob in space.items()}
             if n < 9:
-                assert not grid_taken(study, "grid", space)
+                assert not grid_taken(study.trials, "grid", space)
                 assert tell(study, t, TrialState.COMPLETE, [float(params["tile"])], 0.0)
         t.set_user_attr("worker", "elsewhere")  # claimed, as _next_trial does
         t.set_user_attr("claimed", t.number)
-        assert grid_taken(study, "grid", space) and not grid_taken(study, "tpe", space)
+        assert grid_taken(study.trials, "grid", space) and not grid_taken(study.trials, "tpe", space)
         return study, storage, url, t, params
 
     def next_trial(study, storage, url: str, hb: bool) -> tuple[str, int, dict]:
@@ -210,7 +210,7 @@ def test_grid_a_worker_waits_while_the_last_point_runs_elsewhere(tmp_path):
     # the holder's worker is lost: its trial failed as stale and re-queued, with its point
     assert tell(study, last, TrialState.FAIL, None, 0.0)
     RetryHeartbeatStaleTrialCallback(max_retry=3)(study, study.trials[last.number])
-    assert not grid_taken(study, "grid", space)
+    assert not grid_taken(study.trials, "grid", space)
     what, _, asked = next_trial(study, storage, url, True)
     assert what == "run" and drawn(asked["trial"]) == point
 
@@ -219,4 +219,4 @@ def test_grid_a_worker_waits_while_the_last_point_runs_elsewhere(tmp_path):
     assert what == "run" and drawn(asked["trial"]) == point
     for t in (last, asked["trial"]):  # every point finished: not taken (run_trial records further trials as repeats)
         assert tell(study, t, TrialState.COMPLETE, [1.0], 0.0)
-    assert not grid_taken(study, "grid", space)
+    assert not grid_taken(study.trials, "grid", space)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -184,8 +184,8 @@ def grid_repeat(study: Any, number: int) -> bool:
     return bool(sampler.is_exhausted(study))
 
 
-def grid_taken(study: Any, sampler: str, space: Mapping[str, Knob]) -> bool:
-    """Whether a grid study (``sampler`` "grid") has no point left that has not started, but some that
+def grid_taken(trials: Sequence[Any], sampler: str, space: Mapping[str, Knob]) -> bool:
+    """Whether a grid study (``sampler`` "grid"; its ``trials``) has no point left that has not started, but some that
     have not finished: a trial asked now would be handed a point another worker is running (Optuna's
     GridSampler does so in case that trial fails) and run it twice.  The caller waits instead, where a
     heartbeat can tell a dead worker's trial from a live one: a killed worker's trial is then failed and
@@ -193,7 +193,6 @@ def grid_taken(study: Any, sampler: str, space: Mapping[str, Knob]) -> bool:
     trial fails with an error is not run again (GridSampler counts it as visited, as with one worker)."""
     if sampler != "grid":
         return False
-    trials = study.get_trials(deepcopy=False)
     if any(t.state.name == "WAITING" for t in trials):
         return False
     points = set(range(math.prod(len(v) for v in grid_values(space).values())))

@@ -220,12 +220,11 @@ def run_tune(job: TuneJob) -> int:
         lock.close()
 
 
-def _counts(study: Any) -> tuple[int, int, int]:
-    """(done, running, all): COMPLETE + PRUNED trials count towards n_trials, failed ones do not;
-    ``all`` is the number the next new trial gets (one read of the storage for all three)."""
+def _counts(trials: list[Any]) -> tuple[int, int, int]:
+    """(done, running, all) of a study's ``trials``: COMPLETE + PRUNED trials count towards n_trials, failed
+    ones do not; ``all`` is the number the next new trial gets."""
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False)
     done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     return done, sum(t.state == TrialState.RUNNING for t in trials), len(trials)
 
@@ -272,12 +271,13 @@ def _next_trial(study: Any, storage: Any, lock: StudyLock, st: StudySettings, sp
                 optuna.storages.fail_stale_trials(study)  # and re-queue them (RetryHeartbeatStaleTrialCallback)
             if lock.kind != "none":  # without a lock another worker's fresh trial may not be claimed yet
                 recover_orphans(study, storage, st.max_retry)
-            done, running, n_all = _counts(study)
+            trials = study.get_trials(deepcopy=False)  # one read of the storage for the counts and the grid
+            done, running, n_all = _counts(trials)
             bar.n = done
             bar.refresh()
             if done >= st.n_trials:
                 return "stop", running
-            if done + running >= st.n_trials or (hb and grid_taken(study, st.sampler, space)):  # the last runs elsewhere
+            if done + running >= st.n_trials or (hb and grid_taken(trials, st.sampler, space)):  # the last runs elsewhere
                 return "wait", running
             # seeded by the trial's number (Optuna's samplers read the history from the storage,
             # so a fresh one per ask loses nothing)
