@@ -2,6 +2,7 @@
 
     python benchmarks/bench_transfer.py [--split val] [--max-side 256] [--target 3.3] [--preset P.yaml ...]
     python benchmarks/bench_transfer.py --fit [--max-side 256]     # where the target comes from (train split only)
+    python benchmarks/bench_transfer.py --bound [--max-side 256]   # what no target read off the input can know
 
 For the clean and the degraded (medium) pairs of the bundled portraits, rows:
 - the model defaults (realesr-general-x4v3 and RealESRGAN_x4plus as shipped),
@@ -19,7 +20,9 @@ Lanczos upscale of the LR (octaves, crunch's band): its median on the *train* sp
 policy's fixed target; it also refits the no-reference predictor (``tuner.texture.GAP_FIT``,
 ``params.texture_anchor=predicted``) on the train split and prints its error on the validation split,
 and, with further sizes (``--sides``, not fitted on), its signed error out of sample by LR size and by
-whether the truth is the portrait at its own resolution or a downscale of it.  Also writes a contact sheet of 100 % cheek crops per face
+whether the truth is the portrait at its own resolution or a downscale of it.  ``--bound``: per clean
+pair, two photographs that differ from the real one only above twice the LR's Nyquist frequency
+(that part of its spectrum scaled by 0.5 and by 2), their LRs and their truths (:func:`bound`).  Also writes a contact sheet of 100 % cheek crops per face
 (input Lanczos | general default | policy with the predicted anchor | HR) to ``benchmarks/results/cheeks_<set>.png``.
 """
 
@@ -56,12 +59,17 @@ def main() -> None:
                     help="with --fit: further LR sizes, for the predictor's bias by size and by the truth's provenance only")
     ap.add_argument("--search", action="store_true",
                     help="with --fit: also rank every subset of up to four candidate features by leave-one-out error")
+    ap.add_argument("--bound", action="store_true",
+                    help="measure how far apart truths behind (nearly) the same LR can be, and exit")
     ap.add_argument("--no-x4plus", action="store_true", help="leave out RealESRGAN_x4plus (slow on CPU at 512 px)")
     ap.add_argument("--preset", nargs="*", default=[str(ROOT / "runs" / n / "best_preset.yaml") for n in ("nr", "default")],
                     help="presets to score as rows (those that exist); default: the nr and the default study's")
     a = ap.parse_args()
     if a.fit:
         fit(a.max_side, search=a.search, sides=a.sides)
+        return
+    if a.bound:
+        bound(a.max_side)
         return
     need_weights("realesr-general-x4v3.pth", *([] if a.no_x4plus else ["RealESRGAN_x4plus.pth"]))
     models = catalogue("model")
@@ -253,6 +261,68 @@ def fit(max_side: int, *, search: bool = False, sides: list[int] | None = None) 
               f"{int(np.sum(e_n <= 0.5))}/{len(d)} (shipped: {np.median(e_s):.2f}, {int(np.sum(e_s <= 0.5))}/{len(d)})")
     if pipe is not None:
         rank(df, max_side)
+
+
+def bound(max_side: int, cut: float = 2.0, gains: tuple[float, float] = (0.5, 2.0)) -> None:
+    """What no no-reference target can know.  Per clean pair (LR <= ``max_side``, both splits), the
+    photograph's spectrum above ``cut`` x the LR's Nyquist frequency is scaled by each of ``gains``
+    (an ideal FFT split; a softer or a sharper camera, lens or noise reduction at the pixel level),
+    the result clipped to [0, 1] and made into a clean pair as the dataset does (antialiased bicubic
+    x4, 8-bit).  Printed per face: how far the LRs differ on the skin (grey levels of 255), the
+    truth's skin texture above a Lanczos upscale of each LR (``-texture_hr`` of R, octaves, as
+    :func:`fit`) and what the shipped predictor reads off each LR.  Where the LRs match to a grey
+    level and the truths are ``d`` octaves apart, any function of the input misses one of them by
+    at least ``d / 2``."""
+    from tuner import metrics as M
+    from tuner.faces import FaceDetector
+    from tuner.images import downscale
+    from tuner.texture import predicted_gap
+
+    detect = FaceDetector()
+    rows = []
+    for it in load(None, max_side=max_side, pairs=Pairs(degradation="none")).items:
+        lr, hr = it.image.rgb, it.hr
+        assert hr is not None  # pairs carry their truth
+        faces = detect(lr)
+        if not faces:
+            continue
+        spec = np.fft.fft2(hr, axes=(0, 1))
+        f = np.hypot(*np.meshgrid(np.fft.fftfreq(hr.shape[0]), np.fft.fftfreq(hr.shape[1]), indexing="ij"))
+        nyquist = 0.5 * lr.shape[0] / hr.shape[0]  # the LR's, in cycles per HR pixel
+        high = np.real(np.fft.ifft2(spec * (f > cut * nyquist)[:, :, None], axes=(0, 1))).astype(np.float32)
+        made = {}
+        for g in (1.0, *gains):
+            h = np.clip(hr + (g - 1) * high, 0, 1) if g != 1.0 else hr
+            low = lr if g == 1.0 else np.round(downscale(h, lr.shape[:2]) * 255).astype(np.float32) / 255
+            an = M.InputAnalysis(low, faces, h.shape[:2], hr=h)
+            if an.skin_out.sum() < 200:
+                break
+            gap = -M.score(M.Context(an.reference, an), ["texture_hr"])["texture_hr"]
+            made[g] = (low, gap, predicted_gap(low, an.skin_in), an.skin_in)
+        if len(made) < 1 + len(gains):
+            continue
+        base, skin = made[1.0][0], made[1.0][3]
+        d = [np.abs(made[g][0] - base)[skin] * 255 for g in gains]
+        rows.append({"face": it.name.split("@")[0], "lr_diff": max(float(x.max()) for x in d),
+                     "over_1": max(float(np.mean(x > 1.5)) for x in d),
+            **{f"truth_{g:g}": made[g][1] for g in made}, **{f"pred_{g:g}": made[g][2] for g in made}})
+    df = pd.DataFrame(rows)
+    lo, hi = (f"{g:g}" for g in gains)
+    print(f"clean pairs, LR <= {max_side} px: the photograph's spectrum above {cut:g}x the LR's Nyquist frequency "
+          f"scaled by {lo} and by {hi} ({len(df)} faces)")
+    print(f"  {'face':28} {'LR diff on skin: max, % > 1':>28} {'truth x' + lo:>9} {'x1':>6} {'x' + hi:>6}  "
+          f"{'predicted x' + lo:>13} {'x1':>6} {'x' + hi:>6}")
+    for _, r in df.iterrows():
+        print(f"  {r.face:28} {r.lr_diff:18.0f} {100 * r.over_1:9.2f} {r['truth_' + lo]:9.2f} {r.truth_1:6.2f} "
+              f"{r['truth_' + hi]:6.2f}  {r['pred_' + lo]:13.2f} {r.pred_1:6.2f} {r['pred_' + hi]:6.2f}")
+    apart = df[f"truth_{hi}"] - df[f"truth_{lo}"]
+    moved = (df[f"pred_{hi}"] - df[f"pred_{lo}"]).abs()
+    print(f"  the LRs differ by more than one grey level on {100 * df.over_1.max():.2f} % of any face's skin pixels at most "
+          f"(where clipping the brighter photograph to white moves lower frequencies too: at most {df.lr_diff.max():.0f}); "
+          f"their truths are {apart.min():.2f}..{apart.max():.2f} octaves apart (median {apart.median():.2f}); "
+          f"the predictor moves by {moved.max():.2f} at most")
+    print(f"  so any target read off the input misses one of each two truths by at least {apart.min() / 2:.2f} octave "
+          f"(median face {apart.median() / 2:.2f})")
 
 
 def bias(df: pd.DataFrame, pred: np.ndarray) -> None:
