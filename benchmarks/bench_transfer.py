@@ -45,7 +45,7 @@ from tuner.validate import cheek_sheet
 from tuner.validate import table as validation_table
 from tuner.weights import WeightStore, catalogue, user_cache_dir
 
-NAMES = ["texture_hr", "pores_hr", "lbp_hr", "haarpsi_hr", "identity", "lr_psnr"]
+NAMES = ["texture_hr", "texture_hr_least", "pores_hr", "lbp_hr", "haarpsi_hr", "identity", "lr_psnr"]
 
 
 def main() -> None:

@@ -105,8 +105,8 @@ def test_the_table_counts_faces_per_set_and_reports_the_worst_image():
                                           ("tuned", [0.3, -0.7], [31.5, 32.5], [0.1, 0.5], [0.95, 0.7])):
             for img, t, p, d, h in zip(("a", "b"), tex, psnr, ident, hp, strict=True):
                 rows.append({"row": row, "trial": "1", "set": level, "image": img, "texture_hr": t,
-                             "lbp_hr": 0.1, "identity": d, "lr_psnr": p + shift, "haarpsi_hr": h})
-    rows.append({"row": "tuned", "trial": "1", "set": "clean", "image": "c", "texture_hr": math.nan,
+                             "texture_hr_least": t, "lbp_hr": 0.1, "identity": d, "lr_psnr": p + shift, "haarpsi_hr": h})
+    rows.append({"row": "tuned", "trial": "1", "set": "clean", "image": "c", "texture_hr": math.nan, "texture_hr_least": math.nan,
                  "lbp_hr": math.nan, "identity": math.nan, "lr_psnr": 33.0, "haarpsi_hr": 0.9})  # no face: not counted
     t = table(pd.DataFrame(rows), gates={("tuned", "clean"): "identity: 0.5 (b)"})
     clean = t[t.set == "clean"].set_index("row")
@@ -124,6 +124,8 @@ def test_the_table_counts_faces_per_set_and_reports_the_worst_image():
     group = pd.DataFrame([{**r, "texture_hr_least": -2.0 if (r["row"], r["image"]) == ("tuned", "a") else r["texture_hr"]}
                           for r in rows])
     assert table(group).set_index(["set", "row"]).loc[("clean", "tuned"), "within 0.5 oct"] == "0/2"
+    with pytest.raises(ValueError, match="texture_hr_least"):  # without it a waxy second face would go uncounted
+        table(pd.DataFrame(rows).drop(columns="texture_hr_least"))
     # HaarPSI's mean rises (0.825 vs 0.8), but image b lost 0.1: shown per image too
     assert clean.loc["tuned", "haarpsi_hr worst vs defaults"] == pytest.approx(-0.1)
 
