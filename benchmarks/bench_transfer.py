@@ -142,28 +142,22 @@ def one_region(res: Result) -> dict:
 
 
 def second_source(pipe: Pipeline, sharp: Pipeline, it, params: Params) -> Result:  # type: ignore[no-untyped-def]
-    """The policy as :meth:`Pipeline.run` applies it to an image with one face (same skin mask, anchor
-    and seed; every held-out pair has one), with ``sharp``'s upscale as a second source that waxy skin
-    takes before any grain.  (The base run is planned without the policy: the same tile as
-    Pipeline.run's for a fixed ``params.tile``, which this row uses.)"""
+    """The policy as :meth:`Pipeline.run` applies it (:meth:`Pipeline.texture`: same skin, anchors and
+    seeds), with ``sharp``'s upscale as a second source that waxy skin takes before any grain.  (The
+    base run is planned without the policy: the same tile as Pipeline.run's for a fixed
+    ``params.tile``, which this row uses.)"""
     from dataclasses import replace
 
-    from tuner.facegeom import skin_mask
     from tuner.hashing import array_hash
-    from tuner.texture import match_texture
 
-    assert params.texture_target is not None and params.texture_anchor == "predicted"
+    assert params.texture_target is not None
     base = pipe.run(it.image, replace(params, texture_target=None))
     ihash = array_hash(it.image.rgb)
     faces = pipe.detect(it.image, ihash)  # a run without the policy looks for no faces
-    assert len(faces) <= 1, f"{it.name}: several faces get one anchor each in Pipeline.run, not this row's one"
-    skin = skin_mask(base.reference, [f.scaled(base.scale) for f in faces])
-    gap = pipe.predicted_gap(it.image, ihash, faces, base.scale)
-    out, info = match_texture(base.image.rgb, base.reference, skin, scale=base.scale,
-                              target=params.texture_target + gap, seed=int(ihash[:12], 16),
-                              sharp=sharp.run(it.image, Params()).sr)
-    return replace(base, image=base.image.with_rgb(out, base.image.alpha), faces=faces,
-                   texture=[{"face": 0, **info, "predicted_gap": gap}])
+    labels = pipe.skin(base.reference, ihash, faces, base.scale)
+    out, texture = pipe.texture(base.image.rgb, base.reference, labels, it.image, ihash, faces, base.scale, params,
+                                sharp=sharp.run(it.image, Params()).sr)
+    return replace(base, image=base.image.with_rgb(out, base.image.alpha), faces=faces, texture=texture)
 
 
 def fit(max_side: int, *, search: bool = False, sides: list[int] | None = None) -> None:

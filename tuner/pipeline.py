@@ -57,7 +57,7 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     cached: dict[str, bool] = field(default_factory=dict)
     plan: Plan | None = None  # the tile chosen (also ``tile``) and the memory estimate behind it
-    texture: list[dict[str, Any]] | None = None  # what params.texture_target did, per region (Pipeline._texture)
+    texture: list[dict[str, Any]] | None = None  # what params.texture_target did, per region (Pipeline.texture)
 
 
 def dni_plan(model: ModelSpec, partner: ModelSpec | None, denoise: float | None) -> list[tuple[ModelSpec, float]]:
@@ -149,19 +149,23 @@ class Pipeline:
             self._remember(key, labels)
         return labels
 
-    def _texture(self, out: np.ndarray, ref: np.ndarray, labels: np.ndarray, image: Image, ihash: str,
-                 faces: list[Face], scale: float, params: Params) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    def texture(self, out: np.ndarray, ref: np.ndarray, labels: np.ndarray, image: Image, ihash: str,
+                faces: list[Face], scale: float, params: Params, *,
+                sharp: np.ndarray | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """The texture policy (:func:`tuner.texture.match_texture`) on the skin, and what it did: one record
         per region it set (``face`` 0: all the skin, or the faces not judged on their own; i: face i).  With
         several faces, each face the guard rails judge on its own (:func:`tuner.texture.judged_faces`) gets
-        its own anchor and lands on it; the other faces' skin together gets the image's."""
+        its own anchor and lands on it; the other faces' skin together gets the image's.  ``sharp``: a
+        second source that waxy skin takes before grain (:func:`run` passes none; the README's "Two
+        sources per image" and ``benchmarks/bench_transfer.py`` score it)."""
         assert params.texture_target is not None
         predicted = params.texture_anchor == "predicted"
         seed = int(ihash[:12], 16)
         judged = judged_faces(labels, len(faces), scale)
         if not judged:
             gap = self.predicted_gap(image, ihash, faces, scale) if predicted else 0.0
-            out, info = match_texture(out, ref, labels > 0, scale=scale, target=params.texture_target + gap, seed=seed)
+            out, info = match_texture(out, ref, labels > 0, scale=scale, target=params.texture_target + gap, seed=seed,
+                                      sharp=sharp)
             return out, [{"face": 0, **info, **({"predicted_gap": gap} if predicted else {})}]
         out = out.copy()
         infos: list[dict[str, Any]] = []
@@ -173,7 +177,8 @@ class Pipeline:
                 continue
             gap = self.predicted_gap(image, ihash, faces, scale, i) if predicted else 0.0
             out[box], info = match_texture(out[box], ref[box], skin[box], scale=scale,
-                                           target=params.texture_target + gap, seed=seed + i)
+                                           target=params.texture_target + gap, seed=seed + i,
+                                           sharp=None if sharp is None else sharp[box])
             infos.append({"face": i, **info, **({"predicted_gap": gap} if predicted else {})})
         return out, infos
 
@@ -364,7 +369,7 @@ class Pipeline:
         texture = None
         if params.texture_target is not None:
             assert labels is not None
-            out, texture = self._texture(out, ref, labels, image, ihash, faces, scale, params)
+            out, texture = self.texture(out, ref, labels, image, ihash, faces, scale, params)
         alpha = None if image.alpha is None else resize(image.alpha, (h, w), interpolation=cv2.INTER_LINEAR)
         timings["blend"] = time.perf_counter() - t2
         timings["total"] = time.perf_counter() - t0
