@@ -258,22 +258,26 @@ def fit(max_side: int, *, search: bool = False, sides: list[int] | None = None) 
 
 
 def bound(max_side: int, cut: float = 2.0, gains: tuple[float, float] = (0.5, 2.0)) -> None:
-    """What no no-reference target can know.  Per clean pair (LR <= ``max_side``, both splits), the
+    """What a no-reference target cannot know.  Per clean pair (LR <= ``max_side``, both splits), the
     photograph's spectrum above ``cut`` x the LR's Nyquist frequency is scaled by each of ``gains``
     (an ideal FFT split; a softer or a sharper camera, lens or noise reduction at the pixel level),
     the result clipped to [0, 1] and made into a clean pair as the dataset does (antialiased bicubic
-    x4, 8-bit).  Printed per face: how far the LRs differ on the skin (grey levels of 255), the
-    truth's skin texture above a Lanczos upscale of each LR (``-texture_hr`` of R, octaves, as
-    :func:`fit`) and what the shipped predictor reads off each LR.  Where the LRs match to a grey
-    level and the truths are ``d`` octaves apart, any function of the input misses one of them by
-    at least ``d / 2``."""
+    x4, 8-bit).  Printed per face: how far the two LRs differ from each other on the skin (grey levels
+    of 255; and without the clip to [0, 1], to tell what the clip adds), the truth's skin texture above
+    a Lanczos upscale of each LR (``-texture_hr`` of R, octaves, as :func:`fit`) and what the shipped
+    predictor reads off each LR.  A target that moves by ``m`` octaves between two inputs whose truths
+    are ``d`` apart misses one of them by at least ``(d - m) / 2``."""
     from tuner import metrics as M
     from tuner.faces import FaceDetector
     from tuner.images import downscale
     from tuner.texture import predicted_gap
 
+    def eight_bit(h: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        return np.round(downscale(h, size) * 255).astype(np.float32) / 255
+
     detect = FaceDetector()
     rows = []
+    lo, hi = gains
     for it in load(None, max_side=max_side, pairs=Pairs(degradation="none")).items:
         lr, hr = it.image.rgb, it.hr
         assert hr is not None  # pairs carry their truth
@@ -284,39 +288,45 @@ def bound(max_side: int, cut: float = 2.0, gains: tuple[float, float] = (0.5, 2.
         f = np.hypot(*np.meshgrid(np.fft.fftfreq(hr.shape[0]), np.fft.fftfreq(hr.shape[1]), indexing="ij"))
         nyquist = 0.5 * lr.shape[0] / hr.shape[0]  # the LR's, in cycles per HR pixel
         high = np.real(np.fft.ifft2(spec * (f > cut * nyquist)[:, :, None], axes=(0, 1))).astype(np.float32)
-        made = {}
+        made, unclipped = {}, {}
         for g in (1.0, *gains):
             h = np.clip(hr + (g - 1) * high, 0, 1) if g != 1.0 else hr
-            low = lr if g == 1.0 else np.round(downscale(h, lr.shape[:2]) * 255).astype(np.float32) / 255
-            an = M.InputAnalysis(low, faces, h.shape[:2], hr=h)
+            small = lr if g == 1.0 else eight_bit(h, lr.shape[:2])
+            unclipped[g] = eight_bit(hr + (g - 1) * high, lr.shape[:2])
+            an = M.InputAnalysis(small, faces, h.shape[:2], hr=h)
             if an.skin_out.sum() < 200:
                 break
             gap = -M.score(M.Context(an.reference, an), ["texture_hr"])["texture_hr"]
-            made[g] = (low, gap, predicted_gap(low, an.skin_in), an.skin_in)
+            made[g] = (small, gap, predicted_gap(small, an.skin_in), an.skin_in)
         if len(made) < 1 + len(gains):
             continue
-        base, skin = made[1.0][0], made[1.0][3]
-        d = [np.abs(made[g][0] - base)[skin] * 255 for g in gains]
-        rows.append({"face": it.name.split("@")[0], "lr_diff": max(float(x.max()) for x in d),
-                     "over_1": max(float(np.mean(x > 1.5)) for x in d),
-            **{f"truth_{g:g}": made[g][1] for g in made}, **{f"pred_{g:g}": made[g][2] for g in made}})
+        skin = made[1.0][3]
+        d, du = (np.abs(x[hi] - x[lo])[skin] * 255 for x in ({g: m[0] for g, m in made.items()}, unclipped))
+        rows.append({"face": it.name.split("@")[0], "max": float(d.max()), "over_1": float(np.mean(d > 1.5)),
+                     "max_unclipped": float(du.max()), "over_1_unclipped": float(np.mean(du > 1.5)),
+                     **{f"truth_{g:g}": m[1] for g, m in made.items()}, **{f"pred_{g:g}": m[2] for g, m in made.items()}})
     df = pd.DataFrame(rows)
-    lo, hi = (f"{g:g}" for g in gains)
+    a, b = f"{lo:g}", f"{hi:g}"
     print(f"clean pairs, LR <= {max_side} px: the photograph's spectrum above {cut:g}x the LR's Nyquist frequency "
-          f"scaled by {lo} and by {hi} ({len(df)} faces)")
-    print(f"  {'face':28} {'LR diff on skin: max, % > 1':>28} {'truth x' + lo:>9} {'x1':>6} {'x' + hi:>6}  "
-          f"{'predicted x' + lo:>13} {'x1':>6} {'x' + hi:>6}")
+          f"scaled by {a} and by {b} ({len(df)} faces); the two LRs against each other on the skin")
+    print(f"  {'face':28} {'max, % > 1 grey level':>22} {'unclipped':>16} {'truth x' + a:>9} {'x1':>6} {'x' + b:>6}  "
+          f"{'predicted x' + a:>13} {'x1':>6} {'x' + b:>6}")
     for _, r in df.iterrows():
-        print(f"  {r.face:28} {r.lr_diff:18.0f} {100 * r.over_1:9.2f} {r['truth_' + lo]:9.2f} {r.truth_1:6.2f} "
-              f"{r['truth_' + hi]:6.2f}  {r['pred_' + lo]:13.2f} {r.pred_1:6.2f} {r['pred_' + hi]:6.2f}")
-    apart = df[f"truth_{hi}"] - df[f"truth_{lo}"]
-    moved = (df[f"pred_{hi}"] - df[f"pred_{lo}"]).abs()
-    print(f"  the LRs differ by more than one grey level on {100 * df.over_1.max():.2f} % of any face's skin pixels at most "
-          f"(where clipping the brighter photograph to white moves lower frequencies too: at most {df.lr_diff.max():.0f}); "
-          f"their truths are {apart.min():.2f}..{apart.max():.2f} octaves apart (median {apart.median():.2f}); "
+        print(f"  {r.face:28} {r['max']:12.0f} {100 * r.over_1:9.2f} {r.max_unclipped:6.0f} {100 * r.over_1_unclipped:9.2f} "
+              f"{r['truth_' + a]:9.2f} {r.truth_1:6.2f} {r['truth_' + b]:6.2f}  {r['pred_' + a]:13.2f} {r.pred_1:6.2f} "
+              f"{r['pred_' + b]:6.2f}")
+    apart = df[f"truth_{b}"] - df[f"truth_{a}"]
+    moved = (df[f"pred_{b}"] - df[f"pred_{a}"]).abs()
+    miss = (apart - moved) / 2
+    print(f"  the two LRs differ by more than one grey level on at most {100 * df.over_1.max():.2f} % of a face's skin "
+          f"pixels (none on {int((df.over_1 == 0).sum())} faces; by at most {df['max'].max():.0f}); without the clip to "
+          f"[0, 1], on at most {100 * df.over_1_unclipped.max():.2f} % (by at most {df.max_unclipped.max():.0f})")
+    print(f"  x{a} moves the truth by {(df[f'truth_{a}'] - df.truth_1).min():+.2f}..{(df[f'truth_{a}'] - df.truth_1).max():+.2f}"
+          f", x{b} by {(df[f'truth_{b}'] - df.truth_1).min():+.2f}..{(df[f'truth_{b}'] - df.truth_1).max():+.2f} octaves; "
+          f"the two truths lie {apart.min():.2f}..{apart.max():.2f} apart (median {apart.median():.2f}); "
           f"the predictor moves by {moved.max():.2f} at most")
-    print(f"  so any target read off the input misses one of each two truths by at least {apart.min() / 2:.2f} octave "
-          f"(median face {apart.median() / 2:.2f})")
+    print(f"  so the predictor misses one of each two truths by at least {miss.min():.2f} octave (median face "
+          f"{miss.median():.2f}), and so does any target that moves as little between them")
 
 
 def bias(df: pd.DataFrame, pred: np.ndarray) -> None:

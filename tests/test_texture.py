@@ -181,6 +181,21 @@ def test_with_several_faces_each_face_lands_on_its_own_target(tiny_weights):
     assert abs(gaps[0] - gaps[1]) > 0.3  # two different targets, each met
     again = pipe.run(two, Params(blend=1.0, texture_target=-0.5, texture_anchor="predicted"))
     assert np.array_equal(res.image.rgb, again.image.rgb)
+    # a second source (bench_transfer's two-source row): each face takes a share of its own crop of it and
+    # lands on its own target with no grain, where the source has more than the target needs
+    from tuner.hashing import array_hash
+
+    base = pipe.run(two, Params(blend=1.0))
+    rng = np.random.default_rng(0)
+    sharp = np.clip(base.image.rgb + 0.15 * hf(rng.standard_normal(y_r.shape).astype(np.float32), 4)[:, :, None], 0, 1)
+    out, infos = pipe.texture(base.image.rgb, base.reference, labels, two, array_hash(two.rgb), res.faces, 4,
+                              Params(blend=1.0, texture_target=-0.5, texture_anchor="predicted"), sharp=sharp)
+    y_s = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)
+    for face, info in zip((1, 2), infos, strict=True):
+        m = labels == face
+        landed = math.log2(float(np.mean(hf(y_s, 4)[m] ** 2)) / float(np.mean(hf(y_r, 4)[m] ** 2)))
+        assert info["face"] == face and 0 < info["sharp"] < 1 and info["grain"] == 0, info
+        assert abs(landed - (gaps[face - 1] - 0.5)) < 0.1, (face, landed, gaps)
 
 
 def test_the_prediction_needs_enough_skin_and_stays_in_the_range_it_was_fitted_on():
