@@ -34,6 +34,8 @@ def _inputs(tmp_path):
 
 def test_enhance_folder_skips_bad_inputs(tmp_path, tiny_weights, run_cli):
     d = _inputs(tmp_path)
+    with PILImage.open(PORTRAITS / GOOD[1]) as im:  # grey + alpha: an unusual input, not a bad one
+        im.convert("LA").save(d / "grey_alpha.png")
     r = run_cli("enhance", f"input={d}", f"output={tmp_path / 'out'}", f"weights_dir={tiny_weights}",
                 *SRVGG_OVERRIDES, "params.tile=64", "params.denoise=0.4", "params.blend=0.2")
     assert r.returncode == 3, r.stderr + r.stdout
@@ -43,9 +45,11 @@ def test_enhance_folder_skips_bad_inputs(tmp_path, tiny_weights, run_cli):
         assert bad in log
     assert "cut.jpg: cannot read the image header" in log
     outs = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert outs == sorted(GOOD)
+    assert outs == sorted([*GOOD, "grey_alpha.png"])
     with PILImage.open(tmp_path / "out" / GOOD[0]) as im:
         assert im.size == (512, 512)
+    with PILImage.open(tmp_path / "out" / "grey_alpha.png") as im, PILImage.open(d / "grey_alpha.png") as src:
+        assert im.mode == "RGBA" and im.size == (4 * src.size[0], 4 * src.size[1])  # written as grey RGBA
 
 
 def test_enhance_preset_round_trip_is_byte_exact(tmp_path, tiny_weights, run_cli):

@@ -71,6 +71,17 @@ def test_grey_rgba_palette_cmyk(tmp_path):
     img = decode(tmp_path / "a.png")
     np.testing.assert_array_equal(to_array(img), rgba)
 
+    la = np.random.default_rng(1).integers(0, 256, (20, 20, 2), dtype=np.uint8)  # grey + alpha: read, and written back (as grey RGBA)
+    PILImage.fromarray(la, "LA").save(tmp_path / "la.png")
+    img = decode(tmp_path / "la.png")
+    assert img.grey and img.alpha is not None
+    np.testing.assert_array_equal(to_array(img), la)
+    for ext in (".png", ".webp", ".tif"):
+        back = np.asarray(PILImage.open(encode(img, tmp_path / f"la_out{ext}")).convert("RGBA"))
+        seen = la[:, :, 1] > 0  # lossless WebP drops the colour under fully transparent pixels
+        np.testing.assert_array_equal(back[seen], la[:, :, [0, 0, 0, 1]][seen])
+        np.testing.assert_array_equal(back[:, :, 3], la[:, :, 1])
+
     pal = PILImage.fromarray(_rgb8(20, 20)).convert("P")
     pal.info["transparency"] = 0
     pal.save(tmp_path / "p.png", transparency=0)

@@ -295,6 +295,8 @@ def encode(image: Image, path: str | Path) -> Path:
         raise ImageError(f"{p}: {ext} cannot hold the alpha channel of this image; write .png, .webp or .tif")
     depth = image.bit_depth if ext in (".png", ".tif", ".tiff") else 8
     arr = to_array(replace(image, bit_depth=depth))
+    if arr.ndim == 3 and arr.shape[2] == 2:  # grey + alpha: OpenCV writes 1, 3 or 4 channels, so as grey RGBA
+        arr = arr[:, :, [0, 0, 0, 1]]
     if arr.ndim == 3:
         arr = _bgr_to_rgb(arr)  # RGB(A) -> BGR(A) for OpenCV; same swap both ways
     params: list[int] = []
@@ -308,8 +310,8 @@ def encode(image: Image, path: str | Path) -> Path:
     except cv2.error as e:
         ok, why = False, str(e).strip()
     if not ok:
-        raise ImageError(f"{p}: OpenCV could not encode this {arr.shape[1]}x{arr.shape[0]} image as {ext} ({why}); "
-                         "try output_format=png")
+        raise ImageError(f"{p}: OpenCV could not encode this {arr.shape[1]}x{arr.shape[0]} image as {ext} ({why})"
+                         + ("; try output_format=png" if ext != ".png" else ""))
     atomic_write_bytes(p, buf.tobytes())
     return p
 
