@@ -15,7 +15,8 @@ from PIL import Image as PILImage
 from tuner.dataset import Pairs, load
 from tuner.degrade import LEVELS, STRENGTHS, _noise, in_validation, make_lr
 from tuner.errors import ConfigError
-from tuner.images import decode, fit_max_side, list_images
+from tuner.files import list_images
+from tuner.images import decode, fit_max_side
 from tuner.paths import bundled_portraits
 
 NAMES = ["A02_usnavy_grace_hopper", "A13_flickr_ccby_05", "A04_whitehouse_obama_2012", "A14_flickr_ccby_09"]

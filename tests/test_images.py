@@ -12,6 +12,7 @@ from helpers import camera_jpeg
 from PIL import Image as PILImage
 
 from tuner.errors import ImageError
+from tuner.files import list_images
 from tuner.images import Limits, decode, encode, fit_max_side, from_array, to_array
 
 RNG = np.random.default_rng(0)
@@ -241,3 +242,30 @@ def test_a_dataset_skips_an_image_too_thin_after_max_side_and_keeps_the_rest(tmp
     ds = load(tmp_path, max_side=256)
     assert [it.name for it in ds.items] == ["good"]
     assert [f.name for f, _ in ds.failures] == ["strip.png"] and "below limits.min_side=16" in ds.failures[0][1]
+
+
+def test_a_folder_says_what_it_leaves_out_and_a_multi_page_file_that_only_its_first_is_read(tmp_path, caplog):
+    a = _rgb8(20, 20)
+    PILImage.fromarray(a).save(tmp_path / "b.png")
+    PILImage.fromarray(a).save(tmp_path / "a.JPG")
+    (tmp_path / "c.heic").write_bytes(b"x")
+    (tmp_path / "d.heic").write_bytes(b"x")
+    PILImage.fromarray(a).save(tmp_path / "e.gif")
+    (tmp_path / ".DS_Store").write_bytes(b"x")  # hidden: not worth a word
+    (tmp_path / "MANIFEST.csv").write_text("name\n")  # not an image: not worth a word either
+    (tmp_path / "sub").mkdir()
+    with caplog.at_level(logging.WARNING, logger="tuner"):
+        assert [p.name for p in list_images(tmp_path)] == ["a.JPG", "b.png"]
+    assert "left out 1 .gif file(s), 2 .heic file(s), 1 subfolder(s)" in caplog.text and "DS_Store" not in caplog.text
+    assert ".csv" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tuner"):
+        list_images(tmp_path / "sub")
+    assert not caplog.text  # nothing left out: no word
+
+    pages = [PILImage.fromarray(a), PILImage.fromarray(255 - a)]
+    pages[0].save(tmp_path / "m.tif", save_all=True, append_images=pages[1:])
+    with caplog.at_level(logging.WARNING, logger="tuner"):
+        img = decode(tmp_path / "m.tif")
+    assert "m.tif holds 2 images (pages or frames); only the first is read" in caplog.text
+    np.testing.assert_array_equal(to_array(img), a)

@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from .config import OUTPUT_FORMATS, limits, pipeline_config, to_dict
 from .errors import EXIT_PARTIAL, ConfigError, PresetError, flag
-from .images import decode, fit_max_side, list_images
+from .files import list_images
+from .images import decode, fit_max_side
 
 log = logging.getLogger("tuner")
 
@@ -229,7 +230,7 @@ def tune(cfg: Any) -> int:
     from hydra.core.hydra_config import HydraConfig
 
     from .config import redacted_yaml, tune_job
-    from .images import atomic_write_bytes
+    from .files import atomic_write_bytes
     from .study import run_tune
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -256,7 +257,7 @@ def compare(cfg: Any) -> int:
     from .compare import summary_table
     from .config import compare_job
     from .errors import EXIT_COMPARE_FAIL
-    from .images import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     job = compare_job(cfg)
     log.info("baseline: %s\ncandidate: %s", job.baseline.source, job.candidate.source)

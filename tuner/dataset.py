@@ -11,8 +11,9 @@ import numpy as np
 
 from .degrade import LEVELS, crop_to_scale, in_validation, make_lr
 from .errors import ConfigError, ImageError
+from .files import list_images
 from .hashing import array_hash
-from .images import Image, Limits, decode, fit_max_side, list_images
+from .images import Image, Limits, decode, fit_max_side
 from .paths import bundled_portraits
 
 log = logging.getLogger(__name__)

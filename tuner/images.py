@@ -14,10 +14,7 @@ Conversion to BGR, uint8/uint16, CHW tensors and so on happens only at the edges
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -29,10 +26,10 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from .errors import ImageError
+from .files import SUPPORTED_SUFFIXES, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 
 @dataclass(frozen=True)
@@ -130,6 +127,9 @@ def _probe(p: Path) -> tuple[int, int, str | None, str, int]:
     try:
         with _exif_warnings_logged_not_shown(), PILImage.open(p) as probe:
             w, h = probe.size
+            frames = int(getattr(probe, "n_frames", 1))
+            if frames > 1:  # a multi-page TIFF, an animated WebP
+                log.warning("%s holds %d images (pages or frames); only the first is read", p, frames)
             return w, h, probe.format, probe.mode, _exif_orientation(p, probe)
     except UnidentifiedImageError as e:
         raise ImageError(f"{p}: not a readable image ({e.__class__.__name__})") from e
@@ -316,30 +316,6 @@ def encode(image: Image, path: str | Path) -> Path:
     return p
 
 
-@functools.lru_cache(maxsize=1)
-def _umask() -> int:
-    """The process umask, read once: reading it means setting it, which other threads would see."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``: never a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def prefilter(rgb: np.ndarray, strength: float) -> np.ndarray:
     """A classical denoise of the input before the network (``params.prefilter``, the denoise
     lever that needs no DNI partner weights): OpenCV's non-local means on the 8-bit image, filter
@@ -395,8 +371,3 @@ def fit_max_side(image: Image, max_side: int | None, limits: Limits | None = Non
 def luminance(rgb: np.ndarray) -> np.ndarray:
     """Rec.601 luma Y in [0, 1] of an RGB float image (what every texture metric reads)."""
     return (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).astype(np.float32)
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Files in ``folder`` (not recursive) with a supported suffix, sorted by name."""
-    return sorted(q for q in folder.iterdir() if q.is_file() and q.suffix.lower() in SUPPORTED_SUFFIXES)

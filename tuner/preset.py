@@ -16,7 +16,7 @@ import yaml
 
 from . import PIPELINE_VERSION
 from .errors import PresetError
-from .images import atomic_write_bytes
+from .files import atomic_write_bytes
 from .settings import Settings
 
 SCHEMA_VERSION = 2

@@ -26,7 +26,8 @@ import pandas as pd
 
 from .errors import ConfigError
 from .facegeom import Face, cheek_crop, faces_from_array, skin_mask, window
-from .images import atomic_write_bytes, decode, luminance, reference_upscale
+from .files import atomic_write_bytes
+from .images import decode, luminance, reference_upscale
 
 CROP = 192  # px of a face crop at 100 % (output pixels, no resampling)
 CHEEK = 96  # px of a cheek crop

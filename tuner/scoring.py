@@ -25,8 +25,9 @@ from . import metrics as M
 from .cache import StageCache
 from .dataset import Dataset, Item
 from .errors import ConfigError, ImageError, PipelineError, TunerError
+from .files import atomic_write_bytes, list_images
 from .hashing import array_hash, make_key
-from .images import Limits, atomic_write_bytes, decode, encode, list_images
+from .images import Limits, decode, encode
 from .metrics.version import METRICS_VERSION, code_digest
 
 log = logging.getLogger("tuner")

@@ -31,7 +31,8 @@ from .cache import StageCache
 from .dataset import Dataset
 from .errors import ConfigError, TunerError
 from .export import SCHEMA, best_trial, build_preset, holds
-from .images import atomic_write_bytes, encode
+from .files import atomic_write_bytes
+from .images import encode
 from .pipeline import Params, PipelineSpec
 from .scoring import Scorer
 from .search import Knob, grid_taken, make_sampler, resolve_knobs, trial_seed

@@ -28,7 +28,8 @@ from . import search
 from .cache import StageCache
 from .dataset import Dataset
 from .errors import ConfigError, TunerError
-from .images import atomic_write_bytes, encode, from_array
+from .files import atomic_write_bytes
+from .images import encode, from_array
 from .memory import scoring_slots
 from .pipeline import Params, Pipeline, PipelineSpec, Result
 from .scoring import Scorer

@@ -34,7 +34,8 @@ from . import objective as O
 from .errors import ConfigError
 from .export import best_trial
 from .facegeom import cheek_crop, skin_mask
-from .images import atomic_write_bytes, encode, from_array
+from .files import atomic_write_bytes
+from .images import encode, from_array
 from .pipeline import Params, Result
 from .storage import first_line
 from .trials import baseline_settings, per_image_values
