@@ -251,12 +251,14 @@ def test_a_folder_says_what_it_leaves_out_and_a_multi_page_file_that_only_its_fi
     (tmp_path / "c.heic").write_bytes(b"x")
     (tmp_path / "d.heic").write_bytes(b"x")
     PILImage.fromarray(a).save(tmp_path / "e.gif")
-    (tmp_path / ".DS_Store").write_bytes(b"x")  # hidden: not worth a word
+    PILImage.fromarray(a).save(tmp_path / ".h.png")  # hidden, and an image tuner reads: read, as before
+    (tmp_path / ".x.heic").write_bytes(b"x")  # hidden, in another format: not worth a word
+    (tmp_path / ".cache").mkdir()  # a hidden subfolder: not worth a word either
     (tmp_path / "MANIFEST.csv").write_text("name\n")  # not an image: not worth a word either
     (tmp_path / "sub").mkdir()
     with caplog.at_level(logging.WARNING, logger="tuner"):
-        assert [p.name for p in list_images(tmp_path)] == ["a.JPG", "b.png"]
-    assert "left out 1 .gif file(s), 2 .heic file(s), 1 subfolder(s)" in caplog.text and "DS_Store" not in caplog.text
+        assert [p.name for p in list_images(tmp_path)] == [".h.png", "a.JPG", "b.png"]
+    assert "left out 1 .gif file(s), 2 .heic file(s), 1 subfolder(s)" in caplog.text  # not 3 .heic, not 2 subfolders
     assert ".csv" not in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="tuner"):
@@ -269,3 +271,21 @@ def test_a_folder_says_what_it_leaves_out_and_a_multi_page_file_that_only_its_fi
         img = decode(tmp_path / "m.tif")
     assert "m.tif holds 2 images (pages or frames); only the first is read" in caplog.text
     np.testing.assert_array_equal(to_array(img), a)
+    # a later page's header broken (the first page's next-page pointer past the end): the first is still read
+    raw = bytearray((tmp_path / "m.tif").read_bytes())
+    assert raw[:2] == b"II"
+    ifd = struct.unpack("<I", raw[4:8])[0]
+    at = ifd + 2 + 12 * struct.unpack("<H", raw[ifd:ifd + 2])[0]
+    raw[at:at + 4] = struct.pack("<I", len(raw) + 1000)
+    (tmp_path / "broken.tif").write_bytes(bytes(raw))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tuner"):
+        img = decode(tmp_path / "broken.tif")
+    assert "broken.tif: could not count its pages" in caplog.text and "EXIF" not in caplog.text
+    np.testing.assert_array_equal(to_array(img), a)
+    # a camera's two-image JPEG (MPO: the photo and a preview or depth map) is an ordinary photo: no word
+    PILImage.fromarray(a).save(tmp_path / "two.jpg", format="MPO", save_all=True, append_images=[pages[1]])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tuner"):
+        decode(tmp_path / "two.jpg")
+    assert not caplog.text

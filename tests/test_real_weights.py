@@ -91,7 +91,7 @@ def test_a_short_study_on_real_old_photographs_exports_a_preset_with_the_default
 @pytest.mark.weights
 @needs_shared_weights("realesr-general-x4v3.pth")
 def test_a_study_on_a_dithered_palette_portrait_exports_though_the_model_shifts_its_skin_colour(tmp_path, run_cli):
-    """A web-style palette copy of a portrait (256 colours, Floyd-Steinberg dithered): the model as shipped
+    """A web-style palette copy of a portrait (Pillow's web palette, Floyd-Steinberg dithered): the model as shipped
     shifts its skin colour past the ΔE 3 band.  Relative to the model as shipped, as edge overshoot and wax
     are, the skin-colour gate lets a short study export; with a fixed band this one exports nothing."""
     import optuna
@@ -108,5 +108,8 @@ def test_a_study_on_a_dithered_palette_portrait_exports_though_the_model_shifts_
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     run = tmp_path / "runs" / "pal"
     assert (run / "best_preset.yaml").is_file()
-    base = optuna.load_study(study_name="pal", storage=f"sqlite:///{run / 'study.db'}").user_attrs["baseline"]
-    assert base["delta_e_skin"]["pal"] > 3.0, base["delta_e_skin"]  # the relaxed gate was needed
+    study = optuna.load_study(study_name="pal", storage=f"sqlite:///{run / 'study.db'}")
+    # the relaxed gate was needed: the model as shipped shifts the skin by ΔE 6.1 (README), and no trial holds 3
+    assert study.user_attrs["baseline"]["delta_e_skin"]["pal"] == pytest.approx(6.1, abs=0.3)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 2 and all(t.user_attrs["per_image"]["delta_e_skin"]["pal"] > 3.0 for t in done)

@@ -196,6 +196,10 @@ def test_with_several_faces_each_face_lands_on_its_own_target(tiny_weights):
         landed = math.log2(float(np.mean(hf(y_s, 4)[m] ** 2)) / float(np.mean(hf(y_r, 4)[m] ** 2)))
         assert info["face"] == face and 0 < info["sharp"] < 1 and info["grain"] == 0, info
         assert abs(landed - (gaps[face - 1] - 0.5)) < 0.1, (face, landed, gaps)
+        # on the skin (soft mask 1) the output is that face's share of the second source at the same pixels
+        w = info["sharp"]
+        np.testing.assert_allclose(out[m], (base.image.rgb + w * (sharp - base.image.rgb))[m], atol=1e-5)
+    assert abs(infos[0]["sharp"] - infos[1]["sharp"]) > 0.01  # two targets, two shares
 
 
 def test_the_prediction_needs_enough_skin_and_stays_in_the_range_it_was_fitted_on():

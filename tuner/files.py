@@ -18,13 +18,14 @@ OTHER_IMAGES = (".heic", ".heif", ".avif", ".jxl", ".jp2", ".gif", ".dng", ".cr2
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Files in ``folder`` (not recursive) with a supported suffix, sorted by name.  The images in
-    other formats (:data:`OTHER_IMAGES`) and the subfolders it leaves out are logged (hidden ones
-    aside), so a folder of HEIC photos or of subfolders does not look like an empty one."""
-    entries = [q for q in folder.iterdir() if not q.name.startswith(".")]
+    """Files in ``folder`` (not recursive) with a supported suffix, sorted by name (hidden ones too).
+    The images in other formats (:data:`OTHER_IMAGES`) and the subfolders it leaves out are logged
+    (hidden ones aside), so a folder of HEIC photos or of subfolders does not look like an empty one."""
+    entries = list(folder.iterdir())
     images = sorted(q for q in entries if q.is_file() and q.suffix.lower() in SUPPORTED_SUFFIXES)
-    other = collections.Counter(q.suffix.lower() for q in entries if q.is_file() and q.suffix.lower() in OTHER_IMAGES)
-    subfolders = sum(q.is_dir() for q in entries)
+    shown = [q for q in entries if not q.name.startswith(".")]  # hidden ones are read if images, not reported if not
+    other = collections.Counter(q.suffix.lower() for q in shown if q.is_file() and q.suffix.lower() in OTHER_IMAGES)
+    subfolders = sum(q.is_dir() for q in shown)
     if other or subfolders:
         log.warning("%s: left out %s (tuner reads %s; subfolders are not searched)", folder,
                     ", ".join([*(f"{n} {s} file(s)" for s, n in sorted(other.items())),

@@ -126,11 +126,9 @@ def _probe(p: Path) -> tuple[int, int, str | None, str, int]:
     """(width, height, format, mode, EXIF orientation) from the header, without decoding pixels."""
     try:
         with _exif_warnings_logged_not_shown(), PILImage.open(p) as probe:
-            w, h = probe.size
-            frames = int(getattr(probe, "n_frames", 1))
-            if frames > 1:  # a multi-page TIFF, an animated WebP
-                log.warning("%s holds %d images (pages or frames); only the first is read", p, frames)
-            return w, h, probe.format, probe.mode, _exif_orientation(p, probe)
+            w, h, fmt, mode, orientation = *probe.size, probe.format, probe.mode, _exif_orientation(p, probe)
+            _warn_if_several(p, probe)  # last: counting pages moves the file to them
+            return w, h, fmt, mode, orientation
     except UnidentifiedImageError as e:
         raise ImageError(f"{p}: not a readable image ({e.__class__.__name__})") from e
     except PILImage.DecompressionBombError as e:
@@ -141,6 +139,21 @@ def _probe(p: Path) -> tuple[int, int, str | None, str, int]:
         raise ImageError(
             f"{p}: cannot read the image header ({e.__class__.__name__}: {e}); truncated or corrupt file?"
         ) from e
+
+
+def _warn_if_several(p: Path, probe: PILImage.Image) -> None:
+    """Log that only the first image of a multi-page TIFF or an animated WebP is read (not of an MPO
+    JPEG, whose second image is a camera's depth map or preview).  Counting walks every page header, so
+    a damaged later page is logged too, and the first image still read."""
+    if probe.format == "MPO":
+        return
+    try:
+        frames = int(getattr(probe, "n_frames", 1))
+    except Exception as e:  # noqa: BLE001 - any parser failure past the first page: the first is still read
+        log.warning("%s: could not count its pages (%s); only the first is read", p, e)
+        return
+    if frames > 1:
+        log.warning("%s holds %d images (pages or frames); only the first is read", p, frames)
 
 
 def _check_size(p: Path, w: int, h: int, limits: Limits) -> None:
