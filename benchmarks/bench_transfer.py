@@ -268,17 +268,18 @@ def bound(max_side: int, cut: float = 2.0, gains: tuple[float, float] = (0.5, 2.
     predictor reads off each LR.  A target that moves by ``m`` octaves between two inputs whose truths
     are ``d`` apart misses one of them by at least ``(d - m) / 2``."""
     from tuner import metrics as M
+    from tuner.degrade import make_lr
     from tuner.faces import FaceDetector
-    from tuner.images import downscale
     from tuner.texture import predicted_gap
 
-    def eight_bit(h: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        return np.round(downscale(h, size) * 255).astype(np.float32) / 255
+    def clean_lr(h: np.ndarray) -> np.ndarray:  # the dataset's own clean LR (make_lr does not clip its input)
+        return make_lr(h, scale=pairs.scale, level="none", seed=pairs.seed, name="")
 
     detect = FaceDetector()
     rows = []
     lo, hi = gains
-    for it in load(None, max_side=max_side, pairs=Pairs(degradation="none")).items:
+    pairs = Pairs(degradation="none")
+    for it in load(None, max_side=max_side, pairs=pairs).items:
         lr, hr = it.image.rgb, it.hr
         assert hr is not None  # pairs carry their truth
         faces = detect(lr)
@@ -291,8 +292,9 @@ def bound(max_side: int, cut: float = 2.0, gains: tuple[float, float] = (0.5, 2.
         made, unclipped = {}, {}
         for g in (1.0, *gains):
             h = np.clip(hr + (g - 1) * high, 0, 1) if g != 1.0 else hr
-            small = lr if g == 1.0 else eight_bit(h, lr.shape[:2])
-            unclipped[g] = eight_bit(hr + (g - 1) * high, lr.shape[:2])
+            small = lr if g == 1.0 else clean_lr(h)
+            if g != 1.0:
+                unclipped[g] = clean_lr(hr + (g - 1) * high)
             an = M.InputAnalysis(small, faces, h.shape[:2], hr=h)
             if an.skin_out.sum() < 200:
                 break
