@@ -261,6 +261,10 @@ def test_a_folder_says_what_it_leaves_out_and_a_multi_page_file_that_only_its_fi
     assert "left out 1 .gif file(s), 2 .heic file(s), 1 subfolder(s)" in caplog.text  # not 3 .heic, not 2 subfolders
     assert ".csv" not in caplog.text
     caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tuner"):  # listed again (the validation split): said once
+        assert [p.name for p in list_images(tmp_path)] == [".h.png", "a.JPG", "b.png"]
+    assert not caplog.text
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="tuner"):
         list_images(tmp_path / "sub")
     assert not caplog.text  # nothing left out: no word

@@ -17,21 +17,31 @@ OTHER_IMAGES = (".heic", ".heif", ".avif", ".jxl", ".jp2", ".gif", ".dng", ".cr2
                 ".orf", ".rw2", ".psd", ".exr", ".hdr", ".ico", ".svg", ".pnm", ".ppm", ".pgm")
 
 
+_REPORTED: set[Path] = set()  # folders whose left-out entries this process has logged (train and validation list one twice)
+
+
 def list_images(folder: Path) -> list[Path]:
     """Files in ``folder`` (not recursive) with a supported suffix, sorted by name (hidden ones too).
-    The images in other formats (:data:`OTHER_IMAGES`) and the subfolders it leaves out are logged
-    (hidden ones aside), so a folder of HEIC photos or of subfolders does not look like an empty one."""
-    entries = list(folder.iterdir())
-    images = sorted(q for q in entries if q.is_file() and q.suffix.lower() in SUPPORTED_SUFFIXES)
-    shown = [q for q in entries if not q.name.startswith(".")]  # hidden ones are read if images, not reported if not
-    other = collections.Counter(q.suffix.lower() for q in shown if q.is_file() and q.suffix.lower() in OTHER_IMAGES)
-    subfolders = sum(q.is_dir() for q in shown)
-    if other or subfolders:
+    The images in other formats (:data:`OTHER_IMAGES`) and the subfolders it leaves out are logged,
+    once per folder (hidden ones aside), so a folder of HEIC photos or of subfolders does not look
+    like an empty one."""
+    images, other, subfolders = [], collections.Counter[str](), 0
+    for q in folder.iterdir():
+        suffix, shown = q.suffix.lower(), not q.name.startswith(".")
+        if q.is_file():
+            if suffix in SUPPORTED_SUFFIXES:
+                images.append(q)
+            elif shown and suffix in OTHER_IMAGES:
+                other[suffix] += 1
+        elif shown and q.is_dir():
+            subfolders += 1
+    if (other or subfolders) and folder.resolve() not in _REPORTED:
+        _REPORTED.add(folder.resolve())
         log.warning("%s: left out %s (tuner reads %s; subfolders are not searched)", folder,
                     ", ".join([*(f"{n} {s} file(s)" for s, n in sorted(other.items())),
                                *([f"{subfolders} subfolder(s)"] if subfolders else [])]),
                     " ".join(SUPPORTED_SUFFIXES))
-    return images
+    return sorted(images)
 
 
 @functools.lru_cache(maxsize=1)
