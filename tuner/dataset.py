@@ -133,13 +133,14 @@ def _pairs(f: Path, limits: Limits, max_side: int | None, pairs: Pairs) -> list[
     """The portrait ``f`` as one LR/HR pair per degradation level (decoded once; all or none)."""
     full = decode(f, limits=limits)
     hr = crop_to_scale(fit_max_side(full, None if max_side is None else max_side * pairs.scale).rgb, pairs.scale)
+    h, w = hr.shape[0] // pairs.scale, hr.shape[1] // pairs.scale  # every level's LR size (make_lr's)
+    if min(h, w) < limits.min_side:  # checked once, before any degradation is made
+        shrunk = max_side is not None and max(full.rgb.shape[:2]) > max_side * pairs.scale  # fit_max_side's test
+        raise ImageError(f"{f}: its x{pairs.scale} LR ({w}x{h}) is below limits.min_side={limits.min_side}"
+                         + (f" after dataset.max_side={max_side} (raise it)" if shrunk else ""))
     out = []
     for level in pairs.levels:
         lr = make_lr(hr, scale=pairs.scale, level=level, seed=pairs.seed, name=f.stem)
-        if min(lr.shape[:2]) < limits.min_side:
-            shrunk = max_side is not None and max(full.rgb.shape[:2]) > max_side * pairs.scale
-            raise ImageError(f"{f}: its x{pairs.scale} LR ({lr.shape[1]}x{lr.shape[0]}) is below limits.min_side="
-                             f"{limits.min_side}" + (f" after dataset.max_side={max_side} (raise it)" if shrunk else ""))
         out.append(Item(name=pairs.item_name(f.stem, level), path=f, image=Image(rgb=lr, path=f),
                         content_hash=array_hash(lr) + array_hash(hr)[:16], hr=hr, level=level))
     return out
