@@ -75,8 +75,9 @@ def table(per_image: pd.DataFrame, base: str = "model defaults",
     """The per-row, per-set summary of ``per_image`` (columns row, trial, set, image and metrics);
     LR-PSNR and HaarPSI are compared per image with row ``base`` (the worst change is shown);
     ``gates[(row, set)]`` is shown where given."""
-    if "texture_hr_least" not in per_image:  # with texture_hr alone a group photograph's waxy face would go uncounted
-        raise ValueError("the validation table needs texture_hr_least beside texture_hr (validate.scored adds it)")
+    missing = [m for m in NEEDS if m not in per_image]  # texture_hr_least too: without it a group photograph's
+    if missing:                                          # waxy face would go uncounted (validate.scored adds it)
+        raise ValueError(f"the validation table needs the columns {missing}")
     ref = per_image[per_image.row == base].set_index(["set", "image"])
 
     def worst_change(d: pd.DataFrame, m: str) -> float:  # per image against row ``base``, the worst one
