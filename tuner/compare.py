@@ -222,7 +222,7 @@ def gate_result(gate: O.Constraint, images: list[str], base: SideRun, cand: Side
                 failing.append({"image": name, "candidate": None, "baseline": b, "excess": None,
                                 "why": "no value on the candidate"})
             continue
-        if gate.max is None and gate.min is None and not math.isfinite(b):  # only relative bounds, no baseline here
+        if not gate.absolute and not math.isfinite(b):  # only relative bounds, and no baseline value here
             continue
         checked += 1
         excess = gate.judge(c, b)  # the study's own per-image gate arithmetic and rounding (> 0 = violated)

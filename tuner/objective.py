@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -132,6 +132,11 @@ class Constraint:
                               ">= max")
         if self.relax_limit is not None and self.reduce != "worst":
             raise ConfigError(f"constraint '{self.metric}': relax_limit is a per-image cap; it needs reduce: worst")
+
+    @property
+    def absolute(self) -> bool:
+        """Has a bound that needs no baseline value (``max`` or ``min``)."""
+        return self.max is not None or self.min is not None
 
     @property
     def relative(self) -> bool:
@@ -311,7 +316,7 @@ def from_mapping(node: Mapping[str, Any]) -> Objective:
     return Objective(mode=mode, terms=tuple(terms), constraints=tuple(cons))
 
 
-BOUNDS = ("max", "min", "max_relative", "min_relative", "relax_to_baseline", "relax_limit")  # a Constraint's
+BOUNDS = tuple(f.name for f in fields(Constraint) if f.name not in ("metric", "reduce"))  # a Constraint's
 
 
 def constraint(name: str, node: Mapping[str, Any] | None, where: str = "constraint") -> Constraint:
