@@ -150,11 +150,14 @@ def match_texture(out: np.ndarray, ref: np.ndarray, skin: np.ndarray, *, scale: 
     soft = np.maximum(cv2.GaussianBlur(grown, (0, 0), max(scale / 2, 1.0)), skin)[:, :, None]
     info = {"before": math.log2((e_o + 1e-12) / e_r), "mix": 0.0, "grain": 0.0}
 
+    given = (y_o, a, e_o)  # ``out``'s luminance, band and energy: what toward mixes from (the waxy branch rebinds the names)
+
     def toward(src: np.ndarray, y_src: np.ndarray) -> tuple[np.ndarray, float]:
         """``out`` mixed towards ``src`` on the skin (through the soft mask: what that adds to the band,
         exactly), with the share in [0, 1] that lands nearest the target."""
-        d = hf(soft[:, :, 0] * (y_src - y_o), scale)[skin]
-        w = _solve(e_o, float(np.mean(a * d)), float(np.mean(d * d)), e_t, 1.0)
+        y_0, a_0, e_0 = given
+        d = hf(soft[:, :, 0] * (y_src - y_0), scale)[skin]
+        w = _solve(e_0, float(np.mean(a_0 * d)), float(np.mean(d * d)), e_t, 1.0)
         return out + w * soft * (src - out), w
 
     if e_o > e_t:  # crunchy: mix R back in
